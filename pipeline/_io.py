@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
-    "atomic_path",
     "sha256_file",
     "write_sha256sums",
 ]

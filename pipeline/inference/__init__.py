@@ -1,0 +1,57 @@
+"""The in-process inference library shared by every stage of relcert.
+
+Public names follow the design relcert grew from (ARCHITECTURE.md section 3)::
+
+    manager = ProductionModelManager("artifacts/.../models", max_memory_mb=500)
+    manager.load_model("quality_predictor_torchscript")
+    engine = ProductionInferenceEngine(manager, max_batch_size=32,
+                                       memory_pool=MemoryPoolManager(400),
+                                       cache=ResultCache(10_000),
+                                       monitor=RealTimePerformanceMonitor())
+    result = await engine.predict("quality_predictor_torchscript", features)
+"""
+
+from pipeline.inference.cache import CacheStats, ResultCache
+from pipeline.inference.concurrency import ConcurrencyStats, ConcurrentProcessingEngine
+from pipeline.inference.engine import InferenceResult, ProductionInferenceEngine
+from pipeline.inference.errors import (
+    AdmissionRejectedError,
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotLoadedError,
+    PoolExhaustedError,
+    QueueFullError,
+)
+from pipeline.inference.memory_pool import MemoryPoolManager, MemoryStats
+from pipeline.inference.model_manager import LoadedModel, ModelInfo, ProductionModelManager
+from pipeline.inference.monitor import PerformanceMetrics, RealTimePerformanceMonitor
+from pipeline.inference.runtimes import NullRuntime, OnnxRuntime, TorchScriptRuntime
+
+__all__ = [
+    "AdmissionRejectedError",
+    "CacheStats",
+    "ConcurrencyStats",
+    "ConcurrentProcessingEngine",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InferenceResult",
+    "InvalidInputError",
+    "LoadedModel",
+    "MemoryPoolManager",
+    "MemoryStats",
+    "ModelInfo",
+    "ModelLoadError",
+    "ModelNotLoadedError",
+    "NullRuntime",
+    "OnnxRuntime",
+    "PerformanceMetrics",
+    "PoolExhaustedError",
+    "ProductionInferenceEngine",
+    "ProductionModelManager",
+    "QueueFullError",
+    "RealTimePerformanceMonitor",
+    "ResultCache",
+    "TorchScriptRuntime",
+]

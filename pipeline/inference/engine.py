@@ -1,0 +1,608 @@
+"""Dynamic-batching inference engine.
+
+`predict()` validates a request and puts it in its model's queue *at once*, returning an
+awaitable (an asyncio future). A dispatcher scheduled with `loop.call_soon` takes everything
+queued for a model (up to `max_batch_size`) and runs it as one batch. That is greedy and
+work-conserving: a lone request runs on the next turn of the event loop, and requests that
+arrive while a batch runs form the next batch. With `batch_timeout_ms > 0` a partial batch
+may instead wait up to that long for company.
+
+The queue is bounded (`max_queue_size`): past it a request is rejected at once with a
+failed result (`rejected=True`), never queued without bound. Requests may carry deadlines;
+an expired request fails without running. A bad request (wrong shape, NaN) fails alone and
+never fails its batch-mates.
+
+Batches run inline on the event loop thread: for small models a thread hand-off costs more
+than the inference itself. An engine may be created outside an event loop and then used from
+whichever loop calls it, one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.inference._records import RecordMixin
+from pipeline.inference.cache import ResultCache
+from pipeline.inference.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    ModelNotLoadedError,
+    PoolExhaustedError,
+    QueueFullError,
+)
+from pipeline.inference.memory_pool import MemoryPoolManager
+from pipeline.inference.model_manager import LoadedModel, ProductionModelManager
+from pipeline.inference.monitor import RealTimePerformanceMonitor
+
+__all__ = ["InferenceResult", "ProductionInferenceEngine"]
+
+_perf = time.perf_counter
+
+
+@dataclass(slots=True)
+class InferenceResult(RecordMixin):
+    """The outcome of one request. `output` has the batch dimension removed."""
+
+    success: bool
+    output: np.ndarray | None
+    error: str | None
+    inference_time_ms: float
+    queue_time_ms: float
+    batch_size: int
+    cache_hit: bool
+    total_time_ms: float = 0.0
+    model_name: str = ""
+    model_version: str = ""
+    request_id: Any = None
+    rejected: bool = False
+    error_type: str | None = None
+    batch_id: int = 0
+
+
+class _Request:
+    __slots__ = ("cache_key", "deadline", "future", "request_id", "submitted", "x")
+
+    def __init__(self, x, future, submitted, deadline, cache_key, request_id) -> None:
+        self.x = x
+        self.future = future
+        self.submitted = submitted
+        self.deadline = deadline
+        self.cache_key = cache_key
+        self.request_id = request_id
+
+
+def _bucket(n: int, cap: int) -> int:
+    """Pool buffers come in powers of two so a few shapes serve every batch size."""
+    size = 1
+    while size < n:
+        size <<= 1
+    return min(size, max(cap, n))
+
+
+class ProductionInferenceEngine:
+    """Batches concurrent requests per model and runs them on the manager's runtimes."""
+
+    def __init__(
+        self,
+        model_manager: ProductionModelManager,
+        max_batch_size: int = 32,
+        batch_timeout_ms: float = 0.0,
+        memory_pool: MemoryPoolManager | None = None,
+        cache: ResultCache | None = None,
+        monitor: RealTimePerformanceMonitor | None = None,
+        *,
+        max_queue_size: int = 1024,
+        default_deadline_ms: float | None = None,
+        auto_load: bool = True,
+        recovery_failure_threshold: int = 5,
+        recovery_cooldown_s: float = 5.0,
+        memory_check_interval_s: float = 1.0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        if batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        self.model_manager = model_manager
+        self.max_batch_size = int(max_batch_size)
+        self.batch_timeout_ms = float(batch_timeout_ms)
+        self.memory_pool = memory_pool
+        self.cache = cache
+        self.monitor = monitor
+        self.max_queue_size = int(max_queue_size)
+        self.default_deadline_ms = default_deadline_ms
+        self.auto_load = auto_load
+        self.recovery_failure_threshold = recovery_failure_threshold
+        self.recovery_cooldown_s = recovery_cooldown_s
+        self.memory_check_interval_s = memory_check_interval_s
+
+        self._queues: dict[str, deque[_Request]] = {}
+        self._queued = 0
+        self._keys: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_handle: asyncio.Handle | None = None
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_due = float("inf")
+        self._failures: dict[str, int] = {}
+        self._last_recovery: dict[str, float] = {}
+        self._recovery_tasks: set[asyncio.Task] = set()
+        self._next_memory_check = 0.0
+        self._stats = {
+            "submitted": 0,
+            "completed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "rejected": 0,
+            "expired": 0,
+            "invalid": 0,
+            "cache_hits": 0,
+            "batches": 0,
+            "batched_requests": 0,
+            "max_batch_size_seen": 0,
+            "unpooled_batches": 0,
+            "abandoned": 0,
+            "recoveries": 0,
+        }
+        model_manager.add_reload_listener(self._on_reload)
+        if monitor is not None:
+            monitor.set_queue_depth_provider(lambda: self._queued)
+            monitor.add_pressure_hook(self._relieve_memory)
+
+    # ----------------------------------------------------------------- submission
+    def predict(
+        self,
+        model_name: str,
+        input: Any,
+        *,
+        deadline_ms: float | None = None,
+        request_id: Any = None,
+        use_cache: bool = True,
+    ) -> asyncio.Future[InferenceResult]:
+        """Submit one request now; await the returned future for its InferenceResult."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        future: asyncio.Future[InferenceResult] = loop.create_future()
+        now = _perf()
+        self._stats["submitted"] += 1
+        try:
+            model = self._model(model_name)
+            x = self._coerce(model, input)
+        except InferenceError as exc:
+            self._stats["invalid"] += isinstance(exc, InvalidInputError)
+            self._fail_now(future, model_name, exc, now, request_id)
+            return future
+        cache_key = None
+        if self.cache is not None and use_cache:
+            cache_key = (model.info.key, model.generation, x.shape, x.tobytes())
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                self._stats["cache_hits"] += 1
+                self._complete(
+                    future,
+                    InferenceResult(
+                        True,
+                        cached,
+                        None,
+                        0.0,
+                        0.0,
+                        0,
+                        True,
+                        (_perf() - now) * 1000.0,
+                        model_name,
+                        model.version,
+                        request_id,
+                    ),
+                )
+                return future
+        if self._queued >= self.max_queue_size:
+            self._stats["rejected"] += 1
+            exc = QueueFullError(
+                f"queue full: {self._queued} requests waiting (max_queue_size="
+                f"{self.max_queue_size}); request for {model_name!r} rejected"
+            )
+            self._fail_now(future, model_name, exc, now, request_id, rejected=True)
+            return future
+        deadline_ms = self.default_deadline_ms if deadline_ms is None else deadline_ms
+        deadline = now + deadline_ms / 1000.0 if deadline_ms is not None else None
+        key = model.info.key
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(_Request(x, future, now, deadline, cache_key, request_id))
+        self._queued += 1
+        if self._dispatch_handle is None:
+            self._dispatch_handle = loop.call_soon(self._dispatch)
+        return future
+
+    async def predict_batch(self, model_name: str, inputs: Iterable[Any]) -> list[InferenceResult]:
+        """Submit several requests together (they batch together) and wait for all."""
+        futures = [self.predict(model_name, x) for x in inputs]
+        return list(await asyncio.gather(*futures))
+
+    async def start(self) -> None:
+        """Bind to the running loop (optional: `predict` binds on first use)."""
+        self._bind(asyncio.get_running_loop())
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Wait (bounded) until queued requests are served."""
+        deadline = _perf() + timeout_s
+        while self._queued and _perf() < deadline:
+            await asyncio.sleep(0.001)
+        for task in list(self._recovery_tasks):
+            await asyncio.wait_for(task, timeout=max(0.0, deadline - _perf()))
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve from a new event loop; requests stranded on a closed loop are dropped."""
+        if self._loop is not None and self._loop is not loop:
+            for queue in self._queues.values():
+                for request in queue:
+                    self._stats["abandoned"] += 1
+                    if not request.future.done() and not request.future.get_loop().is_closed():
+                        request.future.cancel()
+                queue.clear()
+            self._queued = 0
+        self._loop = loop
+        self._dispatch_handle = None
+        self._timer_handle = None
+        self._timer_due = float("inf")
+        self._recovery_tasks = set()
+
+    def _model(self, model_name: str) -> LoadedModel:
+        key = self._keys.get(model_name)
+        if key is None:
+            key = self.model_manager.resolve(model_name)
+            self._keys[model_name] = key
+        try:
+            return self.model_manager.get_model(key)
+        except ModelNotLoadedError:
+            if self.auto_load and self.model_manager.load_model(key):
+                return self.model_manager.get_model(key)
+            reason = self.model_manager.load_errors.get(key)
+            raise ModelNotLoadedError(
+                f"model {model_name!r} is not loaded" + (f": {reason}" if reason else "")
+            ) from None
+
+    @staticmethod
+    def _coerce(model: LoadedModel, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            x = value
+        elif hasattr(value, "detach"):  # a torch tensor; no torch import needed
+            x = value.detach().cpu().numpy()
+        else:
+            try:
+                x = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(
+                    f"model {model.info.key!r}: input must be numeric with shape "
+                    f"{list(model.feature_shape)}, got {type(value).__name__}: {exc}"
+                ) from None
+        if x.dtype != np.float32:
+            if x.dtype.kind not in "fiub":
+                raise InvalidInputError(
+                    f"model {model.info.key!r}: input dtype must be numeric (float32 expected), "
+                    f"got {x.dtype}"
+                )
+            x = x.astype(np.float32)
+        shape = model.feature_shape
+        if x.shape != shape:
+            if x.shape == (1, *shape):
+                x = x.reshape(shape)
+            else:
+                raise InvalidInputError(
+                    f"model {model.info.key!r}: expected input of shape {list(shape)} "
+                    f"(or {[1, *shape]}), got {list(x.shape)}"
+                )
+        return x
+
+    # ----------------------------------------------------------------- dispatch
+    def _dispatch(self) -> None:
+        self._dispatch_handle = None
+        now = _perf()
+        wait_s = self.batch_timeout_ms / 1000.0
+        pending = False
+        for key, queue in self._queues.items():
+            if not queue:
+                continue
+            if wait_s > 0 and len(queue) < self.max_batch_size:
+                due = queue[0].submitted + wait_s
+                if due > now:
+                    self._arm_timer(due, now)
+                    continue
+            count = min(len(queue), self.max_batch_size)
+            batch = [queue.popleft() for _ in range(count)]
+            self._queued -= count
+            self._run_batch(key, batch)
+            pending = pending or bool(queue)
+        if pending and self._dispatch_handle is None and self._loop is not None:
+            self._dispatch_handle = self._loop.call_soon(self._dispatch)
+        if self.monitor is not None and now >= self._next_memory_check:
+            self._next_memory_check = now + self.memory_check_interval_s
+            self.monitor.check_memory_pressure()
+
+    def _arm_timer(self, due: float, now: float) -> None:
+        if self._timer_handle is not None and self._timer_due <= due:
+            return
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+        self._timer_due = due
+        self._timer_handle = self._loop.call_later(max(0.0, due - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
+        self._timer_due = float("inf")
+        if self._dispatch_handle is None:
+            self._dispatch()  # partial batches whose wait is over run now
+
+    def _run_batch(self, key: str, batch: list[_Request]) -> None:
+        try:
+            model = self.model_manager.get_model(key)
+        except ModelNotLoadedError as exc:
+            for request in batch:
+                self._fail(request, key, "", exc, 0.0, 0.0, len(batch))
+            return
+        model.last_used = start = _perf()
+        live: list[_Request] = []
+        for request in batch:
+            if request.future.done():  # cancelled by its caller
+                continue
+            if request.deadline is not None and start > request.deadline:
+                self._stats["expired"] += 1
+                exc = DeadlineExceededError(
+                    f"deadline exceeded: waited {(start - request.submitted) * 1000:.1f} ms in "
+                    f"the queue for {key!r}"
+                )
+                self._fail(request, key, model.version, exc, 0.0, 0.0, 0)
+                continue
+            live.append(request)
+        if not live:
+            return
+        if model.fixed_batch_size is not None:
+            for request in live:
+                self._execute(model, [request], start)
+        else:
+            self._execute(model, live, start)
+
+    def _execute(self, model: LoadedModel, batch: list[_Request], start: float) -> None:
+        n = len(batch)
+        key = model.info.key
+        base = None
+        pool = self.memory_pool
+        if pool is not None:
+            try:
+                base = pool.allocate_tensor((_bucket(n, self.max_batch_size), *model.feature_shape))
+                inputs = base[:n]
+            except PoolExhaustedError:
+                self._stats["unpooled_batches"] += 1
+                inputs = np.empty((n, *model.feature_shape), dtype=np.float32)
+        else:
+            inputs = np.empty((n, *model.feature_shape), dtype=np.float32)
+        try:
+            np.stack([r.x for r in batch], out=inputs)
+            finite = np.isfinite(inputs.reshape(n, -1)).all(axis=1)
+            if not finite.all():
+                for request, ok in zip(batch, finite, strict=True):
+                    if not ok:
+                        self._stats["invalid"] += 1
+                        exc = InvalidInputError(
+                            f"model {key!r}: input contains NaN or Inf (expected finite values)"
+                        )
+                        self._fail(request, key, model.version, exc, 0.0, 0.0, n)
+                batch = [r for r, ok in zip(batch, finite, strict=True) if ok]
+                if not batch:
+                    return
+                inputs = np.ascontiguousarray(inputs[finite])
+                n = len(batch)
+            began = _perf()
+            try:
+                outputs = model.runtime.run(inputs)
+            except Exception as exc:
+                outputs = None
+                error: Exception = exc
+            ended = _perf()
+        finally:
+            if base is not None:
+                pool.release_tensor(base)
+        if outputs is None:
+            if n > 1:  # isolate the culprit: never fail batch-mates for one bad request
+                for request in batch:
+                    self._execute(model, [request], start)
+                return
+            self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
+            self._fail(
+                batch[0],
+                key,
+                model.version,
+                error,
+                (ended - began) * 1000.0,
+                (began - batch[0].submitted) * 1000.0,
+                1,
+            )
+            return
+        if outputs.shape[0] != n:
+            exc = InferenceError(
+                f"model {key!r}: output batch dimension {outputs.shape[0]} != input batch {n}"
+            )
+            self._model_failed(model, str(exc))
+            for request in batch:
+                self._fail(request, key, model.version, exc, 0.0, 0.0, n)
+            return
+        out_ok = np.isfinite(outputs.reshape(n, -1)).all(axis=1)
+        inference_ms = (ended - began) * 1000.0
+        stats = self._stats
+        stats["batches"] += 1
+        batch_id = stats["batches"]
+        stats["batched_requests"] += n
+        if n > stats["max_batch_size_seen"]:
+            stats["max_batch_size_seen"] = n
+        cache = self.cache
+        version = model.version
+        name = model.info.key
+        monitor = self.monitor
+        all_ok = bool(out_ok.all())
+        for i, request in enumerate(batch):
+            if not (all_ok or out_ok[i]):
+                exc = InferenceError(
+                    f"model {key!r}: produced NaN or Inf output for a finite input"
+                )
+                self._fail(
+                    request,
+                    key,
+                    version,
+                    exc,
+                    inference_ms,
+                    (began - request.submitted) * 1000.0,
+                    n,
+                )
+                continue
+            row = outputs[i]
+            if cache is not None and request.cache_key is not None:
+                cache.put(request.cache_key, row)
+            done = _perf()
+            total_ms = (done - request.submitted) * 1000.0
+            stats["completed"] += 1
+            stats["succeeded"] += 1
+            if monitor is not None:
+                monitor.record(total_ms, True, False)
+            future = request.future
+            if not future.done():
+                future.set_result(
+                    InferenceResult(
+                        True,
+                        row,
+                        None,
+                        inference_ms,
+                        (began - request.submitted) * 1000.0,
+                        n,
+                        False,
+                        total_ms,
+                        name,
+                        version,
+                        request.request_id,
+                        False,
+                        None,
+                        batch_id,
+                    )
+                )
+        if all_ok:
+            self._failures[key] = 0
+        else:
+            self._model_failed(model, "produced NaN or Inf outputs")
+
+    # ----------------------------------------------------------------- outcomes
+    def _complete(self, future: asyncio.Future, result: InferenceResult) -> None:
+        stats = self._stats
+        stats["completed"] += 1
+        stats["succeeded" if result.success else "failed"] += 1
+        if self.monitor is not None:
+            self.monitor.record(result.total_time_ms, result.success, result.cache_hit)
+        if not future.done():
+            future.set_result(result)
+
+    def _fail_now(self, future, model_name, exc, submitted, request_id, rejected=False) -> None:
+        result = InferenceResult(
+            False,
+            None,
+            str(exc),
+            0.0,
+            0.0,
+            0,
+            False,
+            (_perf() - submitted) * 1000.0,
+            model_name,
+            "",
+            request_id,
+            rejected,
+            type(exc).__name__,
+        )
+        self._complete(future, result)
+
+    def _fail(self, request, key, version, exc, inference_ms, queue_ms, batch_size) -> None:
+        result = InferenceResult(
+            False,
+            None,
+            str(exc),
+            inference_ms,
+            queue_ms,
+            batch_size,
+            False,
+            (_perf() - request.submitted) * 1000.0,
+            key,
+            version,
+            request.request_id,
+            False,
+            type(exc).__name__,
+        )
+        self._complete(request.future, result)
+
+    # ----------------------------------------------------------------- recovery
+    def _model_failed(self, model: LoadedModel, reason: str) -> None:
+        key = model.info.key
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        if count < self.recovery_failure_threshold or self._loop is None:
+            return
+        now = _perf()
+        if now - self._last_recovery.get(key, -1e9) < self.recovery_cooldown_s:
+            return
+        self._last_recovery[key] = now
+        self._failures[key] = 0
+        self._stats["recoveries"] += 1
+        task = self._loop.create_task(self._recover(key, reason, count))
+        self._recovery_tasks.add(task)
+        task.add_done_callback(self._recovery_tasks.discard)
+
+    async def _recover(self, key: str, reason: str, count: int) -> None:
+        ok = await self.model_manager.reload_model_async(key)
+        if self.monitor is not None:
+            detail = f"{count} consecutive failures ({reason}); reloaded from verified file"
+            if not ok:
+                detail += f": reload failed: {self.model_manager.load_errors.get(key)}"
+            self.monitor.record_event("model_reload", key, detail, ok)
+
+    def _on_reload(self, key: str, new: LoadedModel) -> None:
+        self._failures[key] = 0
+        if self.cache is not None:
+            self.cache.invalidate(key)
+
+    def _relieve_memory(self) -> str:
+        actions = []
+        if self.memory_pool is not None:
+            actions.append(f"pool released {self.memory_pool.shrink(0.0):.1f} MB")
+        if self.cache is not None:
+            actions.append(f"cache dropped {self.cache.invalidate(None)} entries")
+        return ", ".join(actions) or "nothing to release"
+
+    # ----------------------------------------------------------------- stats
+    def get_stats(self) -> dict[str, Any]:
+        stats = dict(self._stats)
+        stats["queue_depth"] = self._queued
+        stats["mean_batch_size"] = (
+            stats["batched_requests"] / stats["batches"] if stats["batches"] else 0.0
+        )
+        stats["max_batch_size"] = self.max_batch_size
+        stats["batch_timeout_ms"] = self.batch_timeout_ms
+        stats["max_queue_size"] = self.max_queue_size
+        if self.memory_pool is not None:
+            stats["memory_pool"] = self.memory_pool.get_memory_stats().to_dict()
+        if self.cache is not None:
+            stats["cache"] = self.cache.get_stats().to_dict()
+        return stats
+
+
+def as_batch(inputs: Sequence[Any]) -> np.ndarray:
+    """Stack request inputs into one float32 batch (a helper for callers and tests)."""
+    return np.stack([np.asarray(x, dtype=np.float32) for x in inputs])

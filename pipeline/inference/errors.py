@@ -1,0 +1,46 @@
+"""Errors raised by the inference library. Each message names the input and what was expected."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdmissionRejectedError",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InvalidInputError",
+    "ModelLoadError",
+    "ModelNotLoadedError",
+    "PoolExhaustedError",
+    "QueueFullError",
+]
+
+
+class InferenceError(Exception):
+    """Base class for errors of `pipeline.inference`."""
+
+
+class ModelLoadError(InferenceError):
+    """A model file could not be loaded (missing, corrupt, checksum mismatch, over budget)."""
+
+
+class ModelNotLoadedError(InferenceError):
+    """A request named a model that is not loaded."""
+
+
+class InvalidInputError(InferenceError):
+    """A request's input has the wrong shape, dtype or non-finite values."""
+
+
+class PoolExhaustedError(InferenceError, MemoryError):
+    """The memory pool cannot allocate a buffer within `max_pool_size_mb`."""
+
+
+class QueueFullError(InferenceError):
+    """The engine's request queue is full; the request was rejected (load shedding)."""
+
+
+class DeadlineExceededError(InferenceError):
+    """A request's deadline passed before it could be served."""
+
+
+class AdmissionRejectedError(InferenceError):
+    """The concurrency limiter refused a job: too many in flight and waiting."""

@@ -1,0 +1,142 @@
+"""Model runtimes: one small class per backend, all with `run(batch: ndarray) -> ndarray`.
+
+Heavy backends are imported lazily, so a process that serves only ONNX never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.inference.errors import ModelLoadError
+
+__all__ = [
+    "FORMATS",
+    "NullRuntime",
+    "OnnxRuntime",
+    "Runtime",
+    "TorchScriptRuntime",
+    "load_runtime",
+]
+
+#: file suffix of each supported format
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+class Runtime(Protocol):
+    format: str
+    memory_bytes: int
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+
+class TorchScriptRuntime:
+    """A TorchScript module run under `torch.inference_mode` on the CPU."""
+
+    format = "torchscript"
+
+    def __init__(self, data: bytes, *, num_threads: int | None = 1, label: str = "model") -> None:
+        import torch
+
+        if num_threads:
+            # Small models on a shared 2-core machine: one intra-op thread is fastest.
+            torch.set_num_threads(num_threads)
+        try:
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        except Exception as exc:  # torch raises RuntimeError with a long C++ trace
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"{label}: not a loadable TorchScript file (expected a torch.jit.save archive): "
+                f"{first}"
+            ) from exc
+        module.eval()
+        self._module = module
+        self._torch = torch
+        self.memory_bytes = max(
+            len(data),
+            sum(t.numel() * t.element_size() for t in module.state_dict().values()),
+        )
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(batch))
+        return out.numpy()
+
+
+class OnnxRuntime:
+    """An ONNX Runtime CPU session with one intra-op thread."""
+
+    format = "onnx"
+
+    def __init__(self, data: bytes, *, num_threads: int | None = 1, label: str = "model") -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"{label}: not a loadable ONNX model (expected a valid ONNX protobuf): {first}"
+            ) from exc
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"{label}: expected an ONNX model with exactly one input, got {len(inputs)}"
+            )
+        self.spec = OnnxSpec(
+            input_name=inputs[0].name,
+            output_name=outputs[0].name,
+            input_shape=tuple(d if isinstance(d, int) else None for d in inputs[0].shape),
+            output_shape=tuple(d if isinstance(d, int) else None for d in outputs[0].shape),
+        )
+        self._session = session
+        self._run = session.run
+        self._outputs = [outputs[0].name]
+        self._input = inputs[0].name
+        self.memory_bytes = len(data)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self._outputs, {self._input: batch})[0]
+
+
+class NullRuntime:
+    """A model that does no work: the harness's own ceiling in calibration runs."""
+
+    format = "null"
+
+    def __init__(self, output_shape: tuple[int, ...] = (1,)) -> None:
+        self._output_shape = tuple(output_shape)
+        self.memory_bytes = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((batch.shape[0], *self._output_shape), dtype=np.float32)
+
+
+def load_runtime(
+    fmt: str, data: bytes, *, num_threads: int | None = 1, label: str = "model"
+) -> Runtime:
+    """Build the runtime for `fmt` ("torchscript" or "onnx") from a model file's bytes."""
+    if fmt == "torchscript":
+        return TorchScriptRuntime(data, num_threads=num_threads, label=label)
+    if fmt == "onnx":
+        return OnnxRuntime(data, num_threads=num_threads, label=label)
+    raise ModelLoadError(
+        f"{label}: unknown model format {fmt!r}; expected one of {sorted(FORMATS)}"
+    )

@@ -1,0 +1,89 @@
+"""Capacity search: the highest offered rate a system sustains within a latency bound."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pipeline.loadgen.summary import LoadSummary
+
+__all__ = ["CapacityResult", "find_max_sustained_rate"]
+
+
+@dataclass
+class CapacityResult:
+    max_sustained_rps: float
+    p99_bound_ms: float
+    trials: list[LoadSummary] = field(default_factory=list)
+    best: LoadSummary | None = None
+
+    def trial_table(self) -> list[dict]:
+        return [
+            {
+                "offered_rps": t.offered_rps,
+                "p50_ms": t.p50_ms,
+                "p99_ms": t.p99_ms,
+                "error_rate": t.error_rate,
+                "valid": t.valid,
+                "mean_batch_size": t.mean_batch_size,
+                "issue_delay_p99_ms": t.issue_delay_p99_ms,
+            }
+            for t in self.trials
+        ]
+
+
+def sustained(summary: LoadSummary, p99_bound_ms: float, max_error_rate: float = 0.0) -> bool:
+    """A rate is sustained when p99 (from scheduled time) is within bound and errors are
+    within `max_error_rate`. Generator lateness is already inside that latency."""
+    return summary.p99_ms <= p99_bound_ms and summary.error_rate <= max_error_rate
+
+
+async def find_max_sustained_rate(
+    trial: Callable[[float], Awaitable[LoadSummary]],
+    *,
+    p99_bound_ms: float,
+    start_rps: float = 500.0,
+    max_rps: float = 200_000.0,
+    refine_steps: int = 5,
+    max_error_rate: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> CapacityResult:
+    """Double the rate from `start_rps` until a trial fails, then bisect `refine_steps` times.
+
+    Bounded: at most log2(max_rps / start_rps) + 1 + refine_steps trials.
+    """
+    result = CapacityResult(0.0, p99_bound_ms)
+
+    async def attempt(rate: float) -> bool:
+        summary = await trial(rate)
+        result.trials.append(summary)
+        ok = sustained(summary, p99_bound_ms, max_error_rate)
+        if progress:
+            progress(
+                f"  {rate:9.0f} req/s: p50 {summary.p50_ms:7.3f} ms  p99 {summary.p99_ms:8.3f} ms"
+                f"  errors {summary.error_rate:.4f}  batch {summary.mean_batch_size:5.1f}"
+                f"  -> {'ok' if ok else 'over'}"
+            )
+        if ok and rate >= result.max_sustained_rps:
+            result.max_sustained_rps = rate
+            result.best = summary
+        return ok
+
+    lo, hi = 0.0, None
+    rate = start_rps
+    while rate <= max_rps:
+        if await attempt(rate):
+            lo = rate
+            rate *= 2
+        else:
+            hi = rate
+            break
+    if hi is None:
+        return result
+    for _ in range(refine_steps):
+        mid = (lo + hi) / 2 if lo else hi / 2
+        if await attempt(mid):
+            lo = mid
+        else:
+            hi = mid
+    return result

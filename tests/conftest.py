@@ -1,0 +1,39 @@
+"""Shared fixtures: real models built once per test session by `pipeline.build`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SNAPSHOT_DATE = "2026-01-15"
+OTHER_DATE = "2026-02-20"
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, date: str) -> Path:
+    from pipeline.build import build_models
+
+    out = tmp_path_factory.mktemp(f"models-{date}") / "models"
+    build_models(out, snapshot_date=date)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two example models for SNAPSHOT_DATE (read-only: copy before changing)."""
+    return _build(tmp_path_factory, SNAPSHOT_DATE)
+
+
+@pytest.fixture(scope="session")
+def built_models_other_date(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same models built for OTHER_DATE: a different snapshot and version."""
+    return _build(tmp_path_factory, OTHER_DATE)
+
+
+@pytest.fixture
+def models_dir(built_models: Path, tmp_path: Path) -> Path:
+    """A private copy of the built models that a test may modify."""
+    target = tmp_path / "models"
+    shutil.copytree(built_models, target)
+    return target
