@@ -135,7 +135,7 @@ class ProductionInferenceEngine:
         self._failures: dict[str, int] = {}
         self._last_recovery: dict[str, float] = {}
         self._recovery_tasks: set[asyncio.Task] = set()
-        self._next_memory_check = 0.0
+        self._next_memory_check = _perf() + memory_check_interval_s
         self._stats = {
             "submitted": 0,
             "completed": 0,
@@ -168,7 +168,13 @@ class ProductionInferenceEngine:
         use_cache: bool = True,
     ) -> asyncio.Future[InferenceResult]:
         """Submit one request now; await the returned future for its InferenceResult."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "predict() must be called from a running event loop (inside async code); "
+                "it submits the request at once and returns a future to await"
+            ) from None
         if loop is not self._loop:
             self._bind(loop)
         future: asyncio.Future[InferenceResult] = loop.create_future()

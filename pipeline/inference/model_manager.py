@@ -371,6 +371,34 @@ class ProductionModelManager:
         except ModelNotLoadedError:
             return False
 
+    def register_null_model(
+        self, name: str, feature_shape: tuple[int, ...], output_shape: tuple[int, ...] = (1,)
+    ) -> str:
+        """Register and load `<name>_null`: a model that does no work, for measuring the
+        harness's own ceiling (calibration). Returns its key."""
+        from pipeline.inference.runtimes import NullRuntime
+
+        key = f"{name}_null"
+        info = ModelInfo(
+            key=key,
+            name=name,
+            format="null",
+            path="",
+            version="null",
+            input_shape=[None, *feature_shape],
+            output_shape=[None, *output_shape],
+            loaded=True,
+            warmup_complete=True,
+            generation=1,
+            memory_mb=0.0,
+        )
+        with self._lock:
+            self.model_info[key] = info
+            self._loaded[key] = LoadedModel(
+                info, NullRuntime(output_shape), 1, "null", tuple(feature_shape), None
+            )
+        return key
+
     # ----------------------------------------------------------------- reload
     def add_reload_listener(self, listener: Callable[[str, LoadedModel], None]) -> None:
         """Called with (key, new model) after every successful reload (e.g. cache invalidation)."""

@@ -83,6 +83,21 @@ def test_memory_pressure_makes_pool_and_cache_give_memory_back(built_models) -> 
     assert monitor.events[-1].kind == "memory_pressure"
 
 
+def test_engine_checks_memory_pressure_by_itself(built_models) -> None:
+    from pipeline.inference import MemoryPoolManager
+
+    manager = ProductionModelManager(built_models)
+    pool = MemoryPoolManager(100)
+    monitor = RealTimePerformanceMonitor(memory_limit_mb=1)
+    engine = ProductionInferenceEngine(
+        manager, memory_pool=pool, monitor=monitor, memory_check_interval_s=0
+    )
+    run(engine.predict_batch(f"{QUALITY}_onnx", inputs(8, 10)))
+    assert [e.kind for e in monitor.events] == ["memory_pressure"]
+    assert "pool released" in monitor.events[0].detail
+    assert pool.get_memory_stats().current_pool_size_mb == 0
+
+
 def test_concurrency_is_bounded_and_excess_is_rejected() -> None:
     limiter = ConcurrentProcessingEngine(max_workers=4, auto_scale=False, max_waiting=6)
     active = 0

@@ -163,7 +163,7 @@ def test_bad_requests_fail_alone_with_clear_errors(manager) -> None:
 
     ok1, nan, ok2, shape, inf, text, unknown, ok3 = run(scenario())
     assert ok1.success and ok2.success and ok3.success
-    assert ok1.batch_size == 4  # the good requests still batched together
+    assert ok1.batch_size == ok2.batch_size == 3  # the good ones still ran as one batch
     assert not nan.success and "NaN or Inf" in nan.error and f"{ROUTING}_onnx" in nan.error
     assert not inf.success and "NaN or Inf" in inf.error
     assert not shape.success and "expected input of shape [15]" in shape.error
@@ -209,8 +209,8 @@ def test_expired_requests_fail_without_running(manager) -> None:
 def test_engine_serves_one_event_loop_after_another(manager) -> None:
     engine = make_engine(manager)
     for seed in range(3):  # each asyncio.run is a fresh loop, as in per-test loops
-        result = run(engine.predict(f"{ROUTING}_torchscript", inputs(1, 15, seed)[0]))
-        assert result.success
+        result = run(engine.predict_batch(f"{ROUTING}_torchscript", inputs(2, 15, seed)))
+        assert all(r.success for r in result)
 
 
 def test_hot_reload_under_load_loses_nothing_and_never_mixes_versions(
@@ -257,12 +257,12 @@ def test_reload_invalidates_the_cache(models_dir: Path, built_models_other_date:
     cache = ResultCache(100)
     engine = make_engine(manager, cache=cache)
     row = inputs(1, 15)[0]
-    first = run(engine.predict(key, row))
-    assert run(engine.predict(key, row)).cache_hit
+    (first,) = run(engine.predict_batch(key, [row]))
+    assert run(engine.predict_batch(key, [row]))[0].cache_hit
     for name in (f"{ROUTING}.onnx", "model_info.json"):
         shutil.copy(built_models_other_date / name, models_dir / name)
     assert manager.reload_model(key)
-    after = run(engine.predict(key, row))
+    (after,) = run(engine.predict_batch(key, [row]))
     assert not after.cache_hit and after.model_version != first.model_version
     assert cache.get_stats().invalidations >= 1
 

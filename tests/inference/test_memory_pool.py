@@ -49,7 +49,7 @@ def test_exhaustion_raises_then_recovers_after_release() -> None:
 
 
 def test_free_buffers_are_evicted_to_stay_within_the_limit() -> None:
-    pool = MemoryPoolManager(max_pool_size_mb=8)
+    pool = MemoryPoolManager(max_pool_size_mb=6)
     a = pool.allocate_tensor((1000, 1000))
     pool.release_tensor(a)
     b = pool.allocate_tensor((1001, 1000))  # does not fit beside the free one
@@ -101,7 +101,7 @@ def test_engine_reuses_batch_buffers_across_alternating_models(built_models) -> 
 def test_engine_keeps_serving_when_the_pool_is_exhausted(built_models) -> None:
     manager = ProductionModelManager(built_models)
     pool = MemoryPoolManager(max_pool_size_mb=4)
-    hog = pool.allocate_tensor((1000, 1000))  # the pool is full
+    hog = pool.allocate_tensor((1024, 1024))  # exactly 4 MB: the pool is full
     engine = ProductionInferenceEngine(manager, memory_pool=pool)
 
     async def scenario():

@@ -133,7 +133,7 @@ def test_memory_budget_evicts_least_recently_used_or_refuses(built_models: Path)
     for key in (f"{QUALITY}_onnx", f"{ROUTING}_onnx"):
         assert probe.load_model(key)
         sizes[key] = probe.model_info[key].memory_mb
-    budget = max(sizes.values()) * 1.5  # room for one model, not both
+    budget = max(sizes.values()) + min(sizes.values()) / 2  # room for either, not both
     manager = ProductionModelManager(built_models, max_memory_mb=budget)
     assert manager.load_model(f"{QUALITY}_onnx")
     assert manager.load_model(f"{ROUTING}_onnx")

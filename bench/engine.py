@@ -1,0 +1,285 @@
+"""Benchmark: the inference engine against a naive baseline and the harness's ceiling.
+
+Everything below is measured in one run on this machine, each system in its own fresh
+process, all driven by the same open-loop Poisson load generator (`pipeline.loadgen`;
+latency from the scheduled send time, issue delay recorded) on the quality predictor:
+
+- naive:        an eager PyTorch module called once per request (no batching);
+- null:         the engine with a model that does no work (the harness's ceiling);
+- torchscript:  the engine with the TorchScript backend;
+- onnx:         the engine with the ONNX Runtime backend.
+
+For each: the highest sustained rate with p99 <= 5 ms and no errors (doubling, then
+bisection), and p50/p99 at a fixed 1,000 req/s. Then the peak RSS of a process hosting the
+engine with both models loaded (torch + ONNX, and ONNX only), and the load + warm-up time
+of both example models after imports. Ratios are printed on the last lines.
+
+    .venv/bin/python bench/engine.py [--quick] [--model-dir DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SNAPSHOT = "2026-01-15"
+P99_BOUND_MS = 5.0
+FIXED_RATE = 1000.0
+SYSTEMS = ("naive", "null", "torchscript", "onnx")
+
+
+# --------------------------------------------------------------------------- workers
+class _NaiveResult:
+    __slots__ = ("output",)
+    success = True
+    batch_size = 1
+    cache_hit = False
+    error = None
+
+    def __init__(self, output: np.ndarray) -> None:
+        self.output = output
+
+
+class NaiveEagerServer:
+    """The baseline: each request runs the eager module on its own, in arrival order."""
+
+    def __init__(self, module) -> None:
+        import torch
+
+        self._torch = torch
+        self._module = module.eval()
+
+    def predict(self, _key: str, x: np.ndarray) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.call_soon(self._serve, x, future)
+        return future
+
+    def _serve(self, x: np.ndarray, future: asyncio.Future) -> None:
+        torch = self._torch
+        with torch.no_grad():
+            out = self._module(torch.from_numpy(x).unsqueeze(0))
+        future.set_result(_NaiveResult(out[0].numpy()))
+
+
+def _system(name: str, model_dir: Path):
+    """(object with predict(key, x) -> future, key) for one system under test."""
+    from pipeline.inference import MemoryPoolManager, ProductionInferenceEngine
+    from pipeline.inference import ProductionModelManager as Manager
+
+    if name == "naive":
+        import torch
+
+        from pipeline.build.examples import build_quality_predictor
+        from pipeline.build.seeds import model_seed
+
+        torch.set_num_threads(1)
+        date = json.loads((model_dir / "model_info.json").read_text())["quality_predictor"][
+            "snapshot_date"
+        ]
+        import datetime as dt
+
+        day = dt.date.fromisoformat(date)
+        built = build_quality_predictor(day, model_seed("quality_predictor", day))
+        return NaiveEagerServer(built.module), "quality_predictor"
+    manager = Manager(model_dir)
+    if name == "null":
+        key = manager.register_null_model("quality_predictor", (10,), (1,))
+    else:
+        key = f"quality_predictor_{name}"
+        if not manager.load_model(key):
+            raise SystemExit(f"cannot load {key}: {manager.load_errors.get(key)}")
+    engine = ProductionInferenceEngine(
+        manager, max_batch_size=64, memory_pool=MemoryPoolManager(64), max_queue_size=4096
+    )
+    return engine, key
+
+
+def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
+    from pipeline.build.synthetic import sample_quality_inputs
+    from pipeline.loadgen import find_max_sustained_rate, run_open_loop, summarize
+
+    server, key = _system(name, model_dir)
+    xs = sample_quality_inputs(np.random.default_rng(7), 4096).astype(np.float32)
+    duration, warmup = (1.5, 0.3) if quick else (3.0, 0.5)
+    gc.collect()
+    gc.freeze()  # startup objects (torch, models) never need scanning again
+
+    def send(i: int):
+        return server.predict(key, xs[i & 4095])
+
+    async def trial(rate: float):
+        record = await run_open_loop(send, rate, duration, warmup_s=warmup, seed=int(rate))
+        return summarize(record, percentile=99)
+
+    async def main() -> dict:
+        fixed = summarize(
+            await run_open_loop(send, FIXED_RATE, 2 * duration, warmup_s=warmup, seed=1),
+            percentile=99,
+        )
+        capacity = await find_max_sustained_rate(
+            trial,
+            p99_bound_ms=P99_BOUND_MS,
+            start_rps=1000.0,
+            refine_steps=3 if quick else 5,
+            progress=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True),
+        )
+        return {
+            "system": name,
+            "max_sustained_rps": capacity.max_sustained_rps,
+            "best": capacity.best.to_dict() if capacity.best else None,
+            "trials": capacity.trial_table(),
+            "fixed_rate": fixed.to_dict(),
+        }
+
+    return asyncio.run(main())
+
+
+def worker_rss(model_dir: Path, onnx_only: bool) -> dict:
+    import resource
+
+    from pipeline.inference import MemoryPoolManager, ProductionInferenceEngine
+    from pipeline.inference import ProductionModelManager as Manager
+
+    manager = Manager(model_dir)
+    keys = [k for k in manager.available_models if k.endswith("_onnx") or not onnx_only]
+    for key in keys:
+        assert manager.load_model(key), manager.load_errors
+    engine = ProductionInferenceEngine(manager, memory_pool=MemoryPoolManager(400))
+    rng = np.random.default_rng(0)
+
+    async def serve() -> None:
+        for _ in range(50):
+            futures = [
+                engine.predict(k, rng.random(manager.get_model(k).feature_shape, np.float32))
+                for k in keys
+                for _ in range(16)
+            ]
+            await asyncio.gather(*futures)
+
+    asyncio.run(serve())
+    return {
+        "models": keys,
+        "torch_imported": "torch" in sys.modules,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def worker_load(model_dir: Path) -> dict:
+    import onnxruntime  # noqa: F401  (imports happen before the clock starts)
+    import torch  # noqa: F401
+
+    from pipeline.inference import ProductionModelManager as Manager
+
+    started = time.perf_counter()
+    manager = Manager(model_dir)
+    for key in manager.available_models:
+        assert manager.load_model(key), manager.load_errors
+    return {
+        "models": manager.available_models,
+        "load_and_warmup_s": time.perf_counter() - started,
+        "per_model_ms": {
+            k: manager.model_info[k].load_time_ms + manager.model_info[k].warmup_time_ms
+            for k in manager.available_models
+        },
+    }
+
+
+# --------------------------------------------------------------------------- orchestration
+def _spawn(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {' '.join(args)} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="models built by `relcert build`")
+    parser.add_argument("--quick", action="store_true", help="shorter trials (less precise)")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if args.worker.startswith("capacity:"):
+            result = worker_capacity(args.worker.split(":", 1)[1], args.model_dir, args.quick)
+        elif args.worker == "rss-torch":
+            result = worker_rss(args.model_dir, onnx_only=False)
+        elif args.worker == "rss-onnx":
+            result = worker_rss(args.model_dir, onnx_only=True)
+        else:
+            result = worker_load(args.model_dir)
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="relcert-bench-") as tmp:
+        model_dir = args.model_dir
+        if model_dir is None:
+            from pipeline.build import build_models
+
+            model_dir = Path(tmp) / "models"
+            print(f"building the example models for {SNAPSHOT} ...", flush=True)
+            build_models(model_dir, snapshot_date=SNAPSHOT)
+        common = ["--model-dir", str(model_dir)] + (["--quick"] if args.quick else [])
+        results: dict = {"capacity": {}}
+        load = _spawn(["--worker", "load", *common])
+        results["load"] = load
+        print(f"load + warm-up of {len(load['models'])} models: {load['load_and_warmup_s']:.2f} s")
+        for system in SYSTEMS:
+            print(f"measuring {system} ...", flush=True)
+            results["capacity"][system] = _spawn(["--worker", f"capacity:{system}", *common])
+        results["rss_torch"] = _spawn(["--worker", "rss-torch", *common])
+        results["rss_onnx"] = _spawn(["--worker", "rss-onnx", *common])
+
+    cap = {s: results["capacity"][s]["max_sustained_rps"] for s in SYSTEMS}
+    print()
+    print(
+        f"{'system':12s} {'max rps (p99<=5ms)':>19s} {'p50@1k ms':>10s} {'p99@1k ms':>10s}"
+        f" {'batch@max':>10s} {'valid@1k':>9s}"
+    )
+    for system in SYSTEMS:
+        r = results["capacity"][system]
+        fixed, best = r["fixed_rate"], r["best"] or {}
+        print(
+            f"{system:12s} {cap[system]:19.0f} {fixed['p50_ms']:10.3f} {fixed['p99_ms']:10.3f}"
+            f" {best.get('mean_batch_size', 0):10.1f} {fixed['valid']!s:>9s}"
+        )
+    rss_t, rss_o = results["rss_torch"], results["rss_onnx"]
+    print(f"peak RSS, engine + both models (torch and ONNX): {rss_t['peak_rss_mb']:.0f} MB")
+    print(
+        f"peak RSS, engine + both models (ONNX only, torch imported: "
+        f"{rss_o['torch_imported']}): {rss_o['peak_rss_mb']:.0f} MB"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    ts, ox = results["capacity"]["torchscript"], results["capacity"]["onnx"]
+    print()
+    print(f"RATIO engine_torchscript/naive = {cap['torchscript'] / cap['naive']:.2f}  (goal >= 4)")
+    print(f"RATIO engine_onnx/naive        = {cap['onnx'] / cap['naive']:.2f}  (goal >= 4)")
+    print(f"RATIO engine_torchscript/null  = {cap['torchscript'] / cap['null']:.2f}  (goal >= 0.8)")
+    print(f"RATIO engine_onnx/null         = {cap['onnx'] / cap['null']:.2f}  (goal >= 0.8)")
+    print(
+        f"AT 1000 req/s torchscript p50 {ts['fixed_rate']['p50_ms']:.3f} ms, p99 "
+        f"{ts['fixed_rate']['p99_ms']:.3f} ms; onnx p50 {ox['fixed_rate']['p50_ms']:.3f} ms, "
+        f"p99 {ox['fixed_rate']['p99_ms']:.3f} ms  (goal p50 <= 1, p99 <= 2)"
+    )
+    print(
+        f"RSS torch+onnx {rss_t['peak_rss_mb']:.0f} MB (goal <= 500); onnx-only "
+        f"{rss_o['peak_rss_mb']:.0f} MB; load+warm-up {load['load_and_warmup_s']:.2f} s "
+        "(goal < 3)"
+    )
+
+
+if __name__ == "__main__":
+    main()
