@@ -144,9 +144,16 @@ def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
     return asyncio.run(main())
 
 
-def worker_rss(model_dir: Path, onnx_only: bool) -> dict:
-    import resource
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across exec from
+    the parent's fork, so a child would report the orchestrator's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
 
+
+def worker_rss(model_dir: Path, onnx_only: bool) -> dict:
     from pipeline.inference import MemoryPoolManager, ProductionInferenceEngine
     from pipeline.inference import ProductionModelManager as Manager
 
@@ -170,7 +177,7 @@ def worker_rss(model_dir: Path, onnx_only: bool) -> dict:
     return {
         "models": keys,
         "torch_imported": "torch" in sys.modules,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }
 
 
