@@ -16,6 +16,7 @@ class CapacityResult:
     p99_bound_ms: float
     trials: list[LoadSummary] = field(default_factory=list)
     best: LoadSummary | None = None
+    capped: bool = False  # every rate up to max_rps was sustained: capacity is at least this
 
     def trial_table(self) -> list[dict]:
         return [
@@ -27,15 +28,27 @@ class CapacityResult:
                 "valid": t.valid,
                 "mean_batch_size": t.mean_batch_size,
                 "issue_delay_p99_ms": t.issue_delay_p99_ms,
+                "samples": t.scheduled,
+                "invalid_reasons": "; ".join(t.invalid_reasons),
             }
             for t in self.trials
         ]
 
 
-def sustained(summary: LoadSummary, p99_bound_ms: float, max_error_rate: float = 0.0) -> bool:
+def sustained(
+    summary: LoadSummary,
+    p99_bound_ms: float,
+    max_error_rate: float = 0.0,
+    require_valid: bool = False,
+) -> bool:
     """A rate is sustained when p99 (from scheduled time) is within bound and errors are
-    within `max_error_rate`. Generator lateness is already inside that latency."""
-    return summary.p99_ms <= p99_bound_ms and summary.error_rate <= max_error_rate
+    within `max_error_rate` (and, with `require_valid`, the trial itself was valid: e.g. the
+    generator kept up). Generator lateness is already inside that latency."""
+    return (
+        summary.p99_ms <= p99_bound_ms
+        and summary.error_rate <= max_error_rate
+        and (summary.valid or not require_valid)
+    )
 
 
 async def find_max_sustained_rate(
@@ -47,6 +60,7 @@ async def find_max_sustained_rate(
     refine_steps: int = 5,
     max_error_rate: float = 0.0,
     confirm_failures: bool = True,
+    require_valid: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> CapacityResult:
     """Double the rate from `start_rps` until a trial fails, then bisect `refine_steps` times.
@@ -66,7 +80,7 @@ async def find_max_sustained_rate(
     async def attempt_once(rate: float) -> bool:
         summary = await trial(rate)
         result.trials.append(summary)
-        ok = sustained(summary, p99_bound_ms, max_error_rate)
+        ok = sustained(summary, p99_bound_ms, max_error_rate, require_valid)
         if progress:
             progress(
                 f"  {rate:9.0f} req/s: p50 {summary.p50_ms:7.3f} ms  p99 {summary.p99_ms:8.3f} ms"
@@ -88,6 +102,7 @@ async def find_max_sustained_rate(
             hi = rate
             break
     if hi is None:
+        result.capped = True
         return result
     for _ in range(refine_steps):
         mid = (lo + hi) / 2 if lo else hi / 2

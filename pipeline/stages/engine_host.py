@@ -1,0 +1,496 @@
+"""Host the inference engine in its own process, and talk to it from the load generator.
+
+The load and stress stages measure the engine, not the caller: the engine runs in a child
+process (`python -m pipeline.stages.engine_host`), and the stage's load generator sends
+requests over a loopback TCP connection with a compact binary framing. The child's RSS and
+CPU are sampled from the parent with psutil while it serves.
+
+Frame: u32 little-endian length, then the body.
+  request  body: u32 id, u8 op, then for PREDICT: u8 model index, float32 values
+  response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
+                 UTF-8 error text (not ok); for control ops: UTF-8 JSON
+
+Stress-test control ops (used by the stress stage; they never run unless asked):
+  BALLAST  body: u32 MB — hold that much touched memory in the engine process (0 frees it);
+           growth is one numpy array per call, so a step of 33 MB or more is mmapped by
+           glibc and goes back to the OS when freed
+  POOL     body: UTF-8 JSON {"action": "exhaust", "shape": [...], "count": n, "fill": bool}
+           allocates from the engine's MemoryPoolManager (n attempts; `fill` then takes what
+           is left, so no batch buffer fits); {"action": "release"} returns every held buffer;
+           {"action": "probe", "shape": [...]} allocates one buffer and releases it
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler"]
+
+OP_PREDICT, OP_STATS, OP_RELOAD, OP_CONFIG = 0, 1, 2, 3
+OP_BALLAST, OP_POOL = 4, 5
+_LEN = struct.Struct("<I")
+_REQ = struct.Struct("<IBB")
+_CTL = struct.Struct("<IB")
+_RESP = struct.Struct("<IBBH")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How the hosted engine is configured (the settings a certification applies to)."""
+
+    models: tuple[str, ...]  # engine keys, e.g. ("quality_predictor_onnx", ...)
+    max_batch_size: int = 32
+    batch_timeout_ms: float = 0.0
+    max_queue_size: int = 1024
+    pool_mb: float = 400.0
+    cache_entries: int = 10_000
+    max_memory_mb: float = 500.0
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "models": list(self.models)})
+
+
+@dataclass
+class HostResult:
+    """What a request to the hosted engine returned."""
+
+    __slots__ = ("batch_size", "cache_hit", "error", "output", "success")
+    success: bool
+    output: np.ndarray | None
+    error: str | None
+    batch_size: int
+    cache_hit: bool
+
+
+# --------------------------------------------------------------------------- child side
+async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
+    import gc
+
+    from pipeline.inference import (
+        MemoryPoolManager,
+        ProductionInferenceEngine,
+        ProductionModelManager,
+        RealTimePerformanceMonitor,
+        ResultCache,
+    )
+
+    manager = ProductionModelManager(model_dir, max_memory_mb=config.max_memory_mb)
+    init_started = time.perf_counter()
+    load_errors = {}
+    for key in config.models:
+        if key.endswith("_null"):  # calibration: the harness's own floor
+            name = key[: -len("_null")]
+            real = next((i for i in manager.model_info.values() if i.name == name), None)
+            if real is None:
+                load_errors[key] = f"no model {name!r} to take a null model's shapes from"
+                continue
+            out_shape = tuple(int(d) for d in real.output_shape[1:]) or (1,)
+            manager.register_null_model(name, real.feature_shape, out_shape)
+        elif not manager.load_model(key, priority=True):
+            load_errors[key] = manager.load_errors.get(key, "unknown error")
+    init_s = time.perf_counter() - init_started
+    engine = ProductionInferenceEngine(
+        manager,
+        max_batch_size=config.max_batch_size,
+        batch_timeout_ms=config.batch_timeout_ms,
+        max_queue_size=config.max_queue_size,
+        memory_pool=MemoryPoolManager(config.pool_mb),
+        cache=ResultCache(config.cache_entries) if config.cache_entries else None,
+        monitor=RealTimePerformanceMonitor(window_seconds=60),
+    )
+    keys = list(config.models)
+    ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
+    held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
+    gc.collect()
+    gc.freeze()
+
+    def set_ballast(target_mb: int) -> dict[str, Any]:
+        current = sum(a.nbytes for a in ballast)
+        target = int(target_mb) * 2**20
+        if target <= 0:
+            ballast.clear()
+        elif target > current:
+            chunk = np.empty(target - current, dtype=np.uint8)
+            chunk.fill(1)  # touch every page: the memory is resident, not just reserved
+            ballast.append(chunk)
+        else:
+            while ballast and sum(a.nbytes for a in ballast) > target:
+                ballast.pop()
+        return {"ballast_mb": sum(a.nbytes for a in ballast) / 2**20, "chunks": len(ballast)}
+
+    def pool_op(args: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.inference.errors import PoolExhaustedError
+
+        pool = engine.memory_pool
+        if pool is None:
+            return {"error": "the engine has no memory pool"}
+        action = args.get("action")
+        result: dict[str, Any] = {"action": action}
+        if action == "exhaust":
+            shape = tuple(int(d) for d in args.get("shape", (1000, 1000)))
+            ok = failed = 0
+            for _ in range(int(args.get("count", 100))):
+                try:
+                    held.append(pool.allocate_tensor(shape))
+                    ok += 1
+                except PoolExhaustedError:
+                    failed += 1
+            result.update(shape=list(shape), allocated=ok, failed=failed)
+            if args.get("fill"):
+                stats = pool.get_memory_stats()
+                rest = int(stats.max_pool_size_mb * 2**20) - int(stats.in_use_mb * 2**20)
+                if rest > 0:
+                    try:
+                        held.append(pool.allocate_tensor((rest,), np.uint8))
+                        result["filled_bytes"] = rest
+                    except PoolExhaustedError:
+                        result["filled_bytes"] = 0
+        elif action == "release":
+            for buffer in held:
+                pool.release_tensor(buffer)
+            result["released"] = len(held)
+            held.clear()
+        elif action == "probe":
+            shape = tuple(int(d) for d in args.get("shape", (1000, 1000)))
+            try:
+                pool.release_tensor(pool.allocate_tensor(shape))
+                result.update(ok=True, error=None)
+            except PoolExhaustedError as exc:
+                result.update(ok=False, error=str(exc))
+        else:
+            return {"error": f"unknown pool action {action!r}"}
+        result["held"] = len(held)
+        result["pool"] = pool.get_memory_stats().to_dict()
+        return result
+
+    def stats() -> dict[str, Any]:
+        return {
+            "engine": engine.get_stats(),
+            "init_s": init_s,
+            "load_errors": load_errors,
+            "models": {
+                k: {
+                    "version": manager.model_info[k].version,
+                    "sha256": manager.model_info[k].sha256,
+                    "load_time_ms": manager.model_info[k].load_time_ms,
+                    "warmup_time_ms": manager.model_info[k].warmup_time_ms,
+                    "loaded": manager.is_loaded(k),
+                }
+                for k in keys
+                if k in manager.model_info
+            },
+            "monitor": engine.monitor.get_current_metrics().to_dict(),
+            "pid": os.getpid(),
+        }
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def reply(request_id: int, future: asyncio.Future) -> None:
+            result = future.result()
+            if result.success:
+                payload = np.ascontiguousarray(result.output, dtype=np.float32).tobytes()
+            else:
+                payload = (result.error or "failed").encode()
+            head = _RESP.pack(
+                request_id, result.success, result.cache_hit, min(result.batch_size, 65535)
+            )
+            writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
+
+        try:
+            while True:
+                size = _LEN.unpack(await reader.readexactly(4))[0]
+                body = await reader.readexactly(size)
+                request_id, op = _CTL.unpack_from(body)
+                if op == OP_PREDICT:
+                    _, _, index = _REQ.unpack_from(body)
+                    x = np.frombuffer(body, dtype=np.float32, offset=_REQ.size)
+                    future = engine.predict(keys[index], x)
+                    future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
+                    continue
+                if op == OP_STATS:
+                    payload = json.dumps(stats(), default=float).encode()
+                elif op == OP_RELOAD:
+                    key = keys[body[_CTL.size]]
+                    ok = await manager.reload_model_async(key)
+                    payload = json.dumps(
+                        {
+                            "ok": ok,
+                            "version": manager.model_info[key].version,
+                            "error": manager.load_errors.get(key),
+                        }
+                    ).encode()
+                elif op == OP_BALLAST:
+                    (target_mb,) = _LEN.unpack_from(body, _CTL.size)
+                    loop = asyncio.get_running_loop()
+                    state = await loop.run_in_executor(None, set_ballast, target_mb)
+                    payload = json.dumps(state).encode()
+                elif op == OP_POOL:
+                    args = json.loads(body[_CTL.size :].decode() or "{}")
+                    payload = json.dumps(pool_op(args), default=float).encode()
+                else:
+                    payload = b'{"error": "unknown op"}'
+                head = _RESP.pack(request_id, 1, 0, 0)
+                writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"READY {bound} {json.dumps(load_errors)}", flush=True)
+    async with server:
+        # the parent closes our stdin to ask for shutdown (or kills us)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+
+
+def _child_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="host the relcert engine on loopback")
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--config", required=True, help="HostConfig as JSON")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    raw = json.loads(args.config)
+    raw["models"] = tuple(raw["models"])
+    asyncio.run(_serve(args.model_dir, HostConfig(**raw), args.port))
+
+
+# --------------------------------------------------------------------------- parent side
+class ResourceSampler:
+    """Samples a process's RSS and CPU every `interval_s` in the background (bounded list)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5, max_samples: int = 100_000) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.max_samples = max_samples
+        self.samples: list[tuple[float, float, float]] = []  # (t, rss_mb, cpu_percent)
+        self._task: asyncio.Task | None = None
+        self._t0 = time.perf_counter()
+
+    def sample(self) -> tuple[float, float, float]:
+        with self.process.oneshot():
+            row = (
+                time.perf_counter() - self._t0,
+                self.process.memory_info().rss / 2**20,
+                self.process.cpu_percent(None),
+            )
+        if len(self.samples) < self.max_samples:
+            self.samples.append(row)
+        return row
+
+    async def _run(self) -> None:
+        self.process.cpu_percent(None)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.sample()
+            except Exception:  # the process ended
+                return
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def peak_rss_mb(self) -> float:
+        return max((s[1] for s in self.samples), default=float("nan"))
+
+    def mean_cpu_percent(self) -> float:
+        cpu = [s[2] for s in self.samples[1:]]
+        return float(np.mean(cpu)) if cpu else float("nan")
+
+
+@dataclass
+class EngineHost:
+    """Starts the engine process, connects to it, and sends it requests (async)."""
+
+    model_dir: Path
+    config: HostConfig
+    start_timeout_s: float = 60.0
+    process: subprocess.Popen | None = None
+    port: int = 0
+    load_errors: dict[str, str] = field(default_factory=dict)
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
+    _pending: dict[int, tuple[asyncio.Future, bool]] = field(default_factory=dict)
+    _next_id: int = 0
+    _index: dict[str, int] = field(default_factory=dict)
+    _reader_task: asyncio.Task | None = None
+
+    async def start(self) -> EngineHost:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.stages.engine_host",
+            "--model-dir",
+            str(self.model_dir),
+            "--config",
+            self.config.to_json(),
+        ]
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            line = await asyncio.wait_for(
+                loop.run_in_executor(None, self.process.stdout.readline), self.start_timeout_s
+            )
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(
+                f"engine host did not become ready within {self.start_timeout_s:g} s"
+            ) from None
+        if not line.startswith("READY "):
+            code = self.process.poll()
+            self.kill()
+            raise RuntimeError(f"engine host failed to start (exit code {code}): {line.strip()}")
+        _, port, errors = line.strip().split(" ", 2)
+        self.port = int(port)
+        self.load_errors = json.loads(errors)
+        self._index = {k: i for i, k in enumerate(self.config.models)}
+        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._reader_task = loop.create_task(self._read_loop())
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def _read_loop(self) -> None:
+        reader = self._reader
+        pending = self._pending
+        try:
+            while True:
+                size = _LEN.unpack(await reader.readexactly(4))[0]
+                body = await reader.readexactly(size)
+                request_id, ok, hit, batch = _RESP.unpack_from(body)
+                entry = pending.pop(request_id, None)
+                if entry is None:
+                    continue
+                future, control = entry
+                if future.done():
+                    continue
+                data = body[_RESP.size :]
+                if control:
+                    future.set_result(data)
+                elif ok:
+                    out = np.frombuffer(data, dtype=np.float32)
+                    future.set_result(HostResult(True, out, None, batch, bool(hit)))
+                else:
+                    future.set_result(HostResult(False, None, data.decode(), batch, False))
+        except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            for future, control in pending.values():
+                if future.done():
+                    continue
+                if control:
+                    future.set_exception(ConnectionError("engine host connection closed"))
+                else:
+                    future.set_result(
+                        HostResult(False, None, "engine host connection closed", 0, False)
+                    )
+            pending.clear()
+
+    def _send(self, body: bytes, control: bool) -> asyncio.Future:
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        request_id = self._next_id
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (future, control)
+        struct.pack_into("<I", body, 0, request_id)
+        self._writer.write(_LEN.pack(len(body)) + body)
+        return future
+
+    def predict(self, model_key: str, x: np.ndarray) -> asyncio.Future:
+        """Send one request now; the future resolves to a HostResult."""
+        head = bytearray(_REQ.pack(0, OP_PREDICT, self._index[model_key]))
+        head += np.ascontiguousarray(x, dtype=np.float32).tobytes()
+        return self._send(head, control=False)
+
+    async def _control(self, op: int, extra: bytes = b"") -> dict[str, Any]:
+        future = self._send(bytearray(_CTL.pack(0, op)) + extra, control=True)
+        return json.loads(await asyncio.wait_for(future, 60))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._control(OP_STATS)
+
+    async def reload(self, model_key: str) -> dict[str, Any]:
+        return await self._control(OP_RELOAD, bytes([self._index[model_key]]))
+
+    def predict_many(self, items: Sequence[tuple[str, np.ndarray]]) -> list[asyncio.Future]:
+        """Send several requests in one write (a burst that reaches the engine together);
+        each future resolves to a HostResult, as with `predict`."""
+        frames = bytearray()
+        futures = []
+        loop = asyncio.get_running_loop()
+        for model_key, x in items:
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+            future = loop.create_future()
+            self._pending[self._next_id] = (future, False)
+            body = _REQ.pack(self._next_id, OP_PREDICT, self._index[model_key])
+            body += np.ascontiguousarray(x, dtype=np.float32).tobytes()
+            frames += _LEN.pack(len(body)) + body
+            futures.append(future)
+        self._writer.write(bytes(frames))
+        return futures
+
+    async def ballast(self, mb: int) -> dict[str, Any]:
+        """Make the engine process hold `mb` MB of touched memory (0 frees it all)."""
+        return await self._control(OP_BALLAST, _LEN.pack(max(0, int(mb))))
+
+    async def pool(self, action: str, **args: Any) -> dict[str, Any]:
+        """Drive the engine's memory pool: "exhaust", "release" or "probe" (see OP_POOL)."""
+        return await self._control(OP_POOL, json.dumps({"action": action, **args}).encode())
+
+    async def stop(self, timeout_s: float = 10.0) -> int | None:
+        """Ask the child to exit (close stdin), then kill it if it does not; returns the code."""
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if self._writer is not None:
+            self._writer.close()
+        if self.process is None:
+            return None
+        with contextlib.suppress(Exception):
+            self.process.stdin.close()
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), timeout_s)
+        except TimeoutError:
+            self.kill()
+            return self.process.poll()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    _child_main()
