@@ -16,10 +16,13 @@ fi
 stamp=".venv/.relcert-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "==> installing relcert and its pinned dependencies (constraints.txt)"
-    .venv/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 \
-        | grep -v "^WARNING: Location" || true
+    echo "==> installing relcert and its pinned dependencies (constraints.txt); log: .venv/install.log"
+    if ! { .venv/bin/python -m pip install --upgrade "pip>=24" &&
+           .venv/bin/python -m pip install -c constraints.txt -e ".[dev]"; } > .venv/install.log 2>&1; then
+        tail -30 .venv/install.log >&2
+        echo "setup failed; the full log is .venv/install.log" >&2
+        exit 1
+    fi
     .venv/bin/python -m pip check
     echo "$want" > "$stamp"
 fi
