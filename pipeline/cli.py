@@ -39,6 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--models", default=None, help="models file (default: include/models.yaml)")
 
+    stage = sub.add_parser(
+        "stage",
+        help="run one certification stage and its gate on a run folder (no Airflow)",
+        description="Run one stage (build, integration, load, stress, certify) on a run "
+        "folder, then its Great Expectations gate. Exit 0 when the gate passed, 3 when it "
+        "failed, 1 on error.",
+    )
+    stage.add_argument("name", choices=["build", "integration", "load", "stress", "certify"])
+    stage.add_argument("--run-dir", required=True, help="the run's artifact folder")
+    stage.add_argument("--profile", default="smoke", choices=["smoke", "nightly", "release"])
+    stage.add_argument("--date", type=_date, default=None, help="build: snapshot date")
+    stage.add_argument("--models", default=None, help="build: models file")
+    stage.add_argument(
+        "--targets", default=None, help="targets file (default include/targets.yaml)"
+    )
+
     demo = sub.add_parser("demo", help="a short demo of the inference engine on built models")
     demo.add_argument("--model-dir", required=True, help="a folder written by `relcert build`")
     demo.add_argument("--rate", type=float, default=1000.0, help="open-loop rate, req/s")
@@ -70,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"    {name:22s} v{entry['version']}  {metrics}")
         return 0
+    if args.command == "stage":
+        return _stage(args)
     if args.command == "demo":
         from pipeline.demo import run_demo
 
@@ -80,6 +98,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     return 2
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildError
+    from pipeline.gates import GateError
+    from pipeline.profiles import ProfileError
+    from pipeline.stages import run_stage
+    from pipeline.stages.common import StageError
+    from pipeline.targets import TargetsError, load_targets
+
+    try:
+        targets = load_targets(args.targets)
+        result = run_stage(
+            args.name,
+            args.run_dir,
+            args.profile,
+            targets=targets,
+            snapshot_date=args.date,
+            models_file=args.models,
+            progress=lambda line: print(line, flush=True),
+        )
+    except (TargetsError, ProfileError, BuildError, GateError, StageError) as exc:
+        print(f"relcert stage {args.name}: error: {exc}", file=sys.stderr)
+        return 1
+    gate = result["gate"]
+    print(
+        f"==> {args.name}: {result['seconds']:.1f} s; gate {gate['stage']} "
+        f"{'passed' if gate['success'] else 'FAILED'}; Data Docs: {gate['data_docs']}"
+    )
+    return 0 if gate["success"] else 3
 
 
 if __name__ == "__main__":
