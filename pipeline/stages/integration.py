@@ -158,6 +158,9 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
         f"model files ({'all loaded' if all_loaded else 'LOAD FAILURES'})"
     )
 
+    if not manager.loaded_models:
+        rows.append(_row("serving", "all", False, detail="no model loaded: nothing to serve"))
+        return _finish(run, profile, rows, manager, None, init_s, started, say)
     pool = MemoryPoolManager(400)
     monitor = RealTimePerformanceMonitor()
     engine = ProductionInferenceEngine(
@@ -294,6 +297,10 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     # ---- model SLAs on the held-out split, recomputed through the engine
     rows += await _slas(run, engine, manager, info, serving, targets)
 
+    return _finish(run, profile, rows, manager, engine, init_s, started, say)
+
+
+def _finish(run, profile, rows, manager, engine, init_s, started, say) -> dict[str, Any]:
     folder = run.stage(STAGE)
     write_table(rows, folder / "checks.csv")
     failed = [f"{r['check']}:{r['model']}" for r in rows if not r["passed"]]
@@ -304,7 +311,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
         "passed": len(rows) - len(failed),
         "failed": failed,
         "initialization_s": init_s,
-        "engine_stats": engine.get_stats(),
+        "engine_stats": engine.get_stats() if engine is not None else {},
         "seconds": time.perf_counter() - started,
         "models": {
             k: {"version": manager.model_info[k].version, "sha256": manager.model_info[k].sha256}
