@@ -1,0 +1,241 @@
+"""Targets -> expectation specs: what each stage's gate checks, in plain Python.
+
+The specs name GX expectations by their snake_case type with JSON-ready kwargs, so this
+module needs no GX import; `pipeline.gates.runner` turns them into a GX suite.
+Which target bounds which column is one table (`TARGET_BOUNDS`), not code per stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.gates.contracts import STAGES, TABLES, TableContract
+from pipeline.targets import Target, Targets, format_number, format_unit, tolerance_phrase
+
+__all__ = ["TARGET_BOUNDS", "ExpectationSpec", "TargetBound", "suite_name", "suite_spec"]
+
+
+@dataclass(frozen=True)
+class ExpectationSpec:
+    """One expectation of a gate suite.
+
+    `type` is the GX snake_case name, `kwargs` its JSON-ready arguments, `meaning` one human
+    sentence, and `target` the targets.yaml metric it enforces (None for structural checks).
+    """
+
+    type: str
+    kwargs: dict[str, Any]
+    meaning: str
+    target: str | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class TargetBound:
+    """A stage table column that must stay inside a target's threshold.
+
+    The bound's side comes from the target's direction (max: upper bound, min: lower bound).
+    `where` restricts the check to rows with `column == value`; `floor` adds a fixed lower
+    bound to a max target (a difference cannot be negative).
+    """
+
+    stage: str
+    target: str
+    column: str
+    subject: str
+    where: tuple[str, str] | None = None
+    floor: float | None = None
+
+
+# (stage, target, column, subject): the rows the suites are built from. The certification
+# stage additionally re-checks every declared target; see `_certification_bounds`.
+TARGET_BOUNDS: tuple[TargetBound, ...] = (
+    TargetBound(
+        "build",
+        "parity_max_abs_diff",
+        "parity_max_abs_diff",
+        "parity max |diff| of every exported model",
+        floor=0.0,
+    ),
+    TargetBound(
+        "integration",
+        "routing_accuracy",
+        "measured",
+        "routing accuracy of every model_sla_routing_accuracy check",
+        where=("check", "model_sla_routing_accuracy"),
+    ),
+    TargetBound(
+        "integration",
+        "quality_correlation",
+        "measured",
+        "quality correlation of every model_sla_quality_correlation check",
+        where=("check", "model_sla_quality_correlation"),
+    ),
+    TargetBound(
+        "integration",
+        "model_initialization_s",
+        "measured",
+        "initialisation time of every initialization check",
+        where=("check", "initialization"),
+    ),
+    TargetBound("load", "error_rate", "error_rate", "error rate of every scenario"),
+    TargetBound(
+        "load", "average_inference_latency_ms", "mean_ms", "mean latency of every scenario"
+    ),
+    TargetBound("load", "p95_latency_ms", "p95_ms", "p95 latency of every scenario"),
+    TargetBound("load", "p99_latency_ms", "p99_ms", "p99 latency of every scenario"),
+    TargetBound("load", "memory_usage_mb", "peak_rss_mb", "peak RSS of every scenario"),
+)
+
+# Boolean columns that must be True on every row (each also must not be empty: GX column
+# checks skip missing values, and a missing verdict is not a pass).
+_ALL_TRUE: dict[str, tuple[str, ...]] = {
+    "build": ("sha256_verified", "parity_passed", "outputs_finite"),
+    "integration": ("passed",),
+    "load": ("valid",),
+    "stress": ("survived", "recovered"),
+    "infra": ("passed",),
+    "certification": ("met", "valid"),
+}
+
+# Other columns that must have a value on every row.
+_NOT_NULL: dict[str, tuple[str, ...]] = {
+    "build": ("version",),
+    "integration": ("check",),
+    "certification": ("measured",),
+}
+
+# Bounds that do not come from a target: (stage, column, min, max, meaning).
+_FIXED_BOUNDS: tuple[tuple[str, str, float, float, str], ...] = (
+    ("stress", "lost", 0, 0, "no request is lost in any stress test (lost between 0 and 0)"),
+)
+
+
+def suite_name(stage: str) -> str:
+    """The GX expectation suite name of a stage's gate."""
+    return f"relcert_{stage}"
+
+
+def _row_condition(where: tuple[str, str]) -> dict[str, Any]:
+    """A GX 1.x comparison condition in its serialised (JSON) form."""
+    column, value = where
+    return {"type": "comparison", "column": {"name": column}, "operator": "==", "parameter": value}
+
+
+def _domain(column: str, where: tuple[str, str] | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"column": column}
+    if where is not None:
+        kwargs["row_condition"] = _row_condition(where)
+    return kwargs
+
+
+def _not_null(
+    contract: TableContract, column: str, where: tuple[str, str] | None = None
+) -> ExpectationSpec:
+    rows = f"every {contract.row_noun}"
+    if where is not None:
+        rows = f"every {where[1]} {contract.row_noun}"
+    return ExpectationSpec(
+        "expect_column_values_to_not_be_null",
+        _domain(column, where),
+        f"{column} is present for {rows}",
+    )
+
+
+def _bound_spec(bound: TargetBound, target: Target) -> ExpectationSpec:
+    threshold = target.threshold
+    unit = format_unit(target.unit)
+    kwargs = _domain(bound.column, bound.where)
+    if target.direction == "max":
+        if bound.floor is not None:
+            kwargs["min_value"] = bound.floor
+            rule = f"between {format_number(bound.floor)} and {format_number(threshold)}{unit}"
+        else:
+            rule = f"<= {format_number(threshold)}{unit}"
+        kwargs["max_value"] = threshold
+    else:
+        kwargs["min_value"] = threshold
+        rule = f">= {format_number(threshold)}{unit}"
+    return ExpectationSpec(
+        "expect_column_values_to_be_between",
+        kwargs,
+        f"{bound.subject} {rule} ({tolerance_phrase(target)})",
+        target=target.name,
+    )
+
+
+def _certification_bounds(targets: Targets) -> tuple[TargetBound, ...]:
+    """One independent re-check per declared target, on that target's row."""
+    return tuple(
+        TargetBound("certification", name, "measured", f"measured {name}", where=("name", name))
+        for name in targets
+    )
+
+
+def _row_count_specs(
+    stage: str, contract: TableContract, targets: Targets
+) -> list[ExpectationSpec]:
+    if stage != "certification":
+        return [
+            ExpectationSpec(
+                "expect_table_row_count_to_be_between",
+                {"min_value": 1},
+                f"{contract.path} has at least one {contract.row_noun}",
+            )
+        ]
+    return [
+        ExpectationSpec(
+            "expect_table_row_count_to_equal",
+            {"value": len(targets)},
+            f"{contract.path} has one row per declared target ({len(targets)} rows)",
+        ),
+        ExpectationSpec(
+            "expect_column_distinct_values_to_equal_set",
+            {"column": "name", "value_set": list(targets)},
+            f"the criteria are exactly the {len(targets)} targets declared in {targets.source}",
+        ),
+    ]
+
+
+def suite_spec(stage: str, targets: Targets) -> list[ExpectationSpec]:
+    """The expectations of `stage`'s gate, with thresholds taken from `targets`.
+
+    A target bound whose metric is not declared in `targets` is left out: a targets file
+    may certify a subset of the known metrics.
+    """
+    if stage not in TABLES:
+        raise ValueError(f"unknown gate stage {stage!r}; known stages: {', '.join(STAGES)}")
+    contract = TABLES[stage]
+    specs = _row_count_specs(stage, contract, targets)
+
+    for column in _NOT_NULL.get(stage, ()):
+        specs.append(_not_null(contract, column))
+    for column in _ALL_TRUE.get(stage, ()):
+        specs.append(_not_null(contract, column))
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_be_in_set",
+                {"column": column, "value_set": [True]},
+                f"{column} is True for every {contract.row_noun}",
+            )
+        )
+
+    bounds = TARGET_BOUNDS + (_certification_bounds(targets) if stage == "certification" else ())
+    for bound in bounds:
+        if bound.stage != stage or bound.target not in targets:
+            continue
+        if stage != "certification":  # there, one not-null check on `measured` covers all
+            specs.append(_not_null(contract, bound.column, bound.where))
+        specs.append(_bound_spec(bound, targets[bound.target]))
+
+    for bound_stage, column, low, high, meaning in _FIXED_BOUNDS:
+        if bound_stage == stage:
+            specs.append(_not_null(contract, column))
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_values_to_be_between",
+                    {"column": column, "min_value": low, "max_value": high},
+                    meaning,
+                )
+            )
+    return specs

@@ -1,0 +1,132 @@
+"""suite_spec: what each gate checks, derived from the targets (pure Python, no GX)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.gates import STAGES, TABLES, ExpectationSpec, suite_name, suite_spec
+from pipeline.targets import Targets, load_targets
+
+
+def by_meaning(specs: list[ExpectationSpec], text: str) -> ExpectationSpec:
+    matches = [spec for spec in specs if text in spec.meaning]
+    assert len(matches) == 1, [spec.meaning for spec in specs]
+    return matches[0]
+
+
+def test_every_stage_has_a_suite_with_unique_json_ready_expectations(targets: Targets) -> None:
+    assert STAGES == ("build", "integration", "load", "stress", "infra", "certification")
+    for stage in STAGES:
+        specs = suite_spec(stage, targets)
+        meanings = [spec.meaning for spec in specs]
+        assert len(set(meanings)) == len(meanings), stage
+        assert specs[0].type.startswith("expect_table_row_count")
+        assert all(spec.type.startswith("expect_") for spec in specs)
+        json.dumps([spec.kwargs for spec in specs], allow_nan=False)
+        assert suite_name(stage) == f"relcert_{stage}"
+
+
+def test_unknown_stage_lists_the_known_ones(targets: Targets) -> None:
+    with pytest.raises(ValueError, match=r"unknown gate stage 'deploy'.*build, integration, load"):
+        suite_spec("deploy", targets)
+
+
+def test_load_suite_takes_thresholds_from_targets(targets: Targets) -> None:
+    specs = suite_spec("load", targets)
+    p99 = by_meaning(specs, "p99 latency of every scenario")
+    assert p99 == ExpectationSpec(
+        "expect_column_values_to_be_between",
+        {"column": "p99_ms", "max_value": 360.0},
+        "p99 latency of every scenario <= 360 ms (target 300 ms +20%)",
+        target="p99_latency_ms",
+    )
+    assert by_meaning(specs, "error rate").kwargs == {"column": "error_rate", "max_value": 0.015}
+    assert by_meaning(specs, "mean latency").kwargs["max_value"] == 33.0
+    assert by_meaning(specs, "p95 latency").kwargs["max_value"] == 115.0
+    assert by_meaning(specs, "peak RSS").kwargs == {"column": "peak_rss_mb", "max_value": 525.0}
+    assert by_meaning(specs, "valid is True").kwargs == {"column": "valid", "value_set": [True]}
+
+
+def test_min_targets_are_lower_bounds_on_filtered_rows(targets: Targets) -> None:
+    specs = suite_spec("integration", targets)
+    routing = by_meaning(specs, "routing accuracy")
+    assert routing.kwargs == {
+        "column": "measured",
+        "row_condition": {
+            "type": "comparison",
+            "column": {"name": "check"},
+            "operator": "==",
+            "parameter": "model_sla_routing_accuracy",
+        },
+        "min_value": 0.95,
+    }
+    assert by_meaning(specs, "quality correlation").kwargs["min_value"] == 0.9
+    init = by_meaning(specs, "initialisation time")
+    assert init.kwargs["max_value"] == 3.0
+    assert init.meaning.endswith("<= 3 s (target 3 s, no tolerance)")
+
+
+def test_build_parity_is_between_zero_and_its_threshold(targets: Targets) -> None:
+    parity = by_meaning(suite_spec("build", targets), "parity max |diff|")
+    assert parity.kwargs == {"column": "parity_max_abs_diff", "min_value": 0.0, "max_value": 1e-5}
+
+
+def test_certification_rechecks_every_target_on_its_own_row(targets: Targets) -> None:
+    specs = suite_spec("certification", targets)
+    assert specs[0].kwargs == {"value": len(targets)}
+    rechecks = [spec for spec in specs if spec.target is not None]
+    assert [spec.target for spec in rechecks] == list(targets)
+    for spec, target in zip(rechecks, targets.values(), strict=True):
+        assert spec.kwargs["row_condition"]["parameter"] == target.name
+        bound = "max_value" if target.direction == "max" else "min_value"
+        assert spec.kwargs[bound] == target.threshold
+    success = by_meaning(specs, "measured success_rate")
+    assert success.meaning == "measured success_rate >= 0.9801 (target 0.99 -1%)"
+
+
+def test_overrides_change_the_suite(targets: Targets) -> None:
+    tightened = targets.with_overrides({"p99_latency_ms": 250})
+    p99 = by_meaning(suite_spec("load", tightened), "p99 latency")
+    assert p99.kwargs["max_value"] == 300.0
+    assert p99.meaning == "p99 latency of every scenario <= 300 ms (target 250 ms +20%)"
+
+
+def test_undeclared_targets_are_not_gated(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    entry = {
+        "name": "p99_latency_ms",
+        "category": "latency",
+        "target": 200,
+        "tolerance": 0.0,
+        "direction": "max",
+        "unit": "ms",
+    }
+    path.write_text(yaml.safe_dump({"version": 1, "targets": [entry]}))
+    subset = load_targets(path)
+    load = suite_spec("load", subset)
+    assert [spec.target for spec in load if spec.target] == ["p99_latency_ms"]
+    certification = suite_spec("certification", subset)
+    assert certification[0].kwargs == {"value": 1}
+
+
+def test_contract_paths_are_inside_the_run_folder() -> None:
+    assert TABLES["certification"].path == "stages/certify/criteria.csv"
+    for contract in TABLES.values():
+        assert not Path(contract.path).is_absolute() and ".." not in contract.path
+
+
+def test_importing_gates_loads_neither_gx_nor_airflow() -> None:
+    code = (
+        "import sys, pipeline.gates, pipeline.targets\n"
+        "from pipeline.targets import load_targets\n"
+        "pipeline.gates.suite_spec('load', load_targets())\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('great_expectations', 'airflow')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,69 @@
+"""Load stage and its gate: real engine process, real traffic on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.stages import run_stage
+from pipeline.stages.load import REQUEST_COLUMNS
+from tests.stages.conftest import onnx_run
+
+torch = pytest.importorskip("torch")
+
+
+def test_load_stage_measures_the_engine_process_and_passes_its_gate(
+    run_dir: Path, mini_profile
+) -> None:
+    result = run_stage("load", run_dir, "mini")
+    folder = run_dir / "stages/load"
+    summary = json.loads((folder / "summary.json").read_text())
+    scenarios = pd.read_csv(folder / "scenarios.csv")
+    requests = pd.read_csv(folder / "requests.csv")
+    assert result["gate"]["success"], result["gate"]["failed"]
+    assert list(requests.columns) == REQUEST_COLUMNS
+    assert set(requests["model"]) == {"quality_predictor", "routing_classifier"}
+    assert scenarios["valid"].all() and (scenarios["error_rate"] == 0).all()
+    assert (requests["latency_ms"] > 0).all() and requests["success"].all()
+    for table in ("windows.csv", "capacity.csv", "concurrency.csv", "resources.csv"):
+        assert len(pd.read_csv(folder / table)) > 0, table
+    # memory is the engine process's, not ours
+    assert summary["engine_stats"]["batches"] > 0
+    assert 20 < summary["memory"]["peak_rss_mb"] < 2000
+    assert summary["calibration"]["samples"] > 0
+    assert summary["capacity"]["max_sustained_rps"] >= 50
+    assert summary["peak"]["throughput_rps"] > 0
+    assert summary["concurrency"]["supported_users"] == 4
+    cache = summary["cache"]
+    assert 0 < cache["hit_rate"] <= cache["best_possible_hit_rate"] + 1e-9
+    assert summary["host"]["hostname"]
+
+
+class _Slow(torch.nn.Module):
+    """Heavy compute in forward (an exported graph cannot sleep): ~0.1 s per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(1024, 1024) / 1024)
+        self.head = torch.nn.Linear(10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * x.mean()
+        for _ in range(3):
+            w = w @ self.weight
+        return self.head(x) + w.mean()
+
+
+def test_a_slowed_model_fails_the_latency_gate(tmp_path: Path, mini_profile) -> None:
+    run = onnx_run(tmp_path, "slow_model", _Slow(), 10, 1)
+    result = run_stage("load", run, "mini")
+    assert not result["gate"]["success"]
+    failed = " ".join(result["gate"]["failed"])
+    assert "33" in failed or "mean" in failed.lower()  # the average latency bound (30 ms +10%)
+    scenarios = pd.read_csv(run / "stages/load/scenarios.csv")
+    assert (scenarios["mean_ms"] > 33).all()
+    assert os.path.exists(run / "gates/load.json")
