@@ -96,18 +96,31 @@ def _scenario(name: str, raw: dict, patterns: dict, behaviours: dict, prof: dict
     for key in ("think_ms", "pause_ms", "min_ms", "max_ms"):
         if key in params:
             params[key] *= think_scale
-    per_user = max(per_user, math.ceil(int(prof.get("min_requests_per_scenario", 0)) / users))
-    per_user = min(per_user, int(prof.get("max_requests_per_user", per_user)))
+    # enough requests that `min_requests_per_scenario` remain after the warm-up is
+    # discarded, and a duration long enough for them (a profile never starves a claim)
+    mean_think_s = _mean_think_ms(pattern, params) / 1000.0
+    warmup_requests = math.ceil(float(prof.get("warmup_s", 0.0)) / max(mean_think_s, 1e-3))
+    wanted = math.ceil(int(prof.get("min_requests_per_scenario", 0)) / users) + warmup_requests
+    per_user = min(max(per_user, wanted), int(prof.get("max_requests_per_user", 10**6)))
+    duration_s = max(duration * time_scale, 1.0, 1.5 * per_user * mean_think_s + 1.0)
     return Scenario(
         name=name,
         users=users,
         requests_per_user=per_user,
         ramp_up_s=ramp * time_scale,
-        duration_s=max(duration * time_scale, 1.0),
+        duration_s=duration_s,
         pattern=pattern,
         pattern_params=params,
         behaviour={str(k): float(v) for k, v in behaviour.items()},
     )
+
+
+def _mean_think_ms(pattern: str, p: dict[str, float]) -> float:
+    if pattern == "burst":
+        return (1 - p["pause_probability"]) * p["think_ms"] + p["pause_probability"] * p["pause_ms"]
+    if pattern == "random":
+        return (p["min_ms"] + p["max_ms"]) / 2
+    return p.get("think_ms", 0.0)
 
 
 def load_profile(name: str = "smoke", path: str | Path | None = None) -> Profile:

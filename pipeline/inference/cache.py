@@ -84,6 +84,11 @@ class ResultCache:
     def clear(self) -> None:
         self.invalidate(None)
 
+    def memory_bytes(self) -> int:
+        """Bytes held by cached outputs and their input keys (container overhead excluded)."""
+        with self._lock:
+            return sum(len(k[-1]) + v.nbytes for k, v in self._entries.items())
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -244,8 +244,8 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
                     payload = b'{"error": "unknown op"}'
                 head = _RESP.pack(request_id, 1, 0, 0)
                 writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
+            pass  # the client went away, or the server is shutting down
         finally:
             writer.close()
 

@@ -1,0 +1,85 @@
+"""Certification: every target measured from this run's tables, gated independently."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.stages import run_stage
+from pipeline.stages.certify import measure_targets
+from pipeline.targets import load_targets
+
+
+@pytest.fixture(scope="module")
+def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder on which the integration and load stages ran with the smoke profile
+    (the smallest profile whose samples support every certified figure)."""
+    run = tmp_path_factory.mktemp("certify") / "run"
+    shutil.copytree(built_models, run / "models")
+    for stage in ("integration", "load"):
+        gate = run_stage(stage, run, "smoke")["gate"]
+        if not gate["success"] and stage == "integration":
+            checks = pd.read_csv(run / "stages/integration/checks.csv")
+            raise AssertionError(checks[~checks["passed"]].to_dict("records"))
+        assert gate["success"], (stage, gate["failed"])
+    return run
+
+
+def test_too_small_a_sample_is_invalid_not_a_pass(
+    built_models: Path, tmp_path: Path, mini_profile
+) -> None:
+    run = tmp_path / "mini-run"
+    shutil.copytree(built_models, run / "models")
+    run_stage("load", run, "mini")
+    rows = {r["name"]: r for r in measure_targets(run)}
+    p99 = rows["p99_latency_ms"]
+    assert not p99["valid"] and not p99["met"] and "needs >= 1000 samples" in p99["detail"]
+    assert not math.isnan(p99["measured"])  # measured, but not claimed
+
+
+def test_every_target_is_measured_from_the_run(measured_run: Path) -> None:
+    result = run_stage("certify", measured_run)
+    criteria = pd.read_csv(measured_run / "stages/certify/criteria.csv")
+    targets = load_targets()
+    assert list(criteria["name"]) == list(targets)
+    assert criteria["measured"].notna().all()
+    assert criteria["met"].all(), criteria[~criteria["met"]].to_dict("records")
+    assert result["gate"]["success"], result["gate"]["failed"]
+    assert set(criteria["category"]) >= {
+        "latency",
+        "throughput",
+        "memory",
+        "reliability",
+        "concurrency",
+        "cache",
+        "model_quality",
+    }
+    # figures trace back to this run's tables
+    requests = pd.read_csv(measured_run / "stages/load/requests.csv")
+    p95 = criteria.set_index("name").loc["p95_latency_ms"]
+    assert p95["source"] == "stages/load/requests.csv" and p95["samples"] <= len(requests)
+    checks = pd.read_csv(measured_run / "stages/integration/checks.csv")
+    accuracy = checks[checks["check"] == "model_sla_routing_accuracy"]["measured"].iloc[0]
+    assert criteria.set_index("name").loc["routing_accuracy", "measured"] == pytest.approx(accuracy)
+
+
+def test_an_impossible_target_fails_the_certification_gate(measured_run: Path) -> None:
+    strict = load_targets().with_overrides({"p99_latency_ms": 0.001})
+    result = run_stage("certify", measured_run, targets=strict)
+    assert not result["gate"]["success"]
+    assert any("p99_latency_ms" in failed for failed in result["gate"]["failed"])
+    criteria = pd.read_csv(measured_run / "stages/certify/criteria.csv").set_index("name")
+    assert not criteria.loc["p99_latency_ms", "met"]
+    assert criteria.drop(index="p99_latency_ms")["met"].all()
+
+
+def test_a_stage_that_did_not_run_leaves_its_criteria_unmet(run_dir: Path) -> None:
+    rows = {r["name"]: r for r in measure_targets(run_dir)}
+    for name in ("p99_latency_ms", "sustained_throughput_rps", "routing_accuracy"):
+        assert not rows[name]["met"] and not rows[name]["valid"]
+        assert math.isnan(rows[name]["measured"])
+        assert "did not run" in rows[name]["detail"]
