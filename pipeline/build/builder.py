@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,8 +362,12 @@ def build_models(
     snapshot_date: _dt.date | str | None = None,
     models_file: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    only: Sequence[str] | None = None,
 ) -> BuildResult:
     """Build or import every model listed in the models file into ``out_dir``.
+
+    With ``only``, just those models (by name) are built: this is how the DAG fans the
+    build out, one mapped task per model, before the parts are assembled.
 
     Args:
         out_dir: the models folder to (re)create. Replaced only when the whole build succeeds.
@@ -388,6 +392,14 @@ def build_models(
 
     date = parse_snapshot_date(snapshot_date)
     specs = load_models_config(models_file)
+    if only is not None:
+        unknown = sorted(set(only) - {spec.name for spec in specs})
+        if unknown:
+            raise BuildError(
+                f"models {unknown} are not in the models file "
+                f"(it lists {[spec.name for spec in specs]})"
+            )
+        specs = [spec for spec in specs if spec.name in set(only)]
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise BuildError(f"out_dir {out} exists and is not a folder")

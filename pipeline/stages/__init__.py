@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGE_GATES", "STAGE_NAMES", "run_stage"]
+__all__ = ["STAGE_GATES", "STAGE_NAMES", "execute_stage", "run_stage"]
 
 #: stage name -> the gate that validates its table
 STAGE_GATES = {
@@ -27,6 +27,44 @@ STAGE_GATES = {
     "certify": "certification",
 }
 STAGE_NAMES = tuple(STAGE_GATES)
+
+
+def execute_stage(
+    name: str,
+    run_dir: str | Path,
+    profile: str = "smoke",
+    *,
+    targets: Any = None,
+    snapshot_date: dt.date | str | None = None,
+    models_file: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run stage `name` on `run_dir` (no gate); returns the stage's summary."""
+    from pipeline.profiles import load_profile
+
+    if name not in STAGE_GATES:
+        raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+    prof = load_profile(profile)
+    say = progress or (lambda _: None)
+    if name == "build":
+        from pipeline.stages.build import run_build
+
+        return run_build(run_dir, snapshot_date, models_file, progress=say)
+    if name == "integration":
+        from pipeline.stages.integration import run_integration
+
+        return run_integration(run_dir, prof, progress=say)
+    if name == "load":
+        from pipeline.stages.load import run_load
+
+        return run_load(run_dir, prof, progress=say)
+    if name == "stress":
+        from pipeline.stages.stress import run_stress
+
+        return run_stress(run_dir, prof, progress=say)
+    from pipeline.stages.certify import run_certify
+
+    return run_certify(run_dir, targets, progress=say)
 
 
 def run_stage(
@@ -51,29 +89,18 @@ def run_stage(
     if name not in STAGE_GATES:
         raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
     targets = targets if targets is not None else load_targets()
-    prof = load_profile(profile)
+    load_profile(profile)
     say = progress or (lambda _: None)
     started = time.perf_counter()
-    if name == "build":
-        from pipeline.stages.build import run_build
-
-        summary = run_build(run_dir, snapshot_date, models_file, progress=say)
-    elif name == "integration":
-        from pipeline.stages.integration import run_integration
-
-        summary = run_integration(run_dir, prof, progress=say)
-    elif name == "load":
-        from pipeline.stages.load import run_load
-
-        summary = run_load(run_dir, prof, progress=say)
-    elif name == "stress":
-        from pipeline.stages.stress import run_stress
-
-        summary = run_stress(run_dir, prof, progress=say)
-    else:
-        from pipeline.stages.certify import run_certify
-
-        summary = run_certify(run_dir, targets, progress=say)
+    summary = execute_stage(
+        name,
+        run_dir,
+        profile,
+        targets=targets,
+        snapshot_date=snapshot_date,
+        models_file=models_file,
+        progress=say,
+    )
     seconds = time.perf_counter() - started
     gate = run_gate(STAGE_GATES[name], run_dir, targets)
     verdict = "passed" if gate.success else "FAILED: " + "; ".join(gate.failed)
