@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
         "--targets", default=None, help="targets file (default include/targets.yaml)"
     )
 
+    run = sub.add_parser(
+        "run",
+        help="run the certification DAG once on the embedded Airflow (dag.test)",
+        description="Run model_release_certification once through Airflow (dag.test) on an "
+        "embedded SQLite metadata DB in the project (.relcert/airflow, created on first use). "
+        "Exit 0 APPROVED, 10 CONDITIONAL_APPROVAL, 20 NOT_APPROVED, 1 pipeline error.",
+    )
+    run.add_argument("--profile", default="smoke", choices=["smoke", "nightly", "release"])
+    run.add_argument("--conf", default=None, help='run conf as JSON, e.g. \'{"reason": "..."}\'')
+    run.add_argument("--date", type=_date, default=None, help="snapshot date (default today)")
+
     demo = sub.add_parser("demo", help="a short demo of the inference engine on built models")
     demo.add_argument("--model-dir", required=True, help="a folder written by `relcert build`")
     demo.add_argument("--rate", type=float, default=1000.0, help="open-loop rate, req/s")
@@ -88,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "stage":
         return _stage(args)
+    if args.command == "run":
+        return _run(args)
     if args.command == "demo":
         from pipeline.demo import run_demo
 
@@ -98,6 +111,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.local_airflow import run_dag
+
+    try:
+        conf = json.loads(args.conf) if args.conf else {}
+    except json.JSONDecodeError as exc:
+        print(f"relcert run: error: --conf is not valid JSON: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(conf, dict):
+        print("relcert run: error: --conf must be a JSON object", file=sys.stderr)
+        return 1
+    try:
+        code, result = run_dag(args.profile, conf, args.date, say=lambda s: print(s, flush=True))
+    except Exception as exc:  # a pipeline error, not a decision
+        print(f"relcert run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if "decision" in result:
+        print(f"==> decision: {result['decision']} (readiness {result['readiness_score']})")
+        print(f"==> report: {result['report_html']}")
+        if result.get("package"):
+            print(f"==> package: {result['package']}")
+    return code
 
 
 def _stage(args: argparse.Namespace) -> int:

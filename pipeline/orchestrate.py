@@ -207,3 +207,37 @@ def gate(ctx: dict[str, Any], gate_name: str) -> dict[str, Any]:
         "failed": list(result.failed),
         "path": str(result.path),
     }
+
+
+def report(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Write the final report (always runs); returns the decision and the report's paths."""
+    from pipeline.report import write_report
+
+    result = write_report(
+        ctx["run_dir"],
+        run_id=ctx["run_id"],
+        targets=_targets(ctx),
+        profile=ctx["profile"],
+        conf={
+            "reason": ctx.get("reason", ""),
+            "snapshot_date": ctx["snapshot_date"],
+            "target_overrides": ctx.get("target_overrides", {}),
+            "models_file": ctx["models_file"],
+        },
+    )
+    return {
+        "decision": result.decision,
+        "readiness_score": result.readiness_score,
+        "report_json": str(result.path_json),
+        "report_html": str(result.path_html),
+    }
+
+
+def package(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Write the deployment package (the DAG calls this only when the decision allows)."""
+    from pipeline.package import build_package
+    from pipeline.report import set_package
+
+    result = build_package(ctx["run_dir"], targets=_targets(ctx))
+    set_package(ctx["run_dir"], result.path)
+    return {"package": str(result.path), "version": result.version, "sha256": result.sha256}
