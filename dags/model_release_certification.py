@@ -183,6 +183,18 @@ def model_release_certification():
         return _check(gate(run, "stress"))
 
     @task
+    def infra_validate(run: dict) -> dict:
+        from pipeline.orchestrate import stage
+
+        return stage(run, "infra", progress=_progress)
+
+    @task(**GATE)
+    def gate_infra(run: dict) -> dict:
+        from pipeline.orchestrate import gate
+
+        return _check(gate(run, "infra"))
+
+    @task
     def certify(run: dict) -> dict:
         from pipeline.orchestrate import stage
 
@@ -222,6 +234,8 @@ def model_release_certification():
     g_load = gate_load(run)
     stress = stress_test(run)
     g_stress = gate_stress(run)
+    infra = infra_validate(run)
+    g_infra = gate_infra(run)
     certified = certify(run)
     g_cert = gate_certification(run)
     report = final_report(run)
@@ -229,7 +243,7 @@ def model_release_certification():
     built >> g_build >> integration >> g_integration >> [load, stress]
     load >> g_load
     stress >> g_stress
-    [g_load, g_stress] >> certified >> g_cert >> report
+    [g_load, g_stress] >> infra >> g_infra >> certified >> g_cert >> report
     deployment_package(run, report)
 
 

@@ -42,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser(
         "stage",
         help="run one certification stage and its gate on a run folder (no Airflow)",
-        description="Run one stage (build, integration, load, stress, certify) on a run "
+        description="Run one stage (build, integration, load, stress, infra, certify) on a run "
         "folder, then its Great Expectations gate. Exit 0 when the gate passed, 3 when it "
         "failed, 1 on error.",
     )
-    stage.add_argument("name", choices=["build", "integration", "load", "stress", "certify"])
+    stage.add_argument(
+        "name", choices=["build", "integration", "load", "stress", "infra", "certify"]
+    )
     stage.add_argument("--run-dir", required=True, help="the run's artifact folder")
     stage.add_argument("--profile", default="smoke", choices=["smoke", "nightly", "release"])
     stage.add_argument("--date", type=_date, default=None, help="build: snapshot date")

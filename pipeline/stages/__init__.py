@@ -5,6 +5,7 @@ its result tables there; `run_stage` runs one stage and then its gate.
     integration  -> stages/integration/checks.csv     gate: integration
     load         -> stages/load/scenarios.csv (+ more) gate: load
     stress       -> stages/stress/tests.csv           gate: stress
+    infra        -> stages/infra/checks.csv           gate: infra
     certify      -> stages/certify/criteria.csv       gate: certification
 """
 
@@ -24,6 +25,7 @@ STAGE_GATES = {
     "integration": "integration",
     "load": "load",
     "stress": "stress",
+    "infra": "infra",
     "certify": "certification",
 }
 STAGE_NAMES = tuple(STAGE_GATES)
@@ -62,6 +64,10 @@ def execute_stage(
         from pipeline.stages.stress import run_stress
 
         return run_stress(run_dir, prof, progress=say)
+    if name == "infra":
+        from pipeline.stages.infra import run_infra
+
+        return run_infra(run_dir, prof, targets, progress=say)
     from pipeline.stages.certify import run_certify
 
     return run_certify(run_dir, targets, progress=say)

@@ -39,6 +39,7 @@ profiles:
     calibration_s: 0.3
     integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
     stress: {scale: 0.1}
+    infra: {rates: [100], duration_s: 1.0, warmup_s: 0.2}
 """
 
 

@@ -1,0 +1,424 @@
+"""Infra stage: the HTTP service that will be deployed, validated for real on loopback.
+
+Starts `python -m pipeline.serve` as a subprocess from the run's built models on a free
+loopback port, waits (bounded) for readiness, checks golden requests against the
+in-process engine's outputs, checks error handling (422, 413), scrapes /metrics, runs
+open-loop HTTP load with the load stage's methodology (Poisson arrivals, latency from the
+scheduled time, issue delay recorded), samples the server process's RSS and CPU, and always
+stops the server, even when a check fails. Writes `stages/infra/checks.csv` (gated),
+`stages/infra/load.csv`, `stages/infra/resources.csv` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.loadgen import run_open_loop, summarize
+from pipeline.profiles import Profile, load_profile
+from pipeline.stages.common import RunDir, StageError, host_facts, input_pool, write_table
+from pipeline.stages.engine_host import ResourceSampler
+
+__all__ = ["ServerProcess", "run_infra"]
+
+STAGE = "infra"
+ENDPOINTS = {
+    "quality_predictor": "/api/v1/predict/quality",
+    "routing_classifier": "/api/v1/predict/routing",
+}
+READY_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """The service as a subprocess on a loopback port; `stop()` always ends it."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.model_dir = model_dir
+        self.port = _free_port()
+        self.env = {**os.environ, "MODEL_FORMAT": "onnx", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def start(self, log_path: Path) -> ServerProcess:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.serve",
+                    "--model-dir",
+                    str(self.model_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL of the process group after `timeout_s`."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _row(
+    check: str,
+    model: str,
+    passed: bool,
+    measured: float = float("nan"),
+    unit: str = "",
+    limit: float = float("nan"),
+    detail: str = "",
+) -> dict[str, Any]:
+    return {
+        "check": check,
+        "model": model,
+        "passed": bool(passed),
+        "measured": float(measured),
+        "unit": unit,
+        "limit": float(limit),
+        "detail": detail,
+    }
+
+
+def run_infra(
+    run_dir: str | Path,
+    profile: Profile | str = "smoke",
+    targets: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the infra stage; returns its summary (also stages/infra/summary.json)."""
+    return asyncio.run(_run(RunDir.of(run_dir), profile, targets, progress or (lambda _: None)))
+
+
+async def _wait_ready(client, server: ServerProcess, timeout_s: float) -> tuple[bool, float, str]:
+    started = time.perf_counter()
+    last = ""
+    while time.perf_counter() - started < timeout_s:
+        if server.process.poll() is not None:
+            return False, time.perf_counter() - started, f"server exited: {server.log_tail()}"
+        result = await client.get("/health/ready")
+        if result.status == 200:
+            return True, time.perf_counter() - started, result.body.decode()[:200]
+        if result.status == 503 and b'"failed"' in result.body:  # models will never load
+            return False, time.perf_counter() - started, result.body.decode()[:300]
+        last = f"{result.status} {result.body[:200]!r} {result.error or ''}"
+        await asyncio.sleep(0.2)
+    return False, time.perf_counter() - started, f"not ready after {timeout_s:g} s: {last}"
+
+
+async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str], None]) -> dict:
+    from pipeline.inference import ProductionInferenceEngine, ProductionModelManager
+    from pipeline.serve.client import HttpLoadClient
+    from pipeline.targets import load_targets
+
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    targets = targets or load_targets()
+    cfg = profile.get("infra") or {"rates": [100, 200], "duration_s": 3.0, "warmup_s": 0.5}
+    info = run.model_info()
+    served = {
+        n: e for n, e in sorted(info.items()) if n in ENDPOINTS and "onnx" in (e.get("files") or {})
+    }
+    folder = run.stage(STAGE)
+    rows: list[dict[str, Any]] = []
+    load_rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"profile": profile.name, "host": host_facts()}
+    started = time.perf_counter()
+    if not served:
+        rows.append(
+            _row(
+                "service",
+                "all",
+                False,
+                detail="no model of this run has an HTTP "
+                "endpoint (quality_predictor / routing_classifier in ONNX)",
+            )
+        )
+        write_table(rows, folder / "checks.csv")
+        run.write_summary(STAGE, summary)
+        return summary
+
+    # golden inputs and the in-process engine's outputs for them
+    manager = ProductionModelManager(run.models)
+    engine = ProductionInferenceEngine(manager)
+    golden: dict[str, list[tuple[dict, np.ndarray]]] = {}
+    for name, entry in served.items():
+        if not manager.load_model(f"{name}_onnx"):
+            rows.append(
+                _row(
+                    "golden_reference",
+                    name,
+                    False,
+                    detail=manager.load_errors.get(f"{name}_onnx", "does not load"),
+                )
+            )
+            continue
+        xs = input_pool(run, info, name, 8, seed=41)
+        outs = [r.output for r in await engine.predict_batch(f"{name}_onnx", xs)]
+        golden[name] = [
+            (dict(zip(entry["feature_names"], map(float, x), strict=True)), o)
+            for x, o in zip(xs, outs, strict=True)
+        ]
+
+    server = ServerProcess(run.models).start(folder / "server.log")
+    sampler = ResourceSampler(server.pid, interval_s=0.5)
+    client = HttpLoadClient("127.0.0.1", server.port, connections=16)
+    say(f"infra: service pid {server.pid} on 127.0.0.1:{server.port}")
+    try:
+        sampler.start()
+        await _connect(client, server)
+        ready, ready_s, detail = await _wait_ready(client, server, READY_TIMEOUT_S)
+        rows.append(_row("readiness", "all", ready, ready_s, "s", READY_TIMEOUT_S, detail))
+        say(f"infra: ready={ready} after {ready_s:.1f} s")
+        if ready:
+            rows += await _functional_checks(client, served, golden)
+            claim = min(95.0, max(profile.percentiles_claimed))
+            load_rows, load_checks = await _load(client, served, golden, cfg, targets, claim, say)
+            rows += load_checks
+        sampler.sample()
+    finally:
+        await sampler.stop()
+        await client.close()
+        code = server.stop()
+    rows.append(
+        _row(
+            "clean_shutdown",
+            "all",
+            code in (0, -signal.SIGTERM),
+            code if code is not None else float("nan"),
+            "exit code",
+            0,
+            "SIGTERM -> graceful exit"
+            if code in (0, -signal.SIGTERM)
+            else f"exit {code}: {server.log_tail(5)}",
+        )
+    )
+    peak = sampler.peak_rss_mb()
+    mem_target = targets["memory_usage_mb"]
+    rows.append(
+        _row(
+            "server_memory",
+            "all",
+            mem_target.passes(peak),
+            peak,
+            "MB",
+            mem_target.threshold,
+            "peak RSS of the service process during the stage",
+        )
+    )
+    write_table(rows, folder / "checks.csv")
+    write_table(load_rows, folder / "load.csv")
+    write_table(
+        [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in sampler.samples],
+        folder / "resources.csv",
+    )
+    failed = [f"{r['check']}:{r['model']}" for r in rows if not r["passed"]]
+    summary.update(
+        {
+            "port": server.port,
+            "checks": len(rows),
+            "failed": failed,
+            "peak_rss_mb": peak,
+            "mean_cpu_percent": sampler.mean_cpu_percent(),
+            "load": load_rows,
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    run.write_summary(STAGE, summary)
+    say(
+        f"infra: {len(rows) - len(failed)}/{len(rows)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return summary
+
+
+async def _connect(client, server: ServerProcess, timeout_s: float = 30.0) -> None:
+    started = time.perf_counter()
+    while True:
+        try:
+            await client.start()
+            return
+        except OSError as exc:
+            if server.process.poll() is not None or time.perf_counter() - started > timeout_s:
+                raise StageError(
+                    f"infra: cannot connect to the service: {exc}: {server.log_tail()}"
+                ) from None
+            await asyncio.sleep(0.1)
+
+
+async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
+    rows = []
+    for name in golden:
+        path = ENDPOINTS[name]
+        worst, ok, versions = 0.0, 0, set()
+        for features, expected in golden[name]:
+            result = await client.post_json(path, json.dumps({"features": features}).encode())
+            if not result.success:
+                continue
+            body = result.json()
+            versions.add(body.get("model_version"))
+            if name == "quality_predictor":
+                got = np.array([body["quality"]], dtype=np.float64)
+            else:
+                probs = body["probabilities"]
+                got = np.array([probs[c] for c in served[name]["class_names"]])
+            worst = max(worst, float(np.abs(got - expected.astype(np.float64)).max()))
+            ok += 1
+        expected_version = served[name]["version"]
+        passed = ok == len(golden[name]) and worst <= 1e-5 and versions == {expected_version}
+        rows.append(
+            _row(
+                "golden_requests",
+                name,
+                passed,
+                worst,
+                "max abs diff",
+                1e-5,
+                f"{ok}/{len(golden[name])} answered; versions {sorted(map(str, versions))}"
+                f" (expected {expected_version})",
+            )
+        )
+        features = dict(golden[name][0][0])
+        first = next(iter(features))
+        features[first] = "abc"
+        bad = await client.post_json(path, json.dumps({"features": features}).encode())
+        rows.append(
+            _row(
+                "invalid_body_422",
+                name,
+                bad.status == 422 and first in bad.body.decode(),
+                bad.status,
+                "status",
+                422,
+                bad.body.decode()[:160],
+            )
+        )
+    path = ENDPOINTS[next(iter(served))]
+    big = await client.post_json(path, b'{"features": [' + b"1," * 40000 + b"1]}")
+    rows.append(
+        _row(
+            "oversized_body_413",
+            "all",
+            big.status == 413,
+            big.status,
+            "status",
+            413,
+            big.body.decode()[:160],
+        )
+    )
+    metrics = await client.get("/metrics")
+    text = metrics.body.decode(errors="replace")
+    has = "relcert_requests_total" in text and "relcert_http_requests_total" in text
+    rows.append(
+        _row(
+            "metrics",
+            "all",
+            metrics.status == 200 and has,
+            metrics.status,
+            "status",
+            200,
+            "Prometheus exposition with engine and HTTP counters" if has else text[:160],
+        )
+    )
+    live = await client.get("/health/live")
+    rows.append(_row("liveness", "all", live.status == 200, live.status, "status", 200, ""))
+    return rows
+
+
+async def _load(client, served, golden, cfg, targets, claim, say) -> tuple[list, list]:
+    names = sorted(golden)
+    bodies = {n: [json.dumps({"features": f}).encode() for f, _ in golden[n]] for n in names}
+    paths = [ENDPOINTS[n] for n in names]
+    p99_bound = targets["p99_latency_ms"].threshold
+    rows, checks = [], []
+    for rate in cfg["rates"]:
+
+        def send(i: int, rate=rate):
+            m = i % len(names)
+            return client.post_json(paths[m], bodies[names[m]][(i // len(names)) % 8])
+
+        record = await run_open_loop(
+            send,
+            float(rate),
+            float(cfg["duration_s"]),
+            warmup_s=float(cfg["warmup_s"]),
+            seed=int(rate),
+        )
+        s = summarize(record, percentile=claim, max_issue_delay_ms=10.0)
+        rows.append(
+            {
+                "offered_rps": rate,
+                "achieved_rps": s.achieved_rps,
+                "requests": s.scheduled,
+                "p50_ms": s.p50_ms,
+                "p95_ms": s.p95_ms,
+                "p99_ms": s.p99_ms,
+                "error_rate": s.error_rate,
+                "issue_delay_p99_ms": s.issue_delay_p99_ms,
+                "valid": s.valid,
+                "invalid_reason": "; ".join(s.invalid_reasons),
+                "errors": json.dumps(s.errors),
+            }
+        )
+        ok = s.valid and s.error_rate <= targets["error_rate"].threshold and s.p99_ms <= p99_bound
+        checks.append(
+            _row(
+                f"http_load_{rate}rps",
+                "mixed",
+                ok,
+                s.p99_ms,
+                "p99 ms",
+                p99_bound,
+                f"{s.scheduled} requests: p50 {s.p50_ms:.2f} ms, errors "
+                f"{s.error_rate:.2%}, issue delay p99 {s.issue_delay_p99_ms:.2f} ms"
+                + ("" if s.valid else f"; INVALID: {'; '.join(s.invalid_reasons)}"),
+            )
+        )
+        say(
+            f"infra: HTTP open loop {rate} req/s: p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms, "
+            f"errors {s.error_rate:.2%}"
+        )
+    return rows, checks
