@@ -1,0 +1,145 @@
+"""DAG integrity: imports cleanly, parses fast, and follows the project's policies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+DAG_FILE = PROJECT / "dags" / "model_release_certification.py"
+DAG_ID = "model_release_certification"
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    home = tmp_path_factory.mktemp("airflow-home")
+    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(str(DAG_FILE.parent))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    assert dagbag.import_errors == {}, dagbag.import_errors
+    return dagbag.dags[DAG_ID]
+
+
+def test_dag_parses_without_errors_and_quickly(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    stats = [s for s in dagbag.dagbag_stats if s.file.endswith(DAG_FILE.name)]
+    assert stats and stats[0].dag_num == 1
+    duration = stats[0].duration
+    seconds = duration.total_seconds() if isinstance(duration, dt.timedelta) else duration
+    assert seconds < 2.0, f"parse took {seconds:.2f} s"
+
+
+def test_no_heavy_imports_at_parse_time() -> None:
+    code = f"""
+import sys, json, importlib.util
+import airflow.sdk  # Airflow itself is allowed
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("dagfile", {str(DAG_FILE)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    new = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = {"torch", "great_expectations", "pandas", "onnxruntime", "onnx", "matplotlib"}
+    assert not heavy & {m.split(".")[0] for m in new}, sorted(heavy & set(new))
+
+
+def test_schedule_and_run_policies(dag) -> None:
+    assert dag.dag_id == DAG_FILE.stem
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.timetable.expression == "0 2 * * *"
+    assert dag.doc_md and "Model release certification" in dag.doc_md
+    assert {"relcert", "certification"} <= set(dag.tags)
+
+
+def test_every_task_has_an_owner_a_timeout_and_sane_retries(dag) -> None:
+    for task in dag.tasks:
+        assert task.owner == "ml-platform", task.task_id
+        assert task.execution_timeout is not None, task.task_id
+        if task.task_id.startswith("gate_") or task.task_id == "prepare":
+            assert task.retries == 0, f"{task.task_id}: a gate failure is final"
+        elif task.task_id not in ("final_report", "deployment_package"):
+            assert task.retries >= 1, f"{task.task_id}: transient failures should retry"
+
+
+def test_the_shape_follows_the_architecture(dag) -> None:
+    def downstream(task_id: str) -> set[str]:
+        return set(dag.get_task(task_id).downstream_task_ids)
+
+    assert "gate_build" in downstream("build_models")
+    assert "validate_integration" in downstream("gate_build")
+    assert {"load_test", "stress_test"} <= downstream("gate_integration")
+    assert "infra_validate" in downstream("gate_load") and "infra_validate" in downstream(
+        "gate_stress"
+    )
+    assert "certify" in downstream("gate_infra")
+    assert "final_report" in downstream("gate_certification")
+    assert "deployment_package" in downstream("final_report")
+    assert str(dag.get_task("final_report").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    assert (
+        dag.get_task("build_model").is_mapped
+        if hasattr(dag.get_task("build_model"), "is_mapped")
+        else True
+    )
+
+
+def test_params_form_is_titled_and_described(dag) -> None:
+    params = dag.params
+    for key in (
+        "profile",
+        "models_file",
+        "target_overrides",
+        "allow_relaxed_targets",
+        "build_package",
+        "reason",
+    ):
+        schema = params.get_param(key).schema
+        assert schema.get("title"), key
+        assert schema.get("description_md") or schema.get("description"), key
+    assert params.get_param("profile").schema["enum"] == ["smoke", "nightly", "release"]
+
+
+@pytest.mark.parametrize(
+    "conf,message",
+    [
+        ({"profile": "weekly"}, "profile"),
+        ({"target_overrides": {"made_up_metric": 1}}, "made_up_metric"),
+        ({"target_overrides": {"p99_latency_ms": "fast"}}, "p99_latency_ms"),
+        ({"build_package": "yes"}, "build_package"),
+    ],
+)
+def test_invalid_params_are_refused_by_the_form_schema(dag, conf, message) -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dag.params)
+    with pytest.raises(ParamValidationError, match=message):
+        for key, value in conf.items():
+            params[key] = value
+        params.validate()
+
+
+def test_overrides_that_relax_a_target_are_refused_unless_allowed() -> None:
+    from pipeline.orchestrate import ConfError, validate_conf
+
+    with pytest.raises(ConfError, match="p99_latency_ms"):
+        validate_conf({"target_overrides": {"p99_latency_ms": 900}})
+    ok = validate_conf({"target_overrides": {"p99_latency_ms": 900}, "allow_relaxed_targets": True})
+    assert ok["targets"]["p99_latency_ms"].target == 900
+    tightened = validate_conf({"target_overrides": {"p99_latency_ms": 100}})
+    assert tightened["targets"]["p99_latency_ms"].target == 100
