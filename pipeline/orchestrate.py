@@ -7,6 +7,7 @@ the same steps run under `dag.test()`, a scheduler, Celery workers, or a test.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -53,7 +54,10 @@ def artifacts_root() -> Path:
 def run_key(run_id: str) -> str:
     """A path-safe, unique folder name for a DAG run id."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._") or "run"
-    return safe[:200]
+    if safe != run_id or len(safe) > 200:  # keep distinct run ids in distinct folders
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:10]
+        safe = f"{safe[:188]}-{digest}"
+    return safe
 
 
 def validate_conf(params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,384 @@
+"""The certification runs on disk, and safe paths into them.
+
+Layout (ARCHITECTURE.md section 4): `<artifacts root>/<dag_id>/<run_key>/` holding
+`conf.json` (written when the run starts), `report.json` + `report.html` (final report),
+`data_docs/` (GX Data Docs) and `package/<name>-<version>.zip` (when the decision allows).
+
+Every path handed out by this module is resolved (symlinks included) and checked to lie
+inside the run folder's expected sub-folder, itself inside the artifacts root. Anything else
+raises `BadPath` (malformed request: HTTP 400) or `NotFound` (HTTP 404). This module imports
+neither Airflow nor FastAPI; `pipeline.orchestrate` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+DAG_ID = "model_release_certification"
+
+APPROVED = "APPROVED"
+CONDITIONAL = "CONDITIONAL_APPROVAL"
+NOT_APPROVED = "NOT_APPROVED"
+DECISIONS = (APPROVED, CONDITIONAL, NOT_APPROVED)
+
+# (criterion name in report.json, label, default unit)
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("p99_latency_ms", "p99 latency", "ms"),
+    ("sustained_throughput_rps", "Sustained throughput", "req/s"),
+    ("memory_usage_mb", "Memory", "MB"),
+)
+
+# the folder names `pipeline.orchestrate.run_key` can produce
+_RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+# sub-folders of a run that may be served file by file (the report links into them)
+SERVED_DIRS = ("data_docs", "gates", "stages", "package")
+
+
+class BadPath(ValueError):
+    """The requested path is malformed (absolute, `..`, bad run key): HTTP 400."""
+
+
+class NotFound(LookupError):
+    """No such run or file inside the artifacts root (or it escapes it): HTTP 404."""
+
+
+def artifacts_root() -> Path:
+    """`pipeline.orchestrate.artifacts_root()`: `$RELCERT_ARTIFACTS` or `<project>/artifacts`."""
+    from pipeline.orchestrate import artifacts_root as _root
+
+    return Path(_root())
+
+
+def run_key_for(run_id: str) -> str:
+    """The run folder name of an Airflow run id (`pipeline.orchestrate.run_key`)."""
+    from pipeline.orchestrate import run_key
+
+    return run_key(run_id)
+
+
+def dag_dir(dag_id: str = DAG_ID) -> Path:
+    return artifacts_root() / dag_id
+
+
+def check_run_key(run_key: str) -> str:
+    """`run_key` if it is a folder name `run_key_for` could have produced, else BadPath."""
+    if not isinstance(run_key, str) or not _RUN_KEY_RE.match(run_key) or ".." in run_key:
+        raise BadPath("invalid run key")
+    if run_key_for(run_key) != run_key:
+        raise BadPath("invalid run key")
+    return run_key
+
+
+def _inside(path: Path, base: Path) -> bool:
+    return path == base or path.is_relative_to(base)
+
+
+def _resolve_existing(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # missing, symlink loop, permission
+        raise NotFound("not found") from exc
+
+
+def run_dir(run_key: str, dag_id: str = DAG_ID) -> Path:
+    """The resolved folder of a run; NotFound unless it exists inside `<root>/<dag_id>`."""
+    check_run_key(run_key)
+    root = _resolve_existing(artifacts_root())
+    base = _resolve_existing(root / dag_id)
+    if not _inside(base, root):
+        raise NotFound("not found")
+    folder = _resolve_existing(base / run_key)
+    if folder == base or not _inside(folder, base) or not folder.is_dir():
+        raise NotFound("not found")
+    return folder
+
+
+def check_relative(rel: str) -> PurePosixPath:
+    """A relative POSIX path without `..`, hidden parts, backslashes or NUL; else BadPath."""
+    if not isinstance(rel, str) or "\x00" in rel or "\\" in rel:
+        raise BadPath("invalid path")
+    if rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+        raise BadPath("absolute paths are not allowed")
+    pure = PurePosixPath(rel)
+    for part in pure.parts:
+        if part == ".." or part.startswith("."):
+            raise BadPath("invalid path")
+    return pure
+
+
+def resolve_in_run(run_key: str, subdir: str, rel: str, *, index: str = "index.html") -> Path:
+    """A file inside `<run>/<subdir>/` (a folder maps to its `index`); BadPath or NotFound."""
+    if subdir not in SERVED_DIRS:
+        raise NotFound("not found")
+    pure = check_relative(rel)
+    folder = run_dir(run_key)
+    base = _resolve_existing(folder / subdir)
+    if not _inside(base, folder) or not base.is_dir():
+        raise NotFound("not found")
+    target = _resolve_existing(base.joinpath(*pure.parts))
+    if target.is_dir():
+        target = _resolve_existing(target / index)
+    if target == base or not _inside(target, base) or not target.is_file():
+        raise NotFound("not found")
+    return target
+
+
+def run_file(run_key: str, name: str) -> Path:
+    """A top-level file of a run (`report.html`, `report.json`); NotFound if missing/escaping."""
+    if name not in ("report.html", "report.json", "conf.json"):
+        raise NotFound("not found")
+    folder = run_dir(run_key)
+    target = _resolve_existing(folder / name)
+    if not _inside(target, folder) or not target.is_file():
+        raise NotFound("not found")
+    return target
+
+
+def read_json(path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """(data, present): data is None when the file is missing or not a JSON object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, False
+    except OSError:
+        return None, True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None, True
+    return (data if isinstance(data, dict) else None), True
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def package_file(folder: Path, report: dict[str, Any] | None) -> Path | None:
+    """The run's deployment package zip inside `<run>/package/`, or None.
+
+    The path recorded in report.json wins; without one, a zip in `package/` counts only when
+    the decision allows a package (a NOT_APPROVED run never offers one).
+    """
+    if report is None:
+        return None
+    decision = report.get("decision")
+    base = folder / "package"
+    try:
+        base = base.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not _inside(base, folder):
+        return None
+    candidates: list[Path] = []
+    recorded = report.get("package")
+    if isinstance(recorded, str) and recorded:
+        path = Path(recorded)
+        candidates.append(path if path.is_absolute() else folder / path)
+    elif decision in (APPROVED, CONDITIONAL):
+        zips = [p for p in base.glob("*.zip") if not p.name.startswith(".")]
+        candidates.extend(sorted(zips, key=lambda p: p.stat().st_mtime, reverse=True))
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        inside = _inside(resolved, base) and resolved != base and resolved.is_file()
+        if inside and resolved.suffix == ".zip" and decision != NOT_APPROVED:
+            return resolved
+    return None
+
+
+@dataclass
+class RunSummary:
+    """One certification run as the certifications page shows it."""
+
+    run_key: str
+    run_id: str
+    snapshot_date: str | None = None
+    profile: str | None = None
+    reason: str | None = None
+    status: str = "running"  # "certified" (report present), "running", "unreadable"
+    decision: str | None = None
+    readiness_score: float | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    gates: dict[str, bool | None] = field(default_factory=dict)
+    has_report_html: bool = False
+    has_data_docs: bool = False
+    package: str | None = None  # file name of the zip in package/
+    started: float = 0.0  # mtime of conf.json (or the folder): orders runs of one date
+
+    @property
+    def sort_key(self) -> tuple[str, float, str]:
+        return (self.snapshot_date or "", self.started, self.run_key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_key": self.run_key,
+            "run_id": self.run_id,
+            "snapshot_date": self.snapshot_date,
+            "profile": self.profile,
+            "reason": self.reason,
+            "status": self.status,
+            "decision": self.decision,
+            "readiness_score": self.readiness_score,
+            "models": self.models,
+            "metrics": self.metrics,
+            "gates": self.gates,
+            "package": self.package,
+        }
+
+
+def _models(report: dict[str, Any] | None, conf: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """[{name, version, formats}] from report.json (one entry per format), else conf.json."""
+    merged: dict[str, dict[str, Any]] = {}
+    entries = (report or {}).get("models")
+    if isinstance(entries, list) and entries:
+        for entry in entries:
+            if not isinstance(entry, dict) or not entry.get("name"):
+                continue
+            name = str(entry["name"])
+            version = entry.get("version")
+            item = merged.setdefault(
+                f"{name}\x00{version}", {"name": name, "version": version, "formats": []}
+            )
+            fmt = entry.get("format")
+            if fmt and str(fmt) not in item["formats"]:
+                item["formats"].append(str(fmt))
+        return list(merged.values())
+    names = (conf or {}).get("models")
+    if isinstance(names, list):
+        return [
+            {
+                "name": str(n.get("name") if isinstance(n, dict) else n),
+                "version": None,
+                "formats": [],
+            }
+            for n in names
+            if n
+        ]
+    return []
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    by_name: dict[str, dict[str, Any]] = {}
+    criteria = report.get("criteria")
+    if isinstance(criteria, list):
+        for row in criteria:
+            if isinstance(row, dict) and isinstance(row.get("name"), str):
+                by_name.setdefault(row["name"], row)
+    elif isinstance(criteria, dict):  # tolerate {name: row}
+        by_name = {k: v for k, v in criteria.items() if isinstance(v, dict)}
+    out: dict[str, dict[str, Any] | None] = {}
+    for name, _label, unit in METRICS:
+        row = by_name.get(name)
+        if row is None:
+            out[name] = None
+            continue
+        met, valid = row.get("met"), row.get("valid")
+        out[name] = {
+            "measured": _number(row.get("measured")),
+            "unit": row.get("unit") or unit,
+            "met": met if isinstance(met, bool) else None,
+            "valid": valid if isinstance(valid, bool) else None,
+            "target": _number(row.get("target")),
+            "threshold": _number(row.get("threshold")),
+            "rule": row.get("rule") if isinstance(row.get("rule"), str) else None,
+        }
+    return out
+
+
+def _gates(report: dict[str, Any]) -> dict[str, bool | None]:
+    gates = report.get("gates")
+    out: dict[str, bool | None] = {}
+    if isinstance(gates, dict):
+        for stage, value in gates.items():
+            success = value.get("success") if isinstance(value, dict) else value
+            out[str(stage)] = success if isinstance(success, bool) else None
+    return out
+
+
+def summarize(folder: Path) -> RunSummary:
+    """A RunSummary of one run folder (never raises on a malformed or missing file)."""
+    conf, _ = read_json(folder / "conf.json")
+    report, report_present = read_json(folder / "report.json")
+    try:
+        started = (folder / "conf.json").stat().st_mtime
+    except OSError:
+        started = folder.stat().st_mtime
+    report_conf = (report or {}).get("conf")
+    report_conf = report_conf if isinstance(report_conf, dict) else {}
+    conf = conf or {}
+
+    def pick(*values: Any) -> str | None:
+        for value in values:
+            if value not in (None, ""):
+                return str(value)
+        return None
+
+    summary = RunSummary(
+        run_key=folder.name,
+        run_id=pick((report or {}).get("run_id"), conf.get("run_id")) or folder.name,
+        snapshot_date=pick(report_conf.get("snapshot_date"), conf.get("snapshot_date")),
+        profile=pick((report or {}).get("profile"), conf.get("profile")),
+        reason=pick(report_conf.get("reason"), conf.get("reason")),
+        models=_models(report, conf),
+        started=started,
+        has_report_html=(folder / "report.html").is_file(),
+        has_data_docs=(folder / "data_docs" / "index.html").is_file(),
+    )
+    if report is None:
+        summary.status = "unreadable" if report_present else "running"
+        return summary
+    summary.status = "certified"
+    decision = report.get("decision")
+    summary.decision = str(decision) if decision else None
+    summary.readiness_score = _number(report.get("readiness_score"))
+    summary.metrics = _metrics(report)
+    summary.gates = _gates(report)
+    package = package_file(folder, report)
+    summary.package = package.name if package else None
+    return summary
+
+
+def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:
+    """Every run folder of the DAG, newest first (snapshot date, then start time)."""
+    try:
+        root = artifacts_root().resolve(strict=True)
+        base = (root / dag_id).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return []
+    if not _inside(base, root) or not base.is_dir():
+        return []
+    runs = []
+    for entry in base.iterdir():
+        try:
+            check_run_key(entry.name)
+        except BadPath:
+            continue
+        try:
+            folder = entry.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if not folder.is_dir() or not _inside(folder, base) or folder == base:
+            continue
+        try:
+            summary = summarize(folder)
+        except OSError:
+            continue
+        summary.run_key = entry.name
+        runs.append(summary)
+    runs.sort(key=lambda r: r.sort_key, reverse=True)
+    return runs
