@@ -1,0 +1,303 @@
+"""The report's figures, drawn from the run's tables as inline PNG (base64).
+
+matplotlib is imported lazily and only through its object-oriented API with the Agg canvas
+(no pyplot, no global backend switch). A figure whose data is missing or unusable becomes a
+short note; drawing never raises. PNGs are written without metadata, so the same tables give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Plot", "draw_plots"]
+
+_WIDTH_IN, _HEIGHT_IN, _DPI = 7.6, 3.3, 96
+_COLOURS = {"p50": "#4c78a8", "p95": "#f58518", "p99": "#e45756", "ok": "#54a24b", "bad": "#e45756"}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure: `png_base64` is None when its data was missing, and `note` says why."""
+
+    key: str
+    title: str
+    sources: tuple[str, ...]
+    png_base64: str | None
+    note: str
+
+
+class _NoData(Exception):
+    pass
+
+
+def _read(root: Path, relative: str, columns: Sequence[str]) -> Any:
+    import pandas as pd
+
+    path = root / relative
+    stage = relative.split("/")[1] if relative.startswith("stages/") else "its"
+    if not path.is_file():
+        raise _NoData(f"{relative} is missing (the {stage} stage did not run)")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise _NoData(f"{relative} is not a readable table: {exc}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise _NoData(f"{relative} lacks column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise _NoData(f"{relative} has no rows")
+    return frame
+
+
+def _figure(ncols: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    # fixed margins: a layout engine would cost more time than all the drawing
+    fig = Figure(figsize=(_WIDTH_IN, _HEIGHT_IN), dpi=_DPI)
+    fig.subplots_adjust(left=0.09, right=0.91, bottom=0.2, top=0.92, wspace=0.3)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    return fig, list(axes)
+
+
+def _png(fig: Any) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _bool_column(frame: Any, column: str) -> Any:
+    return frame[column].astype(str).str.lower().eq("true")
+
+
+def _threshold(criteria: Mapping[str, Mapping[str, Any]], name: str) -> float | None:
+    row = criteria.get(name) or {}
+    return row.get("threshold")
+
+
+def _fmt(value: Any) -> str:
+    return "not measured" if value is None else f"{value:.4g}"
+
+
+# --------------------------------------------------------------------------- the figures
+def _latency_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    table = "stages/load/scenarios.csv"
+    frame = _read(root, table, ("scenario", "p50_ms", "p95_ms", "p99_ms"))
+    fig, (ax,) = _figure()
+    x = list(range(len(frame)))
+    width = 0.27
+    p99_valid = (
+        _bool_column(frame, "p99_valid") if "p99_valid" in frame.columns else [True] * len(frame)
+    )
+    for i, column in enumerate(("p50", "p95", "p99")):
+        bars = ax.bar(
+            [v + (i - 1) * width for v in x],
+            frame[f"{column}_ms"],
+            width,
+            label=column,
+            color=_COLOURS[column],
+        )
+        if column == "p99":
+            for bar, valid in zip(bars, p99_valid, strict=True):
+                if not valid:
+                    bar.set_hatch("///")
+                    bar.set_alpha(0.5)
+    ax.set_xticks(x, frame["scenario"], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("latency (ms)")
+    ax.legend(fontsize=8)
+    caption = (
+        "Latency percentiles per closed-loop scenario, from the scheduled send time "
+        f"(warm-up discarded). Thresholds: p95 <= {_fmt(_threshold(criteria, 'p95_latency_ms'))}"
+        f" ms, p99 <= {_fmt(_threshold(criteria, 'p99_latency_ms'))} ms."
+    )
+    if not all(p99_valid):
+        caption += " Hatched p99 bars: too few samples in that scenario to claim a p99."
+    return fig, caption, (table,)
+
+
+def _latency_vs_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    table = "stages/load/capacity.csv"
+    frame = _read(root, table, ("offered_rps", "p50_ms", "p99_ms")).sort_values("offered_rps")
+    fig, (ax,) = _figure()
+    ax.plot(frame["offered_rps"], frame["p50_ms"], "o-", color=_COLOURS["p50"], label="p50")
+    ax.plot(frame["offered_rps"], frame["p99_ms"], "s-", color=_COLOURS["p99"], label="p99")
+    bound = _threshold(criteria, "p99_latency_ms")
+    if bound:
+        ax.axhline(bound, color=_COLOURS["p99"], linestyle="--", linewidth=1, label="p99 bound")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    rates = sorted(set(frame["offered_rps"]))
+    ax.set_xticks(rates, [f"{rate:g}" for rate in rates], fontsize=8)
+    ax.set_xlabel("offered load (req/s, open loop, Poisson)")
+    ax.set_ylabel("latency (ms)")
+    ax.legend(fontsize=8)
+    sustained = (criteria.get("sustained_throughput_rps") or {}).get("measured")
+    caption = (
+        f"Latency against offered load in the capacity search ({len(frame)} trials). "
+        f"Highest sustained rate: {_fmt(sustained)} req/s."
+    )
+    return fig, caption, (table,)
+
+
+def _throughput_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    table = "stages/load/scenarios.csv"
+    frame = _read(root, table, ("scenario", "throughput_rps", "users"))
+    fig, (ax,) = _figure()
+    bars = ax.bar(frame["scenario"], frame["throughput_rps"], color=_COLOURS["p50"])
+    for bar, users in zip(bars, frame["users"], strict=True):
+        ax.annotate(
+            f"{int(users)} users",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    ax.set_ylabel("throughput (req/s)")
+    caption = (
+        "Completed requests per second in each closed-loop scenario (bounded by its users and "
+        "think time; the sustained capacity is the open-loop search above)."
+    )
+    return fig, caption, (table,)
+
+
+def _memory_over_time(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    load_table, stress_table = "stages/load/resources.csv", "stages/stress/resources.csv"
+    panels = []
+    notes = []
+    for table, time_column, label in (
+        (load_table, "t_s", "load stage"),
+        (stress_table, "t", "stress stage"),
+    ):
+        try:
+            panels.append((table, _read(root, table, (time_column, "rss_mb")), time_column, label))
+        except _NoData as exc:
+            notes.append(str(exc))
+    if not panels:
+        raise _NoData("; ".join(notes))
+    fig, axes = _figure(len(panels))
+    for ax, (_, frame, time_column, label) in zip(axes, panels, strict=True):
+        ax.plot(frame[time_column], frame["rss_mb"], color=_COLOURS["p50"], linewidth=1.2)
+        ax.set_title(f"engine RSS, {label}", fontsize=9)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_ylim(bottom=0)
+    caption = (
+        "Resident memory of the engine process (its own process, sampled). Threshold: "
+        f"{_fmt(_threshold(criteria, 'memory_usage_mb'))} MB peak during the load stage."
+    )
+    if notes:
+        caption += " Not shown: " + "; ".join(notes) + "."
+    return fig, caption, tuple(p[0] for p in panels)
+
+
+def _stress_success(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    table = "stages/stress/tests.csv"
+    frame = _read(root, table, ("test", "success_rate", "survived", "recovered"))
+    fig, (ax,) = _figure()
+    ok = _bool_column(frame, "survived") & _bool_column(frame, "recovered")
+    colours = [_COLOURS["ok"] if good else _COLOURS["bad"] for good in ok]
+    ax.bar(frame["test"], frame["success_rate"].fillna(0.0), color=colours)
+    ax.set_ylim(0, 1.05)
+    ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    ax.set_ylabel("success rate")
+    caption = (
+        "Success rate of the requests in each stress test's measured phase; green: survived "
+        "and recovered, red: not. Queue overflow rejects by design (bounded queue), so its "
+        "rate counts rejected requests as unsuccessful."
+    )
+    return fig, caption, (table,)
+
+
+def _concurrency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    table = "stages/load/concurrency.csv"
+    frame = _read(root, table, ("users", "p95_ms", "success_rate"))
+    fig, (ax,) = _figure()
+    ax.plot(frame["users"], frame["p95_ms"], "o-", color=_COLOURS["p95"], label="p95 latency")
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(frame["users"], frame["success_rate"], "s--", color=_COLOURS["ok"], label="success")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("success rate")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
+    supported = (criteria.get("concurrent_users_supported") or {}).get("measured")
+    caption = (
+        f"p95 latency and success rate per concurrency level; supported users: {_fmt(supported)}."
+    )
+    return fig, caption, (table,)
+
+
+_FIGURES: tuple[tuple[str, str, Callable[..., Any], tuple[str, ...]], ...] = (
+    (
+        "latency_by_scenario",
+        "Latency percentiles per scenario",
+        _latency_by_scenario,
+        ("stages/load/scenarios.csv",),
+    ),
+    (
+        "latency_vs_load",
+        "Latency against offered load",
+        _latency_vs_load,
+        ("stages/load/capacity.csv",),
+    ),
+    (
+        "throughput_by_scenario",
+        "Throughput per scenario",
+        _throughput_by_scenario,
+        ("stages/load/scenarios.csv",),
+    ),
+    (
+        "memory_over_time",
+        "Engine memory over time",
+        _memory_over_time,
+        ("stages/load/resources.csv", "stages/stress/resources.csv"),
+    ),
+    (
+        "stress_success",
+        "Success rate across stress tests",
+        _stress_success,
+        ("stages/stress/tests.csv",),
+    ),
+    (
+        "concurrency",
+        "Latency and success against concurrent users",
+        _concurrency,
+        ("stages/load/concurrency.csv",),
+    ),
+)
+
+
+def draw_plots(root: Path, criteria: Sequence[Mapping[str, Any]]) -> list[Plot]:
+    """Every figure of the report, or a note in its place."""
+    by_name = {c["name"]: c for c in criteria}
+    plots = []
+    for key, title, draw, sources in _FIGURES:
+        try:
+            fig, caption, used = draw(root, by_name)
+            plots.append(Plot(key, title, tuple(used), _png(fig), caption))
+        except _NoData as exc:
+            plots.append(Plot(key, title, sources, None, f"Not available: {exc}."))
+        except Exception as exc:  # a figure must never break the report
+            plots.append(
+                Plot(key, title, sources, None, f"Could not draw: {type(exc).__name__}: {exc}.")
+            )
+    return plots
