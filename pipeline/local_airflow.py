@@ -148,12 +148,15 @@ def run_dag(
         return 1, {"state": str(getattr(dag_run, "state", None)), "run_id": run_id}
     report = json.loads(report_path.read_text())
     decision = report["decision"]
+    package = report.get("package")
+    if package:
+        package = str((report_path.parent / package).resolve())
     return EXIT_CODES.get(decision, 1), {
         "decision": decision,
         "readiness_score": report.get("readiness_score"),
         "report_json": str(report_path),
         "report_html": str(report_path.with_name("report.html")),
-        "package": report.get("package"),
+        "package": package,
         "state": str(getattr(dag_run, "state", None)),
         "run_id": run_id,
     }
