@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--conf", default=None, help='run conf as JSON, e.g. \'{"reason": "..."}\'')
     run.add_argument("--date", type=_date, default=None, help="snapshot date (default today)")
 
+    ui = sub.add_parser(
+        "ui",
+        help="start Airflow (standalone) with relcert's DAGs and plugins",
+        description="Start Airflow standalone on the embedded metadata DB with the project's "
+        "DAGs and the Certifications plugin; prints the URL and how to log in.",
+    )
+    ui.add_argument("--port", type=int, default=8080)
+
     demo = sub.add_parser("demo", help="a short demo of the inference engine on built models")
     demo.add_argument("--model-dir", required=True, help="a folder written by `relcert build`")
     demo.add_argument("--rate", type=float, default=1000.0, help="open-loop rate, req/s")
@@ -103,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "ui":
+        from pipeline.local_airflow import run_ui
+
+        return run_ui(args.port)
     if args.command == "demo":
         from pipeline.demo import run_demo
 

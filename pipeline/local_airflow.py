@@ -160,3 +160,25 @@ def run_dag(
         "state": str(getattr(dag_run, "state", None)),
         "run_id": run_id,
     }
+
+
+def run_ui(port: int = 8080, say: Callable[[str], None] = print) -> int:
+    """`relcert ui`: Airflow standalone (scheduler, API server, DAG processor, triggerer)
+    with the project's DAGs and plugins, on the embedded metadata DB. Blocks until stopped."""
+    env = airflow_env()
+    env["AIRFLOW__API__PORT"] = str(port)
+    env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = os.environ.get(
+        "RELCERT_UI_USERS", "admin:admin"
+    )
+    os.environ.update(env)
+    ensure_metadata_db(env, say)
+    home = Path(env["AIRFLOW_HOME"])
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    say(
+        f"==> Airflow UI: http://localhost:{port}  (Certifications view: "
+        f"http://localhost:{port}/relcert/certifications)"
+    )
+    say(f"==> log in as admin; the password is in {passwords} (written at first start)")
+    say("==> the DAG starts paused: unpause it in the UI, or trigger it with its params form")
+    airflow = Path(sys.executable).with_name("airflow")
+    return subprocess.call([str(airflow), "standalone"], env={**os.environ, **env})
