@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--port", type=int, default=8080)
 
+    from pipeline.serve import cli as serve_cli  # light: no Starlette until it runs
+
+    serve_cli.add_parser(sub)
+
     demo = sub.add_parser("demo", help="a short demo of the inference engine on built models")
     demo.add_argument("--model-dir", required=True, help="a folder written by `relcert build`")
     demo.add_argument("--rate", type=float, default=1000.0, help="open-loop rate, req/s")
@@ -111,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "serve":
+        from pipeline.serve import cli as serve_cli
+
+        return serve_cli.run(args)
     if args.command == "ui":
         from pipeline.local_airflow import run_ui
 

@@ -1,0 +1,113 @@
+"""The HTTP service that a deployment package runs: the certified models behind a small API.
+
+An ASGI app on Starlette + uvicorn (uvloop, httptools) around relcert's batching engine
+(`pipeline.inference`). Run it with ``relcert serve --model-dir DIR`` or
+``python -m pipeline.serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--workers 1]
+[--format onnx]``; the server listens at once and loads the models in the background, so
+poll ``GET /health/ready`` until it answers 200.
+
+Endpoints
+---------
+``POST /api/v1/predict/quality``
+    ``{"features": {<the model's 10 feature_names>: number, ...}}`` or
+    ``{"features": [10 numbers in feature_names order]}`` ->
+    ``{"quality": 0..1, "model": "quality_predictor", "model_version": "...", "latency_ms": ...}``
+``POST /api/v1/predict/routing``
+    15 named features (or a list of 15) -> ``{"method": <one of class_names>, "confidence": max
+    probability, "probabilities": {class: p}, "model": "routing_classifier", "model_version",
+    "latency_ms"}``
+``POST /api/v1/validate/performance``
+    ``{"requests": int, "duration_s": float, "model": name | null, "concurrency": int}`` (all
+    optional) -> a bounded closed-loop measurement through the engine: ``{requests,
+    success_rate, mean_latency_ms, p50_ms, p95_ms, p99_ms, throughput_rps, rss_mb, capped,
+    ...}``; ``capped`` is true when a request was lowered to the limits below.
+``GET /health/ready``
+    200 ``{"status": "ready", "format", "models": {name: version}}`` once every served model
+    is loaded and warm; 503 ``{"status": "loading"}`` before (or ``"failed"`` with ``errors``).
+``GET /health/live``
+    200 whenever the event loop runs.
+``GET /metrics``
+    Prometheus text (``text/plain; version=0.0.4``): the engine monitor's metrics plus
+    ``relcert_http_requests_total{endpoint, status}`` and request durations.
+``GET /openapi.json``
+    The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
+
+Errors are JSON ``{"detail": "..."}`` naming the field: 422 for invalid JSON or a missing,
+extra, non-numeric, non-finite or wrongly counted feature (e.g. ``features.complexity_score:
+expected a finite number, got "abc"``); 413 for a body over ``MAX_BODY_BYTES`` (by
+Content-Length or as streamed); 503 with ``Retry-After`` when the engine's bounded queue is
+full (load shedding: requests are never queued without bound) or models are still loading;
+500 with the engine's message when the model fails; 404 / 405 for unknown paths / methods.
+
+Configuration (environment variables; ``ServeSettings.from_env``)
+-----------------------------------------------------------------
+===========================  ========  ========================================================
+variable                     default   meaning
+===========================  ========  ========================================================
+``MODEL_DIR``                required  models folder written by ``relcert build`` (with
+                                       ``model_info.json``); ``--model-dir`` sets it
+``MODEL_FORMAT``             onnx      ``onnx`` or ``torchscript``: which file of each model
+                                       to serve (``--format`` sets it); onnx never imports torch
+``MAX_BATCH_SIZE``           32        most requests the engine runs as one batch
+``BATCH_TIMEOUT_MS``         0         how long a partial batch may wait for company; 0 is
+                                       greedy (a lone request runs at once)
+``MAX_QUEUE``                1024      requests waiting in the engine; beyond it a request is
+                                       answered 503 with ``Retry-After`` at once
+``MAX_MEMORY_MB``            500       model memory budget; also the RSS above which the
+                                       buffer pool and result cache give memory back
+``POOL_MB``                  400       memory pool for batch buffers (0: no pool)
+``CACHE_ENTRIES``            10000     LRU result cache entries (0: no cache)
+``MAX_BODY_BYTES``           65536     largest request body accepted (413 beyond)
+``VALIDATE_MAX_REQUESTS``    2000      cap on ``requests`` of ``/api/v1/validate/performance``
+``VALIDATE_MAX_SECONDS``     10        cap on its ``duration_s``
+``STARTUP_DELAY_S``          0         wait before loading models (tests observe ``loading``)
+===========================  ========  ========================================================
+
+Every value is validated at start-up; an error names the variable and what was expected.
+
+Load generation: `HttpLoadClient` (`pipeline.serve.client`) is a lean keep-alive HTTP/1.1
+client for loopback targets only, fast enough to drive `pipeline.loadgen.run_open_loop` at
+thousands of requests per second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "HttpLoadClient",
+    "HttpResult",
+    "ServeApp",
+    "ServeSettings",
+    "SettingsError",
+    "app_from_env",
+    "check_loopback",
+    "create_app",
+]
+
+# Imported on first use, so `relcert --help` (which imports `pipeline.serve.cli`) and a load
+# generator (which needs only the client) do not pay for Starlette and the engine.
+_HOMES = {
+    "ServeApp": "app",
+    "app_from_env": "app",
+    "create_app": "app",
+    "HttpLoadClient": "client",
+    "HttpResult": "client",
+    "check_loopback": "client",
+    "ServeSettings": "settings",
+    "SettingsError": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pipeline.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pipeline.serve.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

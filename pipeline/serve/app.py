@@ -1,0 +1,475 @@
+"""The ASGI app: Starlette routing around lean raw-ASGI handlers on the shared engine.
+
+The prediction handlers are plain ASGI callables (no Request/Response objects, no pydantic):
+read the body with a size bound, decode the features, call `engine.predict()` (which
+submits at once and returns a future), and format the answer as JSON text directly. Exact
+paths of the hot routes are dispatched before Starlette's middleware stack; everything else
+(health, metrics, 404/405 and errors) goes through Starlette as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from pipeline.serve.features import RequestError, describe_value, load_json_object
+from pipeline.serve.openapi import build_openapi
+from pipeline.serve.service import QUALITY, ROUTING, Service
+from pipeline.serve.settings import ServeSettings
+
+__all__ = ["ServeApp", "app_from_env", "create_app"]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_perf = time.perf_counter
+_JSON = b"application/json"
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_RETRY_AFTER_S = "1"
+
+PREDICT_QUALITY = "/api/v1/predict/quality"
+PREDICT_ROUTING = "/api/v1/predict/routing"
+VALIDATE = "/api/v1/validate/performance"
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived."""
+
+
+@lru_cache(maxsize=64)
+def _json_str(text: str) -> str:
+    return json.dumps(text)
+
+
+def _error_body(detail: str) -> bytes:
+    return json.dumps({"detail": detail}).encode()
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", _JSON),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) more than `limit` bytes by Content-Length or as
+    streamed (a chunked body has no Content-Length to check up front)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise RequestError(400, "Content-Length: not an integer") from None
+            if declared > limit:
+                raise RequestError(
+                    413,
+                    f"body: {declared} bytes declared by Content-Length, more than "
+                    f"MAX_BODY_BYTES={limit}",
+                    [("connection", "close")],
+                )
+            break
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _Disconnected
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:  # a client that lied about Content-Length
+            raise _too_large(len(body), limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> RequestError:
+    return RequestError(
+        413,
+        f"body: more than MAX_BODY_BYTES={limit} bytes (received {size} so far)",
+        [("connection", "close")],
+    )
+
+
+class _Endpoint:
+    """A raw ASGI handler that answers JSON, counts itself and never lets an error escape."""
+
+    path = ""
+    method = "POST"
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = _perf()
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        try:
+            status, body = await self.handle(scope, receive, started)
+        except RequestError as exc:
+            status, body = exc.status, _error_body(exc.detail)
+            headers = tuple((k.encode(), v.encode()) for k, v in exc.headers)
+        except _Disconnected:
+            self.service.count(self.path, 499, _perf() - started)
+            return
+        except Exception as exc:  # the answer is a JSON 500, never a dropped connection
+            status = 500
+            body = _error_body(f"internal error: {type(exc).__name__}: {exc}")
+        await _send(send, status, body, headers)
+        self.service.count(self.path, status, _perf() - started)
+
+    async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+
+def _not_ready(service: Service) -> RequestError:
+    if service.status == "failed":
+        return RequestError(503, "models failed to load: see /health/ready", ())
+    return RequestError(
+        503, "models are loading: poll /health/ready", [("retry-after", _RETRY_AFTER_S)]
+    )
+
+
+class _PredictEndpoint(_Endpoint):
+    """Decode -> engine.predict -> encode, for one model."""
+
+    model = ""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        self.key = service.keys[self.model]
+        self.spec = service.specs[self.model]
+        self.limit = service.settings.max_body_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[int, bytes]:
+        body = await _read_body(scope, receive, self.limit)
+        service = self.service
+        if service.status != "ready":
+            raise _not_ready(service)
+        x = self.spec.decode(body)
+        result = await service.engine.predict(self.key, x)
+        if result.success:
+            return 200, self.encode(result.output, result.model_version, started)
+        if result.rejected:
+            raise RequestError(503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)])
+        if result.error_type == "ModelNotLoadedError":
+            raise RequestError(
+                503, result.error or "model not loaded", [("retry-after", _RETRY_AFTER_S)]
+            )
+        if result.error_type == "InvalidInputError":
+            raise RequestError(422, f"features: {result.error}")
+        raise RequestError(500, result.error or "inference failed")
+
+    def encode(self, row: Any, version: str, started: float) -> bytes:
+        raise NotImplementedError
+
+
+class QualityEndpoint(_PredictEndpoint):
+    path = PREDICT_QUALITY
+    model = QUALITY
+
+    def encode(self, row: Any, version: str, started: float) -> bytes:
+        latency_ms = (_perf() - started) * 1000.0
+        return (
+            f'{{"quality":{float(row[0])!r},"model":"quality_predictor",'
+            f'"model_version":{_json_str(version)},"latency_ms":{latency_ms:.3f}}}'
+        ).encode()
+
+
+class RoutingEndpoint(_PredictEndpoint):
+    path = PREDICT_ROUTING
+    model = ROUTING
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        names = service.class_names
+        self.methods = [_json_str(c) for c in names]
+        self.prefixes = [_json_str(c) + ":" for c in names]
+
+    def encode(self, row: Any, version: str, started: float) -> bytes:
+        probs = row.tolist()
+        if len(probs) != len(self.methods):
+            raise RequestError(
+                500,
+                f"{ROUTING}: the model returned {len(probs)} outputs but model_info.json names "
+                f"{len(self.methods)} classes",
+            )
+        best = max(range(len(probs)), key=probs.__getitem__)
+        pairs = ",".join([p + repr(v) for p, v in zip(self.prefixes, probs, strict=True)])
+        latency_ms = (_perf() - started) * 1000.0
+        return (
+            f'{{"method":{self.methods[best]},"confidence":{probs[best]!r},'
+            f'"probabilities":{{{pairs}}},"model":"routing_classifier",'
+            f'"model_version":{_json_str(version)},"latency_ms":{latency_ms:.3f}}}'
+        ).encode()
+
+
+class ValidateEndpoint(_Endpoint):
+    path = VALIDATE
+
+    async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[int, bytes]:
+        service = self.service
+        settings = service.settings
+        doc = load_json_object(
+            await _read_body(scope, receive, settings.max_body_bytes), allow_empty=True
+        )
+        allowed = ("requests", "duration_s", "model", "concurrency")
+        for key in doc:
+            if key not in allowed:
+                raise RequestError(422, f"{key}: unexpected field; allowed: {', '.join(allowed)}")
+        requests = _positive(doc, "requests", 500, integer=True)
+        duration_s = _positive(doc, "duration_s", 5.0, integer=False)
+        concurrency = _positive(doc, "concurrency", 8, integer=True)
+        if concurrency > 256:
+            raise RequestError(
+                422, f"concurrency: expected an integer in 1..256, got {concurrency}"
+            )
+        model = doc.get("model")
+        if model is None:
+            models = list(service.keys)
+        elif model in service.keys:
+            models = [model]
+        else:
+            raise RequestError(
+                422,
+                f"model: expected one of {', '.join(service.keys)} (or null), got "
+                f"{describe_value(model)}",
+            )
+        if service.status != "ready":
+            raise _not_ready(service)
+        if service.validation_running:
+            raise RequestError(409, "a validation run is already in progress; try again later")
+        capped = (
+            requests > settings.validate_max_requests or duration_s > settings.validate_max_seconds
+        )
+        service.validation_running = True
+        try:
+            result = await service.validate_performance(
+                min(requests, settings.validate_max_requests),
+                min(duration_s, settings.validate_max_seconds),
+                models,
+                concurrency,
+            )
+        finally:
+            service.validation_running = False
+        result["capped"] = capped
+        result["limits"] = {
+            "requests": settings.validate_max_requests,
+            "duration_s": settings.validate_max_seconds,
+        }
+        return 200, json.dumps(result).encode()
+
+
+def _positive(doc: dict[str, Any], key: str, default: float, *, integer: bool) -> Any:
+    if key not in doc or doc[key] is None:
+        return default
+    value = doc[key]
+    t = type(value)
+    if integer:
+        if t is not int or value < 1:
+            raise RequestError(422, f"{key}: expected an integer >= 1, got {describe_value(value)}")
+        return value
+    if (t is not int and t is not float) or not 0 < value < float("inf"):
+        raise RequestError(422, f"{key}: expected a finite number > 0, got {describe_value(value)}")
+    return float(value)
+
+
+class _JsonGet(_Endpoint):
+    """A GET endpoint with a JSON answer computed by `produce`."""
+
+    method = "GET"
+
+    def __init__(
+        self,
+        service: Service,
+        path: str,
+        produce: Callable[[], tuple[int, bytes]],
+        content_type: bytes = _JSON,
+    ) -> None:
+        super().__init__(service)
+        self.path = path
+        self.produce = produce
+        self.content_type = content_type
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = _perf()
+        try:
+            status, body = self.produce()
+        except Exception as exc:
+            status, body = 500, _error_body(f"internal error: {type(exc).__name__}: {exc}")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", self.content_type if status == 200 else _JSON),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self.service.count(self.path, status, _perf() - started)
+
+
+class ServeApp(Starlette):
+    """Starlette with an exact-path fast lane for the prediction routes."""
+
+    def __init__(self, service: Service, fast: dict[str, _Endpoint], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service = service
+        self._fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if scope["type"] == "http":
+            endpoint = self._fast.get(scope["path"])
+            if endpoint is not None and scope["method"] == endpoint.method:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: ServeSettings) -> ServeApp:
+    """The service for `settings`: routes, OpenAPI document and the background model load.
+
+    Raises SettingsError (naming the variable) when MODEL_DIR holds nothing to serve."""
+    from pipeline import __version__ as relcert_version
+
+    service = Service(settings)
+
+    def ready() -> tuple[int, bytes]:
+        if service.status == "ready":
+            doc = {
+                "status": "ready",
+                "format": settings.model_format,
+                "models": service.versions(),
+            }
+            return 200, json.dumps(doc).encode()
+        doc = {"status": service.status}
+        if service.load_errors:
+            doc["errors"] = dict(service.load_errors)
+        return 503, json.dumps(doc).encode()
+
+    def live() -> tuple[int, bytes]:
+        return 200, json.dumps({"status": "alive", "uptime_s": service.uptime_s()}).encode()
+
+    metrics_registry = _metrics_registry(service)
+
+    def metrics() -> tuple[int, bytes]:
+        from prometheus_client import generate_latest
+
+        return 200, service.monitor.prometheus_exposition() + generate_latest(metrics_registry)
+
+    openapi = json.dumps(
+        build_openapi(
+            service.specs,
+            service.class_names,
+            version=relcert_version,
+            max_body_bytes=settings.max_body_bytes,
+            validate_max_requests=settings.validate_max_requests,
+            validate_max_seconds=settings.validate_max_seconds,
+        )
+    ).encode()
+
+    endpoints: list[_Endpoint] = []
+    if QUALITY in service.keys:
+        endpoints.append(QualityEndpoint(service))
+    if ROUTING in service.keys:
+        endpoints.append(RoutingEndpoint(service))
+    endpoints += [
+        ValidateEndpoint(service),
+        _JsonGet(service, "/health/ready", ready),
+        _JsonGet(service, "/health/live", live),
+        _JsonGet(service, "/metrics", metrics, _METRICS_TYPE.encode()),
+        _JsonGet(service, "/openapi.json", lambda: (200, openapi)),
+    ]
+    routes: list[BaseRoute] = [
+        Route(e.path, endpoint=e, methods=[e.method], include_in_schema=True) for e in endpoints
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        detail = (
+            f"no route {request.method} {request.url.path}"
+            if status == 404
+            else getattr(exc, "detail", None) or str(exc)
+        )
+        if status == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        headers = dict(getattr(exc, "headers", None) or {})
+        service.count(endpoint, status, None)
+        return Response(_error_body(detail), status, headers, media_type="application/json")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        service.count("unmatched", 500, None)
+        return Response(
+            _error_body(f"internal error: {type(exc).__name__}: {exc}"),
+            500,
+            media_type="application/json",
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.start_loading()  # in the background: the server listens meanwhile
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return ServeApp(
+        service,
+        {e.path: e for e in endpoints if isinstance(e, _PredictEndpoint)},
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+
+
+def _metrics_registry(service: Service) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    class _Collector:
+        def describe(self) -> list:
+            return []
+
+        def collect(self) -> Any:
+            return service.collect_metrics()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return registry
+
+
+def app_from_env() -> ServeApp:
+    """Factory for `uvicorn --factory pipeline.serve.app:app_from_env` (settings from env)."""
+    return create_app(ServeSettings.from_env())

@@ -1,0 +1,112 @@
+"""`relcert serve` and `python -m pipeline.serve`: run the service on uvicorn.
+
+    relcert serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--workers 1] [--format onnx]
+
+Every other setting comes from the environment (see `pipeline.serve`). Models load in the
+background after the server starts listening: poll `GET /health/ready` for 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "configure_parser", "run"]
+
+DESCRIPTION = (
+    "Serve the certified models over HTTP (Starlette on uvicorn, one engine per worker "
+    "process). Settings other than the flags come from environment variables: MODEL_FORMAT, "
+    "MAX_BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_QUEUE, MAX_MEMORY_MB, POOL_MB, CACHE_ENTRIES, "
+    "MAX_BODY_BYTES, VALIDATE_MAX_REQUESTS, VALIDATE_MAX_SECONDS. Models load after the "
+    "server starts listening; GET /health/ready answers 200 once they are warm."
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `serve` options to `parser`."""
+    parser.add_argument(
+        "--model-dir",
+        default=None,
+        help="a models folder written by `relcert build` (default: $MODEL_DIR)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default=None,
+        help="model format to serve (default: $MODEL_FORMAT or onnx)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (access log is always off)",
+    )
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `serve` on an argparse subparsers object (from `add_subparsers()`)."""
+    parser = subparsers.add_parser(
+        "serve", help="serve the models over HTTP (the deployed service)", description=DESCRIPTION
+    )
+    return configure_parser(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start uvicorn with the parsed arguments; returns the exit status."""
+    from pipeline.serve.settings import ServeSettings, SettingsError
+
+    if not 0 <= args.port <= 65535:
+        print(f"relcert serve: error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"relcert serve: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    try:
+        settings = ServeSettings.from_env(
+            os.environ, model_dir=args.model_dir, model_format=args.format
+        )
+        app: Any = None
+        if args.workers == 1:
+            from pipeline.serve.app import create_app
+
+            app = create_app(settings)  # fails here, before binding, on a bad MODEL_DIR
+    except SettingsError as exc:
+        print(f"relcert serve: error: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_level": args.log_level,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
+    print(
+        f"relcert serve: http://{args.host}:{args.port} serving {settings.model_format} models "
+        f"from {settings.model_dir} ({args.workers} worker(s)); models load in the background, "
+        "poll /health/ready",
+        file=sys.stderr,
+        flush=True,
+    )
+    if app is not None:
+        uvicorn.run(app, **options)
+    else:
+        # Worker processes import the app by name and rebuild the same settings from env.
+        os.environ.update(settings.to_env())
+        uvicorn.run(
+            "pipeline.serve.app:app_from_env", factory=True, workers=args.workers, **options
+        )
+    return 0

@@ -1,0 +1,70 @@
+"""ServeSettings from the environment (errors name the variable) and the CLI wiring."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pipeline.serve import ServeSettings, SettingsError
+from pipeline.serve.cli import add_parser, run
+
+
+def test_defaults_and_overrides(built_models: Path) -> None:
+    settings = ServeSettings.from_env({"MODEL_DIR": str(built_models)})
+    assert settings.model_dir == built_models.resolve()
+    assert (settings.model_format, settings.max_batch_size) == ("onnx", 32)
+    assert settings.max_queue == 1024
+    assert settings.batch_timeout_ms == 0.0 and settings.max_body_bytes == 65536
+    assert (settings.validate_max_requests, settings.validate_max_seconds) == (2000, 10.0)
+    env = {"MODEL_DIR": "/nowhere", "MAX_QUEUE": "7", "MODEL_FORMAT": "TorchScript"}
+    settings = ServeSettings.from_env(env, model_dir=built_models, startup_delay_s=0.5)
+    assert settings.max_queue == 7 and settings.model_format == "torchscript"
+    assert settings.startup_delay_s == 0.5
+    with pytest.raises(AttributeError):
+        settings.max_queue = 8  # type: ignore[misc]
+    assert ServeSettings.from_env(settings.to_env()) == settings
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "phrase"),
+    [
+        ("MAX_BATCH_SIZE", "0", "integer >= 1"),
+        ("MAX_BATCH_SIZE", "many", "integer >= 1"),
+        ("BATCH_TIMEOUT_MS", "-1", "number >= 0"),
+        ("MAX_QUEUE", "1.5", "integer >= 1"),
+        ("MAX_MEMORY_MB", "0", "> 0"),
+        ("POOL_MB", "nan", "finite number >= 0"),
+        ("CACHE_ENTRIES", "-1", "integer >= 0"),
+        ("MAX_BODY_BYTES", "10", "integer >= 64"),
+        ("VALIDATE_MAX_REQUESTS", "0", "integer >= 1"),
+        ("VALIDATE_MAX_SECONDS", "inf", "finite number > 0"),
+        ("MODEL_FORMAT", "pickle", "one of onnx, torchscript"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    built_models: Path, var: str, value: str, phrase: str
+) -> None:
+    with pytest.raises(SettingsError, match=rf"^{var}: .*{phrase}"):
+        ServeSettings.from_env({"MODEL_DIR": str(built_models), var: value})
+
+
+def test_model_dir_is_required_and_must_hold_models(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^MODEL_DIR: required"):
+        ServeSettings.from_env({})
+    with pytest.raises(SettingsError, match=r"^MODEL_DIR: .* is not an existing folder"):
+        ServeSettings.from_env({"MODEL_DIR": str(tmp_path / "missing")})
+    with pytest.raises(SettingsError, match=r"^MODEL_DIR: .* has no model_info.json"):
+        ServeSettings.from_env({"MODEL_DIR": str(tmp_path)})
+    with pytest.raises(SettingsError, match="unknown setting"):
+        ServeSettings.from_env({}, model_dirr=tmp_path)
+
+
+def test_cli_wiring_parses_and_refuses_a_bad_model_dir(tmp_path: Path, capsys) -> None:
+    parser = argparse.ArgumentParser(prog="relcert")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", "--model-dir", str(tmp_path), "--port", "0"])
+    assert (args.command, args.host, args.port, args.workers) == ("serve", "127.0.0.1", 0, 1)
+    assert run(args) == 2  # no uvicorn started: the settings error comes first
+    assert "MODEL_DIR" in capsys.readouterr().err
