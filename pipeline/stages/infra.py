@@ -259,6 +259,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
     summary.update(
         {
             "port": server.port,
+            "server_pid": server.pid,
             "checks": len(rows),
             "failed": failed,
             "peak_rss_mb": peak,

@@ -1,0 +1,78 @@
+"""The DAG end to end through Airflow (`relcert run` = dag.test on an embedded SQLite DB)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DAG_ID = "model_release_certification"
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("relcert-run")
+    return {
+        **os.environ,
+        "RELCERT_ARTIFACTS": str(root / "artifacts"),
+        "RELCERT_AIRFLOW_HOME": str(root / "airflow"),
+    }
+
+
+def relcert_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--date", "2026-01-15", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _report(output: str) -> tuple[dict, Path]:
+    line = next(line for line in output.splitlines() if line.startswith("==> report: "))
+    run_dir = Path(line.split(": ", 1)[1]).parent
+    return json.loads((run_dir / "report.json").read_text()), run_dir
+
+
+def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) -> None:
+    result = relcert_run(airflow_env, "--conf", '{"reason": "nightly ci"}')
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "==> decision: APPROVED" in result.stdout
+    # progress per task was shown
+    for task in ("prepare", "build_model[0]", "gate_load", "final_report"):
+        assert task in result.stdout
+    report, run_dir = _report(result.stdout)
+    assert report["decision"] == "APPROVED"
+    assert (run_dir / "data_docs/index.html").exists() and (run_dir / "report.html").exists()
+    assert all(g["success"] for g in report["gates"].values())
+    assert report["conf"]["reason"] == "nightly ci"
+    package = run_dir / report["package"]
+    assert package.exists() and package.suffix == ".zip"
+    assert {m["name"] for m in report["models"]} == {"quality_predictor", "routing_classifier"}
+
+
+def test_an_impossible_target_gives_not_approved_and_no_package(
+    airflow_env: dict[str, str],
+) -> None:
+    conf = json.dumps({"target_overrides": {"p99_latency_ms": 0.001}, "reason": "strict"})
+    result = relcert_run(airflow_env, "--conf", conf)
+    assert result.returncode == 20, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "==> decision: NOT_APPROVED" in result.stdout
+    report, run_dir = _report(result.stdout)
+    assert report["package"] is None and not (run_dir / "package").exists()
+    failed = [c["name"] for c in report["criteria"] if not c["met"]]
+    assert failed == ["p99_latency_ms"]
+    assert report["gates"]["certification"]["success"] is False
+    assert report["gates"]["load"]["success"] is False  # the load gate checks p99 too
+
+
+def test_invalid_conf_is_refused_with_a_message(airflow_env: dict[str, str]) -> None:
+    result = relcert_run(airflow_env, "--conf", '{"profile": "weekly"}')
+    assert result.returncode == 1
+    assert "profile" in (result.stdout + result.stderr)
