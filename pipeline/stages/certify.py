@@ -84,13 +84,21 @@ def _latency(q: float | None):
     return measure, "stages/load/requests.csv"
 
 
-def _from_load(path: list[str], what: str, valid_if: Callable[[dict], bool] | None = None):
+def _from_load(
+    path: list[str],
+    what: str,
+    valid_if: Callable[[dict], bool] | None = None,
+    samples_of: Callable[[dict], int] | None = None,
+):
     def measure(run: RunDir) -> tuple[float, int, bool, str]:
         summary = _summary(run, "load")
         node: Any = summary
         for key in path:
             node = node[key]
-        samples = int(summary.get("overall", {}).get("requests", 0))
+        if samples_of is not None:
+            samples = int(samples_of(summary))
+        else:
+            samples = int(summary.get("overall", {}).get("requests", 0))
         valid = valid_if(summary) if valid_if else True
         return float(node), samples, valid, what
 
@@ -139,16 +147,27 @@ MEASURES: dict[str, tuple[Callable[[RunDir], tuple[float, int, bool, str]], str]
         ["capacity", "max_sustained_rps"],
         "highest open-loop rate with p99 within target, success >= 99%, generator valid",
         _capacity_valid,
+        lambda s: s["capacity"].get("best_samples", 0),
     ),
-    "peak_throughput_rps": _from_load(["peak", "throughput_rps"], "median of three bursts"),
+    "peak_throughput_rps": _from_load(
+        ["peak", "throughput_rps"],
+        "median of three bursts",
+        samples_of=lambda s: sum(b["requests"] for b in s["peak"]["bursts"]),
+    ),
     "memory_usage_mb": _from_load(["memory", "peak_rss_mb"], "peak RSS of the engine process"),
     "memory_efficiency": _from_load(["memory", "pool_reuse_ratio"], "pool buffer reuse ratio"),
     "success_rate": _success(error=False),
     "error_rate": _success(error=True),
     "concurrent_users_supported": _from_load(
-        ["concurrency", "supported_users"], "largest user count with >= 95% success, p95 ok"
+        ["concurrency", "supported_users"],
+        "largest user count with >= 95% success, p95 ok",
+        samples_of=lambda s: len(s["concurrency"]["levels_tested"]),
     ),
-    "cache_hit_rate": _from_load(["cache", "hit_rate"], "engine cache hits / Zipf requests"),
+    "cache_hit_rate": _from_load(
+        ["cache", "hit_rate"],
+        "engine cache hits / Zipf requests",
+        samples_of=lambda s: s["cache"]["requests"],
+    ),
     "routing_accuracy": _integration("model_sla_routing_accuracy", "min"),
     "quality_correlation": _integration("model_sla_quality_correlation", "min"),
     "model_initialization_s": _integration("initialization"),
