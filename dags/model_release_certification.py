@@ -73,8 +73,8 @@ PARAMS = {
         section="Release",
     ),
     "reason": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Reason",
         description_md="Why this run was triggered (shown in the report and the "
         "Certifications view).",

@@ -1,0 +1,204 @@
+"""A real Airflow deployment for tests: its own PostgreSQL database, scheduler, DAG
+processor and API server as subprocesses (optionally Celery workers), all stopped after."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+PG_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+DAG_ID = "model_release_certification"
+
+TINY_PROFILES = """
+version: 1
+scenarios:
+  baseline_performance:
+    {users: 3, requests_per_user: 10, ramp_up_s: 0.1, duration_s: 2, pattern: constant,
+     behaviour: mixed}
+patterns:
+  constant: {think_ms: 10}
+behaviours:
+  mixed: {quality_predictor: 0.6, routing_classifier: 0.4}
+profiles:
+  smoke:
+    scenario_time_scale: 1.0
+    think_time_scale: 1.0
+    min_requests_per_scenario: 30
+    max_requests_per_user: 20
+    warmup_s: 0.1
+    window_s: 1.0
+    stability_tolerance: 1.0
+    stability_floor_ms: 5.0
+    percentiles_claimed: [50]
+    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 100, refine_steps: 0}
+    burst_requests: 20
+    concurrency: {users: [1, 4], requests_per_user: 3, think_ms: 10}
+    cache: {distinct_inputs: 10, requests: 40, zipf_a: 1.3, concurrency: 2}
+    calibration_s: 0.3
+    integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
+    stress: {scale: 0.1}
+    infra: {rates: [100], duration_s: 1.0, warmup_s: 0.2}
+"""
+
+
+def postgres_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _psql(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowCluster:
+    """Start with `start()`, always `stop()` (kills every process group, drops the DB)."""
+
+    def __init__(self, root: Path, executor: str = "LocalExecutor", extra_env=None) -> None:
+        self.root = root
+        self.db = f"relcert_test_{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        profiles = root / "profiles.yaml"
+        profiles.parent.mkdir(parents=True, exist_ok=True)
+        profiles.write_text(TINY_PROFILES)
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(root / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": PG_DSN.format(db=self.db),
+            "AIRFLOW__CORE__EXECUTOR": executor,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "RELCERT_ARTIFACTS": str(root / "artifacts"),
+            "RELCERT_PROFILES_FILE": str(profiles),
+            "GX_ANALYTICS_ENABLED": "False",
+            **(extra_env or {}),
+        }
+
+    def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [AIRFLOW, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def spawn(self, name: str, *args: str, env=None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [AIRFLOW, *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append((name, process))
+        return process
+
+    def start(self) -> AirflowCluster:
+        home = Path(self.env["AIRFLOW_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "admin"}')
+        _psql(f'CREATE DATABASE "{self.db}"')
+        migrated = self.airflow("db", "migrate", timeout=600)
+        if migrated.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
+        self.spawn("api-server", "api-server", "--port", str(self.port))
+        self.spawn("scheduler", "scheduler")
+        self.spawn("dag-processor", "dag-processor")
+        return self
+
+    def wait_for_dag(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = self.airflow("dags", "list", "-o", "json", timeout=120)
+            if out.returncode == 0 and DAG_ID in out.stdout:
+                return
+            self.check_alive()
+            time.sleep(3)
+        raise TimeoutError(f"{DAG_ID} was not parsed within {timeout_s:g} s")
+
+    def check_alive(self) -> None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+
+    def runs(self) -> list[dict]:
+        """The DAG's runs, read from the metadata DB (faster and steadier than the CLI)."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = %s",
+                    (DAG_ID,),
+                )
+                return [
+                    {"run_id": r, "state": s, "logical_date": str(d)} for r, s, d in cur.fetchall()
+                ]
+        finally:
+            conn.close()
+
+    def wait_for_runs(self, count: int, timeout_s: float) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        runs: list[dict] = []
+        while time.monotonic() < deadline:
+            runs = self.runs()
+            states = [r.get("state") for r in runs]
+            if len(runs) >= count and all(s in ("success", "failed") for s in states):
+                return runs
+            self.check_alive()
+            time.sleep(5)
+        raise TimeoutError(f"runs not finished within {timeout_s:g} s: {runs}")
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            _psql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
