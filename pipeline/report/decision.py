@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from pipeline.stages import STAGE_GATES
+
 __all__ = [
     "APPROVED",
     "CONDITIONAL_APPROVAL",
@@ -47,15 +49,8 @@ CONFIDENCE = {APPROVED: "HIGH", CONDITIONAL_APPROVAL: "MEDIUM", NOT_APPROVED: "L
 APPROVAL_SCORE = 0.9
 CONDITIONAL_SCORE = 0.8
 
-#: stage -> the gate that validates its table (gates/<gate>.json)
-GATE_OF_STAGE = {
-    "build": "build",
-    "integration": "integration",
-    "load": "load",
-    "stress": "stress",
-    "infra": "infra",
-    "certify": "certification",
-}
+#: stage -> the gate that validates its table (gates/<gate>.json); one map for all of relcert
+GATE_OF_STAGE = STAGE_GATES
 STAGE_ORDER = tuple(GATE_OF_STAGE)
 _STAGE_OF_GATE = {gate: stage for stage, gate in GATE_OF_STAGE.items()}
 

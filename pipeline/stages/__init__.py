@@ -31,6 +31,11 @@ STAGE_GATES = {
 STAGE_NAMES = tuple(STAGE_GATES)
 
 
+def _check_name(name: str) -> None:
+    if name not in STAGE_GATES:
+        raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+
+
 def execute_stage(
     name: str,
     run_dir: str | Path,
@@ -44,8 +49,7 @@ def execute_stage(
     """Run stage `name` on `run_dir` (no gate); returns the stage's summary."""
     from pipeline.profiles import load_profile
 
-    if name not in STAGE_GATES:
-        raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+    _check_name(name)
     prof = load_profile(profile)
     say = progress or (lambda _: None)
     if name == "build":
@@ -92,8 +96,7 @@ def run_stage(
     from pipeline.profiles import load_profile
     from pipeline.targets import load_targets
 
-    if name not in STAGE_GATES:
-        raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+    _check_name(name)
     targets = targets if targets is not None else load_targets()
     load_profile(profile)
     say = progress or (lambda _: None)

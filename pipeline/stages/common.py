@@ -17,6 +17,7 @@ from pipeline._io import atomic_write_json, atomic_write_text
 __all__ = [
     "RunDir",
     "StageError",
+    "check_row",
     "input_pool",
     "model_names",
     "serving_keys",
@@ -84,6 +85,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def check_row(
+    check: str,
+    model: str,
+    passed: bool,
+    measured: float = float("nan"),
+    unit: str = "",
+    limit: float = float("nan"),
+    detail: str = "",
+) -> dict[str, Any]:
+    """One row of a checks table (integration, infra): the gates' contract columns."""
+    return {
+        "check": check,
+        "model": model,
+        "passed": bool(passed),
+        "measured": float(measured),
+        "unit": unit,
+        "limit": float(limit),
+        "detail": detail,
+    }
 
 
 def write_table(rows: list[dict[str, Any]] | Any, path: Path) -> Path:

@@ -28,7 +28,14 @@ import numpy as np
 
 from pipeline.loadgen import run_open_loop, summarize
 from pipeline.profiles import Profile, load_profile
-from pipeline.stages.common import RunDir, StageError, host_facts, input_pool, write_table
+from pipeline.stages.common import (
+    RunDir,
+    StageError,
+    check_row,
+    host_facts,
+    input_pool,
+    write_table,
+)
 from pipeline.stages.engine_host import ResourceSampler
 
 __all__ = ["ServerProcess", "run_infra"]
@@ -104,26 +111,6 @@ class ServerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _row(
-    check: str,
-    model: str,
-    passed: bool,
-    measured: float = float("nan"),
-    unit: str = "",
-    limit: float = float("nan"),
-    detail: str = "",
-) -> dict[str, Any]:
-    return {
-        "check": check,
-        "model": model,
-        "passed": bool(passed),
-        "measured": float(measured),
-        "unit": unit,
-        "limit": float(limit),
-        "detail": detail,
-    }
-
-
 def run_infra(
     run_dir: str | Path,
     profile: Profile | str = "smoke",
@@ -169,7 +156,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
     started = time.perf_counter()
     if not served:
         rows.append(
-            _row(
+            check_row(
                 "service",
                 "all",
                 False,
@@ -188,7 +175,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
     for name, entry in served.items():
         if not manager.load_model(f"{name}_onnx"):
             rows.append(
-                _row(
+                check_row(
                     "golden_reference",
                     name,
                     False,
@@ -211,7 +198,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
         sampler.start()
         await _connect(client, server)
         ready, ready_s, detail = await _wait_ready(client, server, READY_TIMEOUT_S)
-        rows.append(_row("readiness", "all", ready, ready_s, "s", READY_TIMEOUT_S, detail))
+        rows.append(check_row("readiness", "all", ready, ready_s, "s", READY_TIMEOUT_S, detail))
         say(f"infra: ready={ready} after {ready_s:.1f} s")
         if ready:
             rows += await _functional_checks(client, served, golden)
@@ -224,7 +211,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
         await client.close()
         code = server.stop()
     rows.append(
-        _row(
+        check_row(
             "clean_shutdown",
             "all",
             code in (0, -signal.SIGTERM),
@@ -239,7 +226,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
     peak = sampler.peak_rss_mb()
     mem_target = targets["memory_usage_mb"]
     rows.append(
-        _row(
+        check_row(
             "server_memory",
             "all",
             mem_target.passes(peak),
@@ -311,7 +298,7 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
         expected_version = served[name]["version"]
         passed = ok == len(golden[name]) and worst <= 1e-5 and versions == {expected_version}
         rows.append(
-            _row(
+            check_row(
                 "golden_requests",
                 name,
                 passed,
@@ -327,7 +314,7 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
         features[first] = "abc"
         bad = await client.post_json(path, json.dumps({"features": features}).encode())
         rows.append(
-            _row(
+            check_row(
                 "invalid_body_422",
                 name,
                 bad.status == 422 and first in bad.body.decode(),
@@ -340,7 +327,7 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
     path = ENDPOINTS[next(iter(served))]
     big = await client.post_json(path, b'{"features": [' + b"1," * 40000 + b"1]}")
     rows.append(
-        _row(
+        check_row(
             "oversized_body_413",
             "all",
             big.status == 413,
@@ -354,7 +341,7 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
     text = metrics.body.decode(errors="replace")
     has = "relcert_requests_total" in text and "relcert_http_requests_total" in text
     rows.append(
-        _row(
+        check_row(
             "metrics",
             "all",
             metrics.status == 200 and has,
@@ -365,7 +352,7 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
         )
     )
     live = await client.get("/health/live")
-    rows.append(_row("liveness", "all", live.status == 200, live.status, "status", 200, ""))
+    rows.append(check_row("liveness", "all", live.status == 200, live.status, "status", 200, ""))
     return rows
 
 
@@ -406,7 +393,7 @@ async def _load(client, served, golden, cfg, targets, claim, say) -> tuple[list,
         )
         ok = s.valid and s.error_rate <= targets["error_rate"].threshold and s.p99_ms <= p99_bound
         checks.append(
-            _row(
+            check_row(
                 f"http_load_{rate}rps",
                 "mixed",
                 ok,

@@ -17,32 +17,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.profiles import Profile, load_profile
-from pipeline.stages.common import RunDir, host_facts, input_pool, write_table
+from pipeline.stages.common import RunDir, check_row, host_facts, input_pool, write_table
 
 __all__ = ["run_integration", "validate_performance"]
 
 STAGE = "integration"
 PARITY_PROBES = 256
-
-
-def _row(
-    check: str,
-    model: str,
-    passed: bool,
-    measured: float = float("nan"),
-    unit: str = "",
-    limit: float = float("nan"),
-    detail: str = "",
-) -> dict[str, Any]:
-    return {
-        "check": check,
-        "model": model,
-        "passed": bool(passed),
-        "measured": float(measured),
-        "unit": unit,
-        "limit": float(limit),
-        "detail": detail,
-    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -134,7 +114,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
         mi = manager.model_info[key]
         seconds = ((mi.load_time_ms or 0) + (mi.warmup_time_ms or 0)) / 1000.0
         rows.append(
-            _row(
+            check_row(
                 "model_load",
                 key,
                 loaded and mi.warmup_complete,
@@ -151,7 +131,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     init_target = targets["model_initialization_s"]
     all_loaded = all(manager.is_loaded(k) for k in manager.available_models)
     rows.append(
-        _row(
+        check_row(
             "initialization",
             "all",
             all_loaded and init_target.passes(init_s),
@@ -168,7 +148,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     )
 
     if not manager.loaded_models:
-        rows.append(_row("serving", "all", False, detail="no model loaded: nothing to serve"))
+        rows.append(check_row("serving", "all", False, detail="no model loaded: nothing to serve"))
         return _finish(run, profile, rows, manager, None, init_s, started, say)
     pool = MemoryPoolManager(400)
     monitor = RealTimePerformanceMonitor()
@@ -193,7 +173,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
             shapes_ok &= result.success and tuple(result.output.shape) == expected
         mean = float(np.mean(latencies))
         rows.append(
-            _row(
+            check_row(
                 "end_to_end",
                 key,
                 shapes_ok and ok == 50 and avg_target.passes(mean),
@@ -214,7 +194,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
         )
         largest = max(r.batch_size for r in results)
         rows.append(
-            _row(
+            check_row(
                 "batching",
                 key,
                 largest > 1 and all(r.success for r in results),
@@ -245,7 +225,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
         and growth < 100
     )
     rows.append(
-        _row(
+        check_row(
             "memory_management",
             "+".join(serving),
             mem_ok,
@@ -284,7 +264,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     rate = successes / total
     conc_ok = rate >= 0.95 and np.mean(lat) < 100 and _pct(lat, 95) < 300
     rows.append(
-        _row(
+        check_row(
             "concurrent_load",
             "mixed",
             conc_ok,
@@ -339,7 +319,7 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
     """features -> routing decision -> quality prediction -> conversion request -> validation."""
     names = {manager.model_info[k].name: k for k in serving}
     if not {"routing_classifier", "quality_predictor"} <= set(names):
-        return _row(
+        return check_row(
             "cross_model_workflow",
             "n/a",
             True,
@@ -386,7 +366,7 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
     elapsed = time.perf_counter() - started
     passed = not problems and len(requests) == 10 and all(checks.values()) and elapsed < 10
     statuses = sorted({r["status"] for r in requests})
-    return _row(
+    return check_row(
         "cross_model_workflow",
         "routing_classifier+quality_predictor",
         passed,
@@ -414,7 +394,9 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
             cached = await asyncio.gather(*(engine.predict(key, row) for row in x))
             if not all(r.success for r in single + list(batched) + list(cached)):
                 rows.append(
-                    _row("parity_batched_single_cached", key, False, detail="some requests failed")
+                    check_row(
+                        "parity_batched_single_cached", key, False, detail="some requests failed"
+                    )
                 )
                 continue
             s = np.stack([r.output for r in single])
@@ -423,7 +405,7 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
             diff = float(max(np.abs(s - b).max(), np.abs(s - c).max()))
             hits = sum(r.cache_hit for r in cached)
             rows.append(
-                _row(
+                check_row(
                     "parity_batched_single_cached",
                     key,
                     diff <= tolerance and hits == len(x),
@@ -438,7 +420,7 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
         if len(outputs) == 2:
             diff = float(np.abs(outputs["torchscript"] - outputs["onnx"]).max())
             rows.append(
-                _row(
+                check_row(
                     "parity_torchscript_onnx",
                     name,
                     diff <= tolerance,
@@ -452,7 +434,7 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
         if recorded:
             worst = max(float(v) for v in recorded.values())
             rows.append(
-                _row(
+                check_row(
                     "parity_eager_build",
                     name,
                     worst <= tolerance,
@@ -483,7 +465,9 @@ async def _slas(run, engine, manager, info, serving, targets) -> list[dict[str, 
         if not all(r.success for r in results):
             failed = sum(not r.success for r in results)
             rows.append(
-                _row(f"model_sla_{name}", key, False, detail=f"{failed} hold-out requests failed")
+                check_row(
+                    f"model_sla_{name}", key, False, detail=f"{failed} hold-out requests failed"
+                )
             )
             continue
         out = np.stack([r.output for r in results])
@@ -496,7 +480,7 @@ async def _slas(run, engine, manager, info, serving, targets) -> list[dict[str, 
             measured = float(np.corrcoef(out.reshape(-1), y.reshape(-1).astype(float))[0, 1])
             check, unit = "model_sla_quality_correlation", "pearson r"
         rows.append(
-            _row(
+            check_row(
                 check,
                 key,
                 target.passes(measured),

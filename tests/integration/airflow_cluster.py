@@ -13,41 +13,15 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.stages.conftest import MINI_PROFILE
+
 PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 DAG_ID = "model_release_certification"
 
-TINY_PROFILES = """
-version: 1
-scenarios:
-  baseline_performance:
-    {users: 3, requests_per_user: 10, ramp_up_s: 0.1, duration_s: 2, pattern: constant,
-     behaviour: mixed}
-patterns:
-  constant: {think_ms: 10}
-behaviours:
-  mixed: {quality_predictor: 0.6, routing_classifier: 0.4}
-profiles:
-  smoke:
-    scenario_time_scale: 1.0
-    think_time_scale: 1.0
-    min_requests_per_scenario: 30
-    max_requests_per_user: 20
-    warmup_s: 0.1
-    window_s: 1.0
-    stability_tolerance: 1.0
-    stability_floor_ms: 5.0
-    percentiles_claimed: [50]
-    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 100, refine_steps: 0}
-    burst_requests: 20
-    concurrency: {users: [1, 4], requests_per_user: 3, think_ms: 10}
-    cache: {distinct_inputs: 10, requests: 40, zipf_a: 1.3, concurrency: 2}
-    calibration_s: 0.3
-    integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
-    stress: {scale: 0.1}
-    infra: {rates: [100], duration_s: 1.0, warmup_s: 0.2}
-"""
+# the stage tests' small profile, under the name the DAG's form accepts
+TINY_PROFILES = MINI_PROFILE.replace("\n  mini:\n", "\n  smoke:\n")
 
 
 def postgres_available() -> bool:
