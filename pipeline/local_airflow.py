@@ -181,4 +181,6 @@ def run_ui(port: int = 8080, say: Callable[[str], None] = print) -> int:
     say(f"==> log in as admin; the password is in {passwords} (written at first start)")
     say("==> the DAG starts paused: unpause it in the UI, or trigger it with its params form")
     airflow = Path(sys.executable).with_name("airflow")
-    return subprocess.call([str(airflow), "standalone"], env={**os.environ, **env})
+    # standalone starts its components as `airflow ...` from PATH: use this environment's
+    path = f"{airflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.call([str(airflow), "standalone"], env={**os.environ, **env, "PATH": path})
