@@ -284,6 +284,6 @@ def check_parity(
         "probe_count": int(probes.shape[0]),
         "batch_sizes": list(batch_sizes),
         "tolerance": tolerance,
-        "passed": True,
+        "passed": diffs[worst] <= tolerance,
         "max_abs_diff": diffs,
     }

@@ -456,7 +456,6 @@ class ProductionInferenceEngine:
             stats["max_batch_size_seen"] = n
         cache = self.cache
         version = model.version
-        name = model.info.key
         monitor = self.monitor
         all_ok = bool(out_ok.all())
         for i, request in enumerate(batch):
@@ -495,7 +494,7 @@ class ProductionInferenceEngine:
                         n,
                         False,
                         total_ms,
-                        name,
+                        key,
                         version,
                         request.request_id,
                         False,

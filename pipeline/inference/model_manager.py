@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -205,8 +206,6 @@ class ProductionModelManager:
             data = path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"model {info.key!r}: cannot read {path}: {exc}") from exc
-        import hashlib
-
         digest = hashlib.sha256(data).hexdigest()
         if info.expected_sha256:
             if digest != info.expected_sha256:

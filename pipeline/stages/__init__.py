@@ -93,12 +93,10 @@ def run_stage(
     targets.yaml fails fast. A failed gate is reported in the result, not raised.
     """
     from pipeline.gates import run_gate
-    from pipeline.profiles import load_profile
     from pipeline.targets import load_targets
 
     _check_name(name)
-    targets = targets if targets is not None else load_targets()
-    load_profile(profile)
+    targets = targets if targets is not None else load_targets()  # execute_stage checks the profile
     say = progress or (lambda _: None)
     started = time.perf_counter()
     summary = execute_stage(

@@ -43,31 +43,47 @@ class _Missing(Exception):
     pass
 
 
-def _read_csv(run: RunDir, relative: str):
-    import pandas as pd
+class _Tables:
+    """The run's tables and summaries, each read at most once per certification."""
 
-    path = run.root / relative
-    if not path.exists():
-        raise _Missing(f"{relative} is missing (its stage did not run)")
-    return pd.read_csv(path, keep_default_na=True)
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._csv: dict[str, Any] = {}
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._requests: Any = None
 
+    def csv(self, relative: str):
+        if relative not in self._csv:
+            import pandas as pd
 
-def _summary(run: RunDir, stage: str) -> dict[str, Any]:
-    path = run.root / "stages" / stage / "summary.json"
-    if not path.exists():
-        raise _Missing(f"stages/{stage}/summary.json is missing (the {stage} stage did not run)")
-    return json.loads(path.read_text())
+            path = self.run.root / relative
+            if not path.exists():
+                raise _Missing(f"{relative} is missing (its stage did not run)")
+            self._csv[relative] = pd.read_csv(path, keep_default_na=True)
+        return self._csv[relative]
 
+    def summary(self, stage: str) -> dict[str, Any]:
+        if stage not in self._summaries:
+            path = self.run.root / "stages" / stage / "summary.json"
+            if not path.exists():
+                raise _Missing(
+                    f"stages/{stage}/summary.json is missing (the {stage} stage did not run)"
+                )
+            self._summaries[stage] = json.loads(path.read_text())
+        return self._summaries[stage]
 
-def _load_requests(run: RunDir):
-    requests = _read_csv(run, "stages/load/requests.csv")
-    warmup = float(_summary(run, "load").get("warmup_s", 0.0) or 0.0)
-    return requests[requests["scheduled_s"] >= warmup] if warmup else requests
+    def load_requests(self):
+        """Load-scenario requests after each scenario's warm-up."""
+        if self._requests is None:
+            requests = self.csv("stages/load/requests.csv")
+            warmup = float(self.summary("load").get("warmup_s", 0.0) or 0.0)
+            self._requests = requests[requests["scheduled_s"] >= warmup] if warmup else requests
+        return self._requests
 
 
 def _latency(q: float | None):
-    def measure(run: RunDir) -> tuple[float, int, bool, str]:
-        requests = _load_requests(run)
+    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
+        requests = tables.load_requests()
         lat = requests["latency_ms"].to_numpy()
         if not len(lat):
             return math.nan, 0, False, "no load requests"
@@ -90,8 +106,8 @@ def _from_load(
     valid_if: Callable[[dict], bool] | None = None,
     samples_of: Callable[[dict], int] | None = None,
 ):
-    def measure(run: RunDir) -> tuple[float, int, bool, str]:
-        summary = _summary(run, "load")
+    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
+        summary = tables.summary("load")
         node: Any = summary
         for key in path:
             node = node[key]
@@ -106,8 +122,8 @@ def _from_load(
 
 
 def _success(error: bool):
-    def measure(run: RunDir) -> tuple[float, int, bool, str]:
-        requests = _load_requests(run)
+    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
+        requests = tables.load_requests()
         n = len(requests)
         rate = float(requests["success"].mean()) if n else math.nan
         value = 1.0 - rate if error else rate
@@ -117,8 +133,8 @@ def _success(error: bool):
 
 
 def _integration(check: str, reduce: str = "single"):
-    def measure(run: RunDir) -> tuple[float, int, bool, str]:
-        checks = _read_csv(run, "stages/integration/checks.csv")
+    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
+        checks = tables.csv("stages/integration/checks.csv")
         rows = checks[checks["check"].astype(str).str.startswith(check)]
         if rows.empty:
             raise _Missing(f"no '{check}' rows in stages/integration/checks.csv")
@@ -138,8 +154,8 @@ def _capacity_valid(summary: dict) -> bool:
     return summary.get("capacity", {}).get("trials", 0) > 0
 
 
-#: target name -> (measure(run) -> (value, samples, valid, detail), source table)
-MEASURES: dict[str, tuple[Callable[[RunDir], tuple[float, int, bool, str]], str]] = {
+#: target name -> (measure(tables) -> (value, samples, valid, detail), source table)
+MEASURES: dict[str, tuple[Callable[[_Tables], tuple[float, int, bool, str]], str]] = {
     "average_inference_latency_ms": _latency(None),
     "p95_latency_ms": _latency(95),
     "p99_latency_ms": _latency(99),
@@ -180,6 +196,7 @@ def measure_targets(run_dir: str | Path | RunDir, targets=None) -> list[dict[str
     from pipeline.targets import load_targets
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.of(run_dir)
+    tables = _Tables(run)
     targets = targets or load_targets()
     rows = []
     for target in targets.values():
@@ -187,7 +204,7 @@ def measure_targets(run_dir: str | Path | RunDir, targets=None) -> list[dict[str
         try:
             if measure is None:
                 raise _Missing(f"relcert has no measurement for target {target.name!r}")
-            value, samples, valid, detail = measure(run)
+            value, samples, valid, detail = measure(tables)
         except _Missing as exc:
             value, samples, valid, detail = math.nan, 0, False, str(exc)
         except (KeyError, TypeError, ValueError) as exc:

@@ -55,13 +55,26 @@ MAX_ISSUE_DELAY_MS = 10.0
 class _Workload:
     """Request inputs and model choice for a behaviour (share of requests per model)."""
 
-    def __init__(self, run: RunDir, info: dict, keys: dict[str, str], seed: int) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        info: dict,
+        keys: dict[str, str],
+        seed: int,
+        pools: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.run = run
+        self.info = info
         self.keys = keys
         self.names = sorted(keys)
-        self.pools = {
+        self.pools = pools or {
             n: input_pool(run, info, n, POOL_SIZE, seed + i) for i, n in enumerate(self.names)
         }
         self.cursor = dict.fromkeys(self.names, 0)
+
+    def with_keys(self, keys: dict[str, str]) -> _Workload:
+        """The same inputs sent to other engine keys (e.g. the null models)."""
+        return _Workload(self.run, self.info, keys, 0, pools=self.pools)
 
     def weights(self, behaviour: dict[str, float]) -> tuple[list[str], np.ndarray]:
         named = {n: w for n, w in behaviour.items() if n in self.keys}
@@ -373,7 +386,6 @@ async def _run_load(run: RunDir, profile: Profile | str, say: Callable[[str], No
     info = run.model_info()
     keys = serving_keys(info)
     work = _Workload(run, info, keys, seed=11)
-    work.run, work.info = run, info
     null_keys = {n: f"{n}_null" for n in keys}
     config = HostConfig(models=(*keys.values(), *null_keys.values()))
     folder = run.stage(STAGE)
@@ -396,8 +408,7 @@ async def _run_load(run: RunDir, profile: Profile | str, say: Callable[[str], No
     }
     try:
         # calibration: the harness against null models
-        null_work = _Workload(run, info, null_keys, seed=5)
-        null_work.pools = work.pools
+        null_work = work.with_keys(null_keys)
         names, weights = work.weights({"quality_predictor": 0.6, "routing_classifier": 0.4})
         calib = await _open_loop(
             host, null_work, names, weights, 200.0, float(profile["calibration_s"]), 0.2, 3, 50
