@@ -24,6 +24,7 @@ from pathlib import Path
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pipeline.scaleout import perf_task_args
 from pipeline.targets import KNOWN_METRICS
 
 DAG_ID = Path(__file__).stem
@@ -89,6 +90,9 @@ DEFAULT_ARGS = {
     "execution_timeout": dt.timedelta(minutes=60),
 }
 GATE = {"retries": 0, "execution_timeout": dt.timedelta(minutes=10)}
+# load, stress and infra measure speed: they take the perf pool (one slot per machine that
+# runs them, so two never share CPUs) and, when set, the perf workers' Celery queue
+PERF = perf_task_args()
 
 
 def _progress(line: str) -> None:
@@ -158,7 +162,7 @@ def model_release_certification():
 
         return _check(gate(run, "integration"))
 
-    @task
+    @task(**PERF)
     def load_test(run: dict) -> dict:
         from pipeline.orchestrate import stage
 
@@ -170,7 +174,7 @@ def model_release_certification():
 
         return _check(gate(run, "load"))
 
-    @task
+    @task(**PERF)
     def stress_test(run: dict) -> dict:
         from pipeline.orchestrate import stage
 
@@ -182,7 +186,7 @@ def model_release_certification():
 
         return _check(gate(run, "stress"))
 
-    @task
+    @task(**PERF)
     def infra_validate(run: dict) -> dict:
         from pipeline.orchestrate import stage
 

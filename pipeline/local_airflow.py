@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "run_dag"]
+__all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "ensure_pools", "run_dag"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "model_release_certification"
@@ -62,6 +62,14 @@ def ensure_metadata_db(env: dict[str, str], say: Callable[[str], None] = print) 
             f"airflow db migrate failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
     stamp.write_text("ok\n")
+
+
+def ensure_pools(say: Callable[[str], None] = print) -> None:
+    """The perf pool the load/stress/infra tasks take (one slot: one machine)."""
+    from pipeline.scaleout import ensure_perf_pool, perf_task_args
+
+    if ensure_perf_pool(slots=1):
+        say(f"==> created the Airflow pool {perf_task_args()['pool']} (1 slot)")
 
 
 def _watch(run_id_box: dict, stop: threading.Event, say: Callable[[str], None]) -> None:
@@ -117,6 +125,7 @@ def run_dag(
     env = airflow_env()
     os.environ.update(env)
     ensure_metadata_db(env, say)
+    ensure_pools(say)
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(PROJECT_ROOT / "dags"))
@@ -172,6 +181,7 @@ def run_ui(port: int = 8080, say: Callable[[str], None] = print) -> int:
     )
     os.environ.update(env)
     ensure_metadata_db(env, say)
+    ensure_pools(say)
     home = Path(env["AIRFLOW_HOME"])
     passwords = home / "simple_auth_manager_passwords.json.generated"
     say(

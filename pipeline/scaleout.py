@@ -53,9 +53,69 @@ from typing import Any
 
 from pipeline._io import atomic_write_text
 
-__all__ = ["DEFAULTS", "K8S_TEMPLATES_DIR", "OUTPUTS", "render_k8s", "validate_k8s"]
+__all__ = [
+    "DEFAULTS",
+    "K8S_TEMPLATES_DIR",
+    "OUTPUTS",
+    "PERF_POOL",
+    "ensure_perf_pool",
+    "perf_task_args",
+    "render_k8s",
+    "validate_k8s",
+    "worker_hostname",
+]
 
 K8S_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "include" / "k8s"
+
+# The Airflow pool of the performance-sensitive tasks (load, stress, infra). Every
+# deployment needs it: `relcert run` and `relcert ui` create it; a distributed deployment
+# imports the rendered pools.json (`airflow pools import`) or runs `airflow pools set`.
+PERF_POOL = "relcert_perf"
+PERF_POOL_DESCRIPTION = (
+    "relcert load/stress/infra tasks: one slot per machine that runs them, "
+    "so two never share a machine's CPUs"
+)
+
+
+def perf_task_args() -> dict[str, str]:
+    """Pool (and queue) of the load, stress and infra tasks, read when the DAG is parsed.
+
+    `RELCERT_PERF_POOL` (default ``relcert_perf``) names the pool; `RELCERT_PERF_QUEUE`, if
+    set, routes the tasks to the Celery queue that only the dedicated perf workers serve
+    (unset: Airflow's default queue, for one machine or workers that all serve it).
+    """
+    args = {"pool": os.environ.get("RELCERT_PERF_POOL") or PERF_POOL}
+    queue = os.environ.get("RELCERT_PERF_QUEUE")
+    if queue:
+        args["queue"] = queue
+    return args
+
+
+def worker_hostname() -> str:
+    """The name a worker reports for the tasks it runs: `RELCERT_HOSTNAME`, else the FQDN.
+
+    Set ``AIRFLOW__CORE__HOSTNAME_CALLABLE=pipeline.scaleout.worker_hostname`` on workers so
+    Airflow's task instances (``TaskInstance.hostname``) and relcert's stage results name
+    the same host; `RELCERT_HOSTNAME` tells apart workers that share a machine.
+    """
+    import socket
+
+    return os.environ.get("RELCERT_HOSTNAME") or socket.getfqdn()
+
+
+def ensure_perf_pool(slots: int = 1) -> bool:
+    """Create the perf pool in the configured Airflow metadata DB unless it exists (an
+    existing pool keeps its slots: operators size it). Returns True if it was created."""
+    from airflow.models.pool import Pool
+
+    name = perf_task_args()["pool"]
+    if Pool.get_pool(name) is not None:
+        return False
+    Pool.create_or_update_pool(
+        name, slots=slots, description=PERF_POOL_DESCRIPTION, include_deferred=False
+    )
+    return True
+
 
 DEFAULTS: dict[str, Any] = {
     "image": "relcert-airflow:0.1.0",
@@ -80,7 +140,7 @@ DEFAULTS: dict[str, Any] = {
     "cpu_limit": "4",
     "memory_request": "4Gi",
     "memory_limit": "8Gi",
-    "pool_name": "relcert_perf",
+    "pool_name": PERF_POOL,
     "perf_nodes": 1,
     "perf_queue": "perf",
     "perf_node_selector": {"relcert.io/perf-node": "true"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import platform
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +64,10 @@ def host_facts() -> dict[str, Any]:
     """Which machine ran a stage (results say where they were measured)."""
     import os
 
+    from pipeline.scaleout import worker_hostname
+
     return {
-        "hostname": socket.gethostname(),
+        "hostname": worker_hostname(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -143,3 +143,44 @@ def test_overrides_that_relax_a_target_are_refused_unless_allowed() -> None:
     assert ok["targets"]["p99_latency_ms"].target == 900
     tightened = validate_conf({"target_overrides": {"p99_latency_ms": 100}})
     assert tightened["targets"]["p99_latency_ms"].target == 100
+
+
+def test_performance_tasks_share_the_perf_pool_and_cheap_tasks_run_freely(dag) -> None:
+    from pipeline.scaleout import PERF_POOL
+
+    perf = {"load_test", "stress_test", "infra_validate"}
+    for task in dag.tasks:
+        if task.task_id in perf:
+            assert task.pool == PERF_POOL, task.task_id
+        else:
+            assert task.pool == "default_pool", f"{task.task_id} should not wait for the pool"
+
+
+def test_the_perf_pool_and_queue_follow_the_environment(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.scaleout import render_k8s
+
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "RELCERT_PERF_POOL": "perf_nodes",
+        "RELCERT_PERF_QUEUE": "perf",
+    }
+    probe = (
+        "from airflow.dag_processing.dagbag import DagBag; import json; "
+        f"d = DagBag({str(DAG_FILE.parent)!r}).dags[{DAG_ID!r}]; "
+        "print(json.dumps({t.task_id: [t.pool, t.queue] for t in d.tasks}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    tasks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert tasks["load_test"] == ["perf_nodes", "perf"]
+    assert tasks["infra_validate"] == ["perf_nodes", "perf"]
+    assert tasks["certify"][0] == "default_pool" and tasks["certify"][1] != "perf"
+    # the deployment templates create the pool the DAG names
+    render_k8s(tmp_path / "k8s", pool_name="perf_nodes", perf_nodes=3)
+    pools = json.loads((tmp_path / "k8s" / "pools.json").read_text())
+    assert pools["perf_nodes"]["slots"] == 3

@@ -1,5 +1,6 @@
 """A real Airflow deployment for tests: its own PostgreSQL database, scheduler, DAG
-processor and API server as subprocesses (optionally Celery workers), all stopped after."""
+processor and API server as subprocesses, optionally CeleryExecutor workers on this
+machine's Redis (under a key prefix of its own), all stopped (and cleaned) after."""
 
 from __future__ import annotations
 
@@ -13,23 +14,63 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.stages.conftest import MINI_PROFILE
+from pipeline.scaleout import PERF_POOL
 
 PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 DAG_ID = "model_release_certification"
 
-# the stage tests' small profile, under the name the DAG's form accepts
-TINY_PROFILES = MINI_PROFILE.replace("\n  mini:\n", "\n  smoke:\n")
+# A small profile under the name the DAG's form accepts: every certification criterion
+# gets enough samples to be valid (1,000 load requests, 21 concurrent users, p50/p95
+# claims), so a healthy model is approved and packaged, in about a minute per run.
+CLUSTER_PROFILES = """
+version: 1
+scenarios:
+  baseline_performance:
+    {users: 10, requests_per_user: 100, ramp_up_s: 0.2, duration_s: 5, pattern: constant,
+     behaviour: mixed}
+patterns:
+  constant: {think_ms: 10}
+behaviours:
+  # models beyond the two examples (bench/scale.py) share `other`
+  mixed: {quality_predictor: 0.6, routing_classifier: 0.4, other: 0.5}
+profiles:
+  smoke:
+    scenario_time_scale: 1.0
+    think_time_scale: 1.0
+    min_requests_per_scenario: 1000
+    max_requests_per_user: 200
+    warmup_s: 0.2
+    window_s: 1.0
+    stability_tolerance: 1.0
+    stability_floor_ms: 5.0
+    percentiles_claimed: [50, 95]
+    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 400, refine_steps: 0}
+    burst_requests: 100
+    concurrency: {users: [1, 21], requests_per_user: 3, think_ms: 10}
+    cache: {distinct_inputs: 20, requests: 100, zipf_a: 1.3, concurrency: 2}
+    calibration_s: 0.3
+    integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
+    stress: {scale: 0.1}
+    infra: {rates: [250], duration_s: 1.5, warmup_s: 0.2}
+"""
 
 
-def postgres_available() -> bool:
+def _listening(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
             return True
     except OSError:
         return False
+
+
+def postgres_available() -> bool:
+    return _listening(5432)
+
+
+def redis_available() -> bool:
+    return _listening(6379)
 
 
 def _psql(sql: str) -> None:
@@ -56,11 +97,13 @@ class AirflowCluster:
     def __init__(self, root: Path, executor: str = "LocalExecutor", extra_env=None) -> None:
         self.root = root
         self.db = f"relcert_test_{uuid.uuid4().hex[:10]}"
+        self.redis_prefix = f"{self.db}:"
+        self.workers: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.processes: list[tuple[str, subprocess.Popen]] = []
         profiles = root / "profiles.yaml"
         profiles.parent.mkdir(parents=True, exist_ok=True)
-        profiles.write_text(TINY_PROFILES)
+        profiles.write_text(CLUSTER_PROFILES)
         self.env = {
             **os.environ,
             "AIRFLOW_HOME": str(root / "airflow"),
@@ -80,6 +123,10 @@ class AirflowCluster:
             "RELCERT_ARTIFACTS": str(root / "artifacts"),
             "RELCERT_PROFILES_FILE": str(profiles),
             "GX_ANALYTICS_ENABLED": "False",
+            # the broker (used by the CeleryExecutor): this machine's Redis, keys prefixed
+            "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/0",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": self.redis_prefix,
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "3600",
             **(extra_env or {}),
         }
 
@@ -113,10 +160,48 @@ class AirflowCluster:
         migrated = self.airflow("db", "migrate", timeout=600)
         if migrated.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed: {migrated.stderr[-2000:]}")
+        # the perf pool every deployment needs: one slot, this is one machine
+        pool = self.airflow("pools", "set", PERF_POOL, "1", "relcert perf tasks: one machine")
+        if pool.returncode != 0:
+            raise RuntimeError(f"airflow pools set failed: {pool.stderr[-2000:]}")
         self.spawn("api-server", "api-server", "--port", str(self.port))
         self.spawn("scheduler", "scheduler")
         self.spawn("dag-processor", "dag-processor")
         return self
+
+    def start_worker(self, hostname: str, queues: str = "default", concurrency: int = 1):
+        """`airflow celery worker` reporting `hostname` (TaskInstance.hostname and relcert's
+        stage results), with a work folder of its own: it shares nothing with the other
+        workers but the artifact store."""
+        workdir = self.root / "workers" / hostname
+        workdir.mkdir(parents=True, exist_ok=True)
+        process = self.spawn(
+            f"worker-{hostname}",
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{hostname}@%h",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--skip-serve-logs",
+            env={
+                "RELCERT_HOSTNAME": hostname,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipeline.scaleout.worker_hostname",
+                "RELCERT_WORKDIR": str(workdir),
+                "TMPDIR": str(workdir),
+            },
+        )
+        self.workers[hostname] = process
+        return process
+
+    def kill_worker(self, hostname: str) -> None:
+        """SIGKILL a worker and everything it started (its tasks die mid-flight)."""
+        process = self.workers.pop(hostname)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        self.processes = [(n, p) for n, p in self.processes if p is not process]
 
     def wait_for_dag(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
@@ -133,6 +218,40 @@ class AirflowCluster:
             if process.poll() is not None:
                 tail = (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def task_instances(self, run_id: str | None = None) -> list[dict]:
+        """Task instances of the DAG (of one run if given), with where they ran."""
+        sql = (
+            "SELECT run_id, task_id, map_index, state, hostname, try_number, "
+            "start_date, end_date "
+            "FROM task_instance WHERE dag_id = %s"
+        )
+        args: tuple = (DAG_ID,)
+        if run_id is not None:
+            sql += " AND run_id = %s"
+            args += (run_id,)
+        keys = (
+            "run_id",
+            "task_id",
+            "map_index",
+            "state",
+            "hostname",
+            "try_number",
+            "start_date",
+            "end_date",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in self.query(sql, args)]
 
     def runs(self) -> list[dict]:
         """The DAG's runs, read from the metadata DB (faster and steadier than the CLI)."""
@@ -176,3 +295,12 @@ class AirflowCluster:
                 process.wait(timeout=10)
         with contextlib.suppress(Exception):
             _psql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        if redis_available():
+            with contextlib.suppress(Exception):
+                import redis
+
+                client = redis.Redis(host="127.0.0.1", port=6379, db=0)
+                keys = list(client.scan_iter(match=f"{self.redis_prefix}*", count=500))
+                if keys:
+                    client.delete(*keys)
+                client.close()

@@ -1,0 +1,266 @@
+"""The DAG on a real distributed Airflow: PostgreSQL metadata DB, CeleryExecutor on this
+machine's Redis, scheduler, DAG processor, API server and two Celery workers that report
+different hostnames and have separate work folders (they share only the artifact store).
+
+1. The nightly schedule's run and a backfill over two dates (with a conf from the CLI) all
+   succeed; each date certifies its own model snapshot; the tasks spread over both
+   workers; the perf-pool tasks never overlap and record the host that ran them; every
+   report is approved with a complete package.
+2. A run triggered from the UI's form in a real browser, during which the worker running
+   one of its stages is killed (SIGKILL, with its task): the run still finishes, the killed
+   task is retried on the other worker, no artifact is half-written, and the
+   Certifications view shows the run (and refuses anonymous users).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.airflow_cluster import (
+    DAG_ID,
+    AirflowCluster,
+    postgres_available,
+    redis_available,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (postgres_available() and redis_available()),
+    reason="needs PostgreSQL on :5432 and Redis on :6379",
+)
+
+CHROMIUM = shutil.which("chromium")
+REASON = "browser-triggered certification"
+WORKERS = ("relcert-worker-a", "relcert-worker-b")
+PERF_TASKS = {"load_test", "stress_test", "infra_validate"}
+STAGE_TASKS = {"validate_integration", "load_test", "stress_test", "infra_validate", "certify"}
+
+
+def _run_dir(root: Path, run_id: str) -> Path:
+    from pipeline.orchestrate import run_key
+
+    return root / "artifacts" / DAG_ID / run_key(run_id)
+
+
+def _report(root: Path, run_id: str) -> dict:
+    path = _run_dir(root, run_id) / "report.json"
+    assert path.exists(), f"no report for {run_id}"
+    return json.loads(path.read_text())
+
+
+def _browser():
+    from playwright.sync_api import sync_playwright
+
+    manager = sync_playwright().start()
+    browser = manager.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+    return manager, browser
+
+
+def _login(page, base: str) -> None:
+    page.goto(base + "/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "admin")
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(base + "/", timeout=30_000)
+
+
+def _trigger_from_the_form(page, base: str) -> None:
+    page.goto(f"{base}/dags/{DAG_ID}")
+    page.click("button:has-text('Trigger')", timeout=60_000)
+    dialog = page.locator("[role=dialog]")
+    dialog.locator("button:has-text('Release')").click()
+    page.fill("#element_reason", REASON)
+    dialog.locator("button:has-text('Trigger')").last.click()
+    page.wait_for_timeout(2000)
+
+
+def _assert_complete(run_dir: Path) -> dict:
+    """The run's artifacts are whole: no temp file, every JSON parses, the report names
+    both models and passed gates, and the package matches its checksums."""
+    leftovers = [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, f"half-written files left in the store: {leftovers}"
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text())  # a torn write would not parse
+    report = json.loads((run_dir / "report.json").read_text())
+    assert {m["name"] for m in report["models"]} == {"quality_predictor", "routing_classifier"}
+    assert report["decision"] in ("APPROVED", "CONDITIONAL_APPROVAL"), report["decision"]
+    assert all(g["success"] for g in report["gates"].values()), report["gates"]
+    package = run_dir / report["package"]
+    assert package.is_file() and package.suffix == ".zip"
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        names = archive.namelist()
+        sums = {}
+        sums_name = next(n for n in names if n.endswith("SHA256SUMS"))
+        prefix = sums_name[: -len("SHA256SUMS")]
+        for line in archive.read(sums_name).decode().splitlines():
+            digest, name = line.split(maxsplit=1)
+            sums[prefix + name.lstrip("*")] = digest
+        assert len(sums) >= 5, names
+        for name, digest in sums.items():
+            assert hashlib.sha256(archive.read(name)).hexdigest() == digest, name
+    return report
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cluster")
+    cluster = AirflowCluster(
+        root,
+        executor="CeleryExecutor",
+        extra_env={
+            # a killed worker's task is declared dead after 20 s without a heartbeat
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        },
+    )
+    try:
+        cluster.start()
+        for hostname in WORKERS:
+            cluster.start_worker(hostname, concurrency=1)
+        cluster.wait_for_dag()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_schedule_and_backfill_certify_across_both_workers(cluster) -> None:
+    unpaused = cluster.airflow("dags", "unpause", DAG_ID)  # -> the nightly schedule's run
+    assert unpaused.returncode == 0, unpaused.stderr[-2000:]
+    backfill = cluster.airflow(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        "--from-date",
+        "2026-02-02",
+        "--to-date",
+        "2026-02-03T23:00:00",
+        "--max-active-runs",
+        "1",
+        "--dag-run-conf",
+        json.dumps({"reason": "cli backfill"}),
+    )
+    assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-2000:]
+    runs = cluster.wait_for_runs(3, timeout_s=900)
+    assert [r["state"] for r in runs] == ["success"] * len(runs), runs
+
+    versions = {}
+    for run in runs:
+        report = _assert_complete(_run_dir(cluster.root, run["run_id"]))
+        day = report["conf"]["snapshot_date"]
+        versions.setdefault(day, set()).update(m["version"] for m in report["models"])
+        if run["run_id"].startswith("backfill"):
+            assert report["conf"]["reason"] == "cli backfill"
+    for day in ("2026-02-02", "2026-02-03"):
+        assert versions[day] == {f"1.0.{day.replace('-', '')}"}, versions
+
+    tis = cluster.task_instances()
+    assert {ti["hostname"] for ti in tis} == set(WORKERS), "both workers should run tasks"
+    spread = [
+        run["run_id"]
+        for run in runs
+        if {ti["hostname"] for ti in tis if ti["run_id"] == run["run_id"]} == set(WORKERS)
+    ]
+    assert spread, "some run should have its tasks spread over both workers"
+    # the perf pool has one slot (one machine): its tasks never overlap
+    perf = sorted(
+        (ti["start_date"], ti["end_date"], ti["task_id"])
+        for ti in tis
+        if ti["task_id"] in PERF_TASKS
+    )
+    assert len(perf) == 3 * len(runs)
+    for (_, end, first), (start, _, second) in itertools.pairwise(perf):
+        assert start >= end, f"{first} and {second} ran at the same time"
+    # each measured stage says which host ran it, and it is the worker Airflow recorded
+    stage_dirs = {"load_test": "load", "stress_test": "stress", "infra_validate": "infra"}
+    for ti in tis:
+        if ti["task_id"] in stage_dirs:
+            summary = _run_dir(cluster.root, ti["run_id"]) / "stages" / stage_dirs[ti["task_id"]]
+            host = json.loads((summary / "summary.json").read_text())["host"]["hostname"]
+            assert host == ti["hostname"], (ti["task_id"], host, ti["hostname"])
+
+
+def _trigger(cluster) -> str:
+    """Trigger one run from the UI's form in a real browser (the `airflow dags trigger`
+    CLI where no Chromium is installed); returns the reason it was given."""
+    if not CHROMIUM:
+        out = cluster.airflow("dags", "trigger", DAG_ID, "-c", json.dumps({"reason": REASON}))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return REASON
+    base = f"http://127.0.0.1:{cluster.port}"
+    manager, browser = _browser()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        _login(page, base)
+        _trigger_from_the_form(page, base)
+    finally:
+        browser.close()
+        manager.stop()
+    return REASON
+
+
+def test_a_worker_killed_mid_run_the_run_still_finishes_with_whole_artifacts(cluster) -> None:
+    before = {r["run_id"] for r in cluster.runs()}
+    assert cluster.airflow("dags", "unpause", DAG_ID).returncode == 0
+    reason = _trigger(cluster)
+    run_id, victim = None, None
+    deadline = time.monotonic() + 600
+    while victim is None and time.monotonic() < deadline:
+        for ti in cluster.task_instances():
+            if ti["run_id"] in before:
+                continue
+            run_id = ti["run_id"]
+            if ti["state"] == "running" and ti["task_id"] in STAGE_TASKS and ti["hostname"]:
+                victim = ti
+                break
+        cluster.check_alive()
+        time.sleep(0.5)
+    assert victim is not None, "no stage task was seen running"
+    time.sleep(1.0)  # let it get going: it is killed mid-task
+    cluster.kill_worker(victim["hostname"])
+
+    runs = {r["run_id"]: r for r in cluster.wait_for_runs(len(before) + 1, timeout_s=600)}
+    assert runs[run_id]["state"] == "success", runs[run_id]
+    survivor = next(w for w in WORKERS if w != victim["hostname"])
+    retried = next(
+        ti for ti in cluster.task_instances(run_id) if ti["task_id"] == victim["task_id"]
+    )
+    assert retried["try_number"] >= 2 and retried["hostname"] == survivor, retried
+    report = _assert_complete(_run_dir(cluster.root, run_id))
+    assert report["conf"]["reason"] == reason
+
+    # the Certifications view shows the run to a signed-in user, and nothing to anyone else
+    base = f"http://127.0.0.1:{cluster.port}"
+    if CHROMIUM:
+        manager, browser = _browser()
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            _login(page, base)
+            page.goto(base + "/relcert/certifications")
+            text = page.inner_text("body")
+            assert reason in text and report["decision"] in text
+        finally:
+            browser.close()
+            manager.stop()
+    anonymous = httpx.get(base + "/relcert/certifications", timeout=30)
+    assert anonymous.status_code == 401
+    assert reason not in anonymous.text
