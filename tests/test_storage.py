@@ -460,6 +460,17 @@ def test_the_dags_tasks_on_a_non_local_store(
         third = orchestrate.package(ctx)
         assert third["sha256"] == again["sha256"]
 
+        # what `relcert run` reads back, and the Certifications view, go through the store
+        report_path = orchestrate.artifacts_root() / DAG / Path(location).name / "report.json"
+        assert json.loads(report_path.read_text())["decision"] == decision["decision"]
+        monkeypatch.syspath_prepend(str(PROJECT / "plugins"))
+        from relcert_ui import artifacts as ui
+
+        [listed] = ui.list_runs()
+        assert (listed.run_id, listed.decision) == (ctx["run_id"], decision["decision"])
+        assert listed.package == package["package"].rsplit("/", 1)[1]
+        assert ui.resolve_in_run(listed.run_key, "data_docs", "").name == "index.html"
+
         # no artifact names a workspace; every workspace is gone
         files = _stored(store, location)
         leaks = [rel for rel, data in files.items() if str(workdir).encode() in data]
