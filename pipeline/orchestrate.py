@@ -2,14 +2,20 @@
 
 The DAG file stays declarative; everything here is plain Python (no Airflow imports), so
 the same steps run under `dag.test()`, a scheduler, Celery workers, or a test.
+
+Each task may run on a different host: every function works in a private local copy of the
+run (`pipeline.storage.workspace`: pulled from the artifacts store, pushed back on exit), and
+the run context's `run_dir` is the run's location in the store (a plain path for a local
+artifacts folder, else a URL); paths returned are store locations too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._io import atomic_write_text
+from pipeline.storage import ArtifactStore, StoreConflict, artifacts_location, is_url, workspace
 
 __all__ = [
     "ConfError",
@@ -24,13 +31,16 @@ __all__ = [
     "assemble",
     "build_part",
     "gate",
+    "package",
     "prepare_run",
+    "report",
     "run_key",
     "stage",
     "validate_conf",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_LOG = logging.getLogger(__name__)
 PROFILES = ("smoke", "nightly", "release")
 CONF_KEYS = {
     "profile",
@@ -47,8 +57,14 @@ class ConfError(ValueError):
 
 
 def artifacts_root() -> Path:
-    """`RELCERT_ARTIFACTS` (default `<project>/artifacts`)."""
-    return Path(os.environ.get("RELCERT_ARTIFACTS") or PROJECT_ROOT / "artifacts").absolute()
+    """`RELCERT_ARTIFACTS` (default `<project>/artifacts`): a Path for a plain path, a UPath
+    (pathlib-like, through fsspec) for a URL such as `s3://bucket/prefix`."""
+    location = artifacts_location()
+    if is_url(location):
+        from upath import UPath
+
+        return UPath(location)
+    return Path(location)
 
 
 def run_key(run_id: str) -> str:
@@ -104,6 +120,10 @@ def _targets_yaml(targets) -> str:
     return yaml.safe_dump({"version": 1, "targets": entries}, sort_keys=False)
 
 
+def _store() -> ArtifactStore:
+    return ArtifactStore.from_location()
+
+
 def prepare_run(
     dag_id: str, run_id: str, snapshot: dt.date | dt.datetime | None, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -120,14 +140,13 @@ def prepare_run(
         day = snapshot.astimezone(dt.UTC).date() if snapshot.tzinfo else snapshot.date()
     else:
         day = snapshot
-    run_dir = artifacts_root() / dag_id / run_key(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "targets.yaml", _targets_yaml(conf["targets"]))
+    store = _store()
+    location = store.run_location(dag_id, run_key(run_id))
     models = [spec.name for spec in load_models_config(conf["models_file"])]
     context = {
         "dag_id": dag_id,
         "run_id": run_id,
-        "run_dir": str(run_dir),
+        "run_dir": location,
         "snapshot_date": day.isoformat(),
         "profile": conf["profile"],
         "models_file": conf["models_file"],
@@ -136,14 +155,19 @@ def prepare_run(
         "reason": conf["reason"],
         "target_overrides": conf["target_overrides"],
     }
-    atomic_write_text(run_dir / "conf.json", json.dumps(context, indent=2, sort_keys=True) + "\n")
+    with workspace(location, store=store) as run_dir:
+        atomic_write_text(run_dir / "targets.yaml", _targets_yaml(conf["targets"]))
+        atomic_write_text(
+            run_dir / "conf.json", json.dumps(context, indent=2, sort_keys=True) + "\n"
+        )
     return context
 
 
-def _targets(ctx: dict[str, Any]):
+def _targets(run_dir: Path):
+    """The run's targets; named by their path in the run (the workspace is temporary)."""
     from pipeline.targets import load_targets
 
-    return load_targets(Path(ctx["run_dir"]) / "targets.yaml")
+    return dataclasses.replace(load_targets(run_dir / "targets.yaml"), source="targets.yaml")
 
 
 def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = print) -> dict:
@@ -151,18 +175,20 @@ def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] =
     from pipeline.build import build_models
 
     started = time.perf_counter()
-    out = Path(ctx["run_dir"]) / "parts" / name
-    result = build_models(
-        out,
-        snapshot_date=ctx["snapshot_date"],
-        models_file=ctx["models_file"],
-        progress=progress,
-        only=[name],
-    )
+    store = _store()
+    with workspace(ctx, store=store, say=progress) as run_dir:
+        out = run_dir / "parts" / name
+        result = build_models(
+            out,
+            snapshot_date=ctx["snapshot_date"],
+            models_file=ctx["models_file"],
+            progress=progress,
+            only=[name],
+        )
     entry = result.models[name]
     return {
         "name": name,
-        "part": str(out),
+        "part": store.join(ctx["run_dir"], "parts", name),
         "version": entry["version"],
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -174,12 +200,14 @@ def assemble(ctx: dict[str, Any], parts: list[dict]) -> dict[str, Any]:
     from pipeline.stages.build import record_build
     from pipeline.stages.common import RunDir
 
-    run = RunDir.of(ctx["run_dir"])
-    merged = assemble_models([p["part"] for p in parts], run.models)
-    summary = record_build(run)
-    summary["snapshot_date"] = ctx["snapshot_date"]
-    summary["parts"] = parts
-    run.write_summary("build", summary)
+    with workspace(ctx) as run_dir:
+        run = RunDir.of(run_dir)
+        # each part is `<run>/parts/<name>` in the store, so here in the workspace
+        merged = assemble_models([run.root / "parts" / p["name"] for p in parts], run.models)
+        summary = record_build(run)
+        summary["snapshot_date"] = ctx["snapshot_date"]
+        summary["parts"] = parts
+        run.write_summary("build", summary)
     return {"models": {n: e["version"] for n, e in merged.items()}}
 
 
@@ -188,28 +216,45 @@ def stage(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = prin
     from pipeline.stages import execute_stage
 
     started = time.perf_counter()
-    execute_stage(
-        name,
-        ctx["run_dir"],
-        ctx["profile"],
-        targets=_targets(ctx),
-        snapshot_date=ctx["snapshot_date"],
-        models_file=ctx["models_file"],
-        progress=progress,
-    )
+    with workspace(ctx, say=progress) as run_dir:
+        execute_stage(
+            name,
+            run_dir,
+            ctx["profile"],
+            targets=_targets(run_dir),
+            snapshot_date=ctx["snapshot_date"],
+            models_file=ctx["models_file"],
+            progress=progress,
+        )
     return {"stage": name, "seconds": round(time.perf_counter() - started, 3)}
+
+
+#: gates of parallel branches (load, stress) both rebuild data_docs/index.html: a gate that
+#: finds the store changed under it runs again on a fresh copy (gates are idempotent)
+GATE_ATTEMPTS = 4
 
 
 def gate(ctx: dict[str, Any], gate_name: str) -> dict[str, Any]:
     """Run a gate; returns {stage, success, failed}. The caller fails the task on failure."""
     from pipeline.gates import run_gate
 
-    result = run_gate(gate_name, ctx["run_dir"], _targets(ctx))
+    store = _store()
+    for attempt in range(1, GATE_ATTEMPTS + 1):
+        try:
+            with workspace(ctx, store=store) as run_dir:
+                result = run_gate(gate_name, run_dir, _targets(run_dir))
+                path = store.location_of(ctx["run_dir"], run_dir, result.path)
+            break
+        except StoreConflict as exc:
+            if attempt == GATE_ATTEMPTS:
+                raise
+            _LOG.warning("gate %s: %s; running it again on a fresh copy", gate_name, exc)
+            time.sleep(0.2 * attempt)
     return {
         "stage": result.stage,
         "success": result.success,
         "failed": list(result.failed),
-        "path": str(result.path),
+        "path": path,
     }
 
 
@@ -217,23 +262,29 @@ def report(ctx: dict[str, Any]) -> dict[str, Any]:
     """Write the final report (always runs); returns the decision and the report's paths."""
     from pipeline.report import write_report
 
-    result = write_report(
-        ctx["run_dir"],
-        run_id=ctx["run_id"],
-        targets=_targets(ctx),
-        profile=ctx["profile"],
-        conf={
-            "reason": ctx.get("reason", ""),
-            "snapshot_date": ctx["snapshot_date"],
-            "target_overrides": ctx.get("target_overrides", {}),
-            "models_file": ctx["models_file"],
-        },
-    )
+    store = _store()
+    with workspace(ctx, store=store) as run_dir:
+        result = write_report(
+            run_dir,
+            run_id=ctx["run_id"],
+            targets=_targets(run_dir),
+            profile=ctx["profile"],
+            conf={
+                "reason": ctx.get("reason", ""),
+                "snapshot_date": ctx["snapshot_date"],
+                "target_overrides": ctx.get("target_overrides", {}),
+                "models_file": ctx["models_file"],
+            },
+        )
+        paths = [
+            store.location_of(ctx["run_dir"], run_dir, p)
+            for p in (result.path_json, result.path_html)
+        ]
     return {
         "decision": result.decision,
         "readiness_score": result.readiness_score,
-        "report_json": str(result.path_json),
-        "report_html": str(result.path_html),
+        "report_json": paths[0],
+        "report_html": paths[1],
     }
 
 
@@ -242,6 +293,9 @@ def package(ctx: dict[str, Any]) -> dict[str, Any]:
     from pipeline.package import build_package
     from pipeline.report import set_package
 
-    result = build_package(ctx["run_dir"], targets=_targets(ctx))
-    set_package(ctx["run_dir"], result.path)
-    return {"package": str(result.path), "version": result.version, "sha256": result.sha256}
+    store = _store()
+    with workspace(ctx, store=store) as run_dir:
+        result = build_package(run_dir, targets=_targets(run_dir))
+        set_package(run_dir, result.path)
+        path = store.location_of(ctx["run_dir"], run_dir, result.path)
+    return {"package": path, "version": result.version, "sha256": result.sha256}

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline._io import atomic_write_text
 from pipeline.loadgen import run_open_loop, summarize
 from pipeline.profiles import Profile, load_profile
 from pipeline.stages.common import (
@@ -57,8 +58,11 @@ def _free_port() -> int:
 class ServerProcess:
     """The service as a subprocess on a loopback port; `stop()` always ends it."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, env: dict[str, str] | None = None, hide: Path | None = None
+    ) -> None:
         self.model_dir = model_dir
+        self.hide = hide  # a folder (the run's) whose absolute path the log shows as <run>
         self.port = _free_port()
         self.env = {**os.environ, "MODEL_FORMAT": "onnx", **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -94,6 +98,12 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL of the process group after `timeout_s`."""
+        try:
+            return self._stop(timeout_s)
+        finally:
+            self._hide_in_log()
+
+    def _stop(self, timeout_s: float) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         with contextlib.suppress(ProcessLookupError):
@@ -105,10 +115,21 @@ class ServerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait(timeout=10)
 
+    def _hidden(self, text: str) -> str:
+        return text.replace(str(self.hide), "<run>") if self.hide else text
+
+    def _hide_in_log(self) -> None:
+        """The run folder may be a task's temporary copy: the log names it `<run>`."""
+        if self.hide and self.log_path and self.log_path.exists():
+            text = self.log_path.read_text(errors="replace")
+            if str(self.hide) in text:
+                atomic_write_text(self.log_path, self._hidden(text))
+
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(self._hidden(text).splitlines()[-lines:])
 
 
 def run_infra(
@@ -190,7 +211,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
             for x, o in zip(xs, outs, strict=True)
         ]
 
-    server = ServerProcess(run.models).start(folder / "server.log")
+    server = ServerProcess(run.models, hide=run.root).start(folder / "server.log")
     sampler = ResourceSampler(server.pid, interval_s=0.5)
     client = HttpLoadClient("127.0.0.1", server.port, connections=16)
     say(f"infra: service pid {server.pid} on 127.0.0.1:{server.port}")

@@ -1,17 +1,25 @@
-"""The certification runs on disk, and safe paths into them.
+"""The certification runs in the artifacts store, and safe paths into them.
 
 Layout (ARCHITECTURE.md section 4): `<artifacts root>/<dag_id>/<run_key>/` holding
 `conf.json` (written when the run starts), `report.json` + `report.html` (final report),
 `data_docs/` (GX Data Docs) and `package/<name>-<version>.zip` (when the decision allows).
 
-Every path handed out by this module is resolved (symlinks included) and checked to lie
-inside the run folder's expected sub-folder, itself inside the artifacts root. Anything else
-raises `BadPath` (malformed request: HTTP 400) or `NotFound` (HTTP 404). This module imports
-neither Airflow nor FastAPI; `pipeline.orchestrate` is imported lazily.
+The root is the pipeline's artifacts store (`RELCERT_ARTIFACTS`, `pipeline.storage`): on a
+local store (a plain path or a `file://` URL) paths are `pathlib.Path`s; on any other store
+(`s3://...`) they are `UPath`s read through the same fsspec filesystem as the tasks write.
+
+Every path handed out by this module is resolved (symlinks included, on a local store) and
+checked to lie inside the run folder's expected sub-folder, itself inside the artifacts root.
+Anything else raises `BadPath` (malformed request: HTTP 400) or `NotFound` (HTTP 404). Run
+keys and relative paths are validated before they are joined, so no `..`, absolute or hidden
+part ever reaches the store. This module imports neither Airflow nor FastAPI;
+`pipeline.orchestrate` and `pipeline.storage` are imported lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import math
 import re
@@ -49,10 +57,40 @@ class NotFound(LookupError):
 
 
 def artifacts_root() -> Path:
-    """`pipeline.orchestrate.artifacts_root()`: `$RELCERT_ARTIFACTS` or `<project>/artifacts`."""
-    from pipeline.orchestrate import artifacts_root as _root
+    """The artifacts store's root (`$RELCERT_ARTIFACTS` or `<project>/artifacts`): a Path on
+    a local store, else a UPath on the store's fsspec filesystem (listings re-read)."""
+    from pipeline.storage import ArtifactStore
 
-    return Path(_root())
+    store = ArtifactStore.from_location()
+    if store.is_local:
+        return Path(store.fs_root)
+    from upath import UPath
+
+    with contextlib.suppress(Exception):  # object-store listings are cached per process
+        store.fs.invalidate_cache()
+    return UPath(store.root)
+
+
+def _local(path: Any) -> bool:
+    """A path of a local store (pathlib); otherwise a UPath of an object store."""
+    return isinstance(path, Path)
+
+
+def _mtime(path: Any) -> float:
+    """Modification (or creation) time as a timestamp; OSError when missing."""
+    if _local(path):
+        return path.stat().st_mtime
+    info = path.fs.info(path.path)
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return dt.datetime.fromisoformat(value).timestamp()
+    return 0.0
 
 
 def run_key_for(run_id: str) -> str:
@@ -80,6 +118,14 @@ def _inside(path: Path, base: Path) -> bool:
 
 
 def _resolve_existing(path: Path) -> Path:
+    if not _local(path):  # an object store: no symlinks; `..` is normalised away
+        try:
+            resolved = path.resolve()
+            if resolved.exists():
+                return resolved
+        except (OSError, ValueError) as exc:
+            raise NotFound("not found") from exc
+        raise NotFound("not found")
     try:
         return path.resolve(strict=True)
     except (OSError, RuntimeError) as exc:  # missing, symlink loop, permission
@@ -174,10 +220,9 @@ def package_file(folder: Path, report: dict[str, Any] | None) -> Path | None:
     if report is None:
         return None
     decision = report.get("decision")
-    base = folder / "package"
     try:
-        base = base.resolve(strict=True)
-    except (OSError, RuntimeError):
+        base = _resolve_existing(folder / "package")
+    except NotFound:
         return None
     if not _inside(base, folder):
         return None
@@ -185,14 +230,21 @@ def package_file(folder: Path, report: dict[str, Any] | None) -> Path | None:
     recorded = report.get("package")
     if isinstance(recorded, str) and recorded:
         path = Path(recorded)
-        candidates.append(path if path.is_absolute() else folder / path)
+        if not path.is_absolute():
+            candidates.append(folder / recorded)
+        elif _local(folder):  # an older run recorded an absolute local path
+            candidates.append(path)
     elif decision in (APPROVED, CONDITIONAL):
-        zips = [p for p in base.glob("*.zip") if not p.name.startswith(".")]
-        candidates.extend(sorted(zips, key=lambda p: p.stat().st_mtime, reverse=True))
+        try:
+            zips = [p for p in base.glob("*.zip") if not p.name.startswith(".")]
+            zips.sort(key=_mtime, reverse=True)
+        except OSError:
+            zips = []
+        candidates.extend(zips)
     for candidate in candidates:
         try:
-            resolved = candidate.resolve(strict=True)
-        except (OSError, RuntimeError):
+            resolved = _resolve_existing(candidate)
+        except NotFound:
             continue
         inside = _inside(resolved, base) and resolved != base and resolved.is_file()
         if inside and resolved.suffix == ".zip" and decision != NOT_APPROVED:
@@ -315,9 +367,9 @@ def summarize(folder: Path) -> RunSummary:
     conf, _ = read_json(folder / "conf.json")
     report, report_present = read_json(folder / "report.json")
     try:
-        started = (folder / "conf.json").stat().st_mtime
+        started = _mtime(folder / "conf.json")
     except OSError:
-        started = folder.stat().st_mtime
+        started = _mtime(folder) if _local(folder) else 0.0
     report_conf = (report or {}).get("conf")
     report_conf = report_conf if isinstance(report_conf, dict) else {}
     conf = conf or {}
@@ -356,21 +408,25 @@ def summarize(folder: Path) -> RunSummary:
 def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:
     """Every run folder of the DAG, newest first (snapshot date, then start time)."""
     try:
-        root = artifacts_root().resolve(strict=True)
-        base = (root / dag_id).resolve(strict=True)
-    except (OSError, RuntimeError):
+        root = _resolve_existing(artifacts_root())
+        base = _resolve_existing(root / dag_id)
+    except NotFound:
         return []
     if not _inside(base, root) or not base.is_dir():
         return []
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return []
     runs = []
-    for entry in base.iterdir():
+    for entry in entries:
         try:
             check_run_key(entry.name)
         except BadPath:
             continue
         try:
-            folder = entry.resolve(strict=True)
-        except (OSError, RuntimeError):
+            folder = _resolve_existing(entry)
+        except NotFound:
             continue
         if not folder.is_dir() or not _inside(folder, base) or folder == base:
             continue

@@ -25,18 +25,28 @@ learns nothing about which runs exist.
 Paths: run keys must be folder names `pipeline.orchestrate.run_key` produces; file paths
 must be relative, without `..` or hidden parts; everything is resolved (symlinks included)
 and must stay inside the run's sub-folder within the artifacts root. Malformed: 400;
-missing or escaping: 404.
+missing or escaping: 404. The artifacts root is the pipeline's store (`RELCERT_ARTIFACTS`):
+files of a local store are served from disk, files of an object store (`s3://...`) are
+streamed from it.
 """
 
 from __future__ import annotations
 
 import mimetypes
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -111,15 +121,41 @@ def run_links(request: Request, run: artifacts.RunSummary) -> dict[str, str | No
     }
 
 
-def _file(path, *, download: bool = False) -> FileResponse:
+def _file(path, *, download: bool = False) -> Response:
+    """A file of the artifacts store: from disk on a local store, else streamed from the
+    object store (`path` is then a UPath)."""
     media_type, _ = mimetypes.guess_type(path.name)
     if media_type is None:
         media_type = "application/octet-stream"
     if media_type.startswith("text/") or media_type in ("application/json", "image/svg+xml"):
         media_type += "; charset=utf-8"
+    if not isinstance(path, Path):
+        return _stream(path, media_type, download)
     if download:
         return FileResponse(path, media_type=media_type, filename=path.name)
     return FileResponse(path, media_type=media_type)
+
+
+def _stream(path, media_type: str, download: bool) -> StreamingResponse:
+    try:
+        handle = path.open("rb")
+    except OSError:
+        raise NotFound("not found") from None
+
+    def chunks():
+        with handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+
+    headers = {}
+    if download:  # as FileResponse names a download
+        name = quote(path.name)
+        headers["content-disposition"] = (
+            f'attachment; filename="{path.name}"'
+            if name == path.name
+            else f"attachment; filename*=utf-8''{name}"
+        )
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers)
 
 
 def _wants_html(request: Request) -> bool:
