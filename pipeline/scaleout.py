@@ -17,14 +17,21 @@ Distributed mode (ARCHITECTURE.md section 7) on Airflow 3.3:
 4. N workers: ``airflow celery worker --celery-hostname NAME --concurrency C`` with a
    unique NAME per worker (Celery node ``celery@NAME``). Celery's warm shutdown (SIGTERM)
    lets running tasks finish.
-5. Artifacts: ``RELCERT_ARTIFACTS`` is the same path on shared storage every worker and the
-   API server reach (NFS, or a ReadWriteMany volume): a task may run on any worker and read
-   what its upstream task wrote.
-6. Perf pool: ``airflow pools import pools.json`` creates the pool (default
-   ``relcert_perf``) with one slot per node dedicated to performance tests. Load, stress and
-   infra tasks take ``pool=<pool>`` and ``queue=<perf queue>``; on each dedicated node one
-   worker runs ``airflow celery worker --queues perf --concurrency 1``. The pool caps perf
-   tasks at one per node and the queue keeps them on those nodes, so two never share a node's CPUs.
+5. Artifacts: ``RELCERT_ARTIFACTS`` is a path on storage every worker and the API server
+   reach (NFS, a ReadWriteMany volume) or an fsspec URL (``s3://bucket/prefix``; needs
+   ``s3fs``). Every task copies the run into a private work folder (``RELCERT_WORKDIR``)
+   and uploads what it changed when it ends (``pipeline.storage``), so a task may run on
+   any worker and never sees half of another task's file.
+6. Perf pool: ``airflow pools import pools.json`` (or ``airflow pools set relcert_perf N
+   "..."``) creates the pool (``RELCERT_PERF_POOL``, default ``relcert_perf``) with one
+   slot per machine that runs performance tests. Load, stress and infra tasks take that
+   pool and, when ``RELCERT_PERF_QUEUE`` is set where the DAG is parsed (the DAG processor),
+   that Celery queue; on each dedicated machine one worker runs ``airflow celery worker
+   --queues <perf queue> --concurrency 1``. The pool caps perf tasks at one per machine and
+   the queue keeps them on those machines, so two never share a machine's CPUs.
+7. Hostnames: ``AIRFLOW__CORE__HOSTNAME_CALLABLE=pipeline.scaleout.worker_hostname`` on the
+   workers makes Airflow's task instances and relcert's stage results name the same host
+   (``RELCERT_HOSTNAME`` if set, else the FQDN).
 
 On Kubernetes, ``render_k8s(out_dir, **params)`` writes the general and perf worker
 Deployments, the artifacts PVC (ReadWriteMany), a KubernetesExecutor pod template and

@@ -159,6 +159,8 @@ def test_custom_params_reach_the_manifests(custom_dir: Path):
         "airflow-pg"
     )
     assert env["RELCERT_PERF_POOL"]["value"] == "perf_isolated"
+    # the DAG routes load/stress/infra to the queue the perf workers serve
+    assert env["RELCERT_PERF_QUEUE"]["value"] == CUSTOM.get("perf_queue", DEFAULTS["perf_queue"])
     claim = {v["name"]: v for v in pod["volumes"]}["artifacts"]["persistentVolumeClaim"]
     assert claim["claimName"] == "shared-artifacts"
     assert pod["terminationGracePeriodSeconds"] == 7200
