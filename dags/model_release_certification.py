@@ -24,7 +24,7 @@ from pathlib import Path
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipeline.scaleout import perf_task_args
+from pipeline.scaleout import perf_task_args, retry_delay
 from pipeline.targets import KNOWN_METRICS
 
 DAG_ID = Path(__file__).stem
@@ -86,7 +86,7 @@ PARAMS = {
 DEFAULT_ARGS = {
     "owner": "ml-platform",
     "retries": 2,
-    "retry_delay": dt.timedelta(seconds=30),
+    "retry_delay": retry_delay(),  # RELCERT_RETRY_DELAY_S, default 30 s
     "execution_timeout": dt.timedelta(minutes=60),
 }
 GATE = {"retries": 0, "execution_timeout": dt.timedelta(minutes=10)}

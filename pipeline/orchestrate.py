@@ -226,7 +226,13 @@ def stage(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = prin
             models_file=ctx["models_file"],
             progress=progress,
         )
-    return {"stage": name, "seconds": round(time.perf_counter() - started, 3)}
+    from pipeline.scaleout import worker_hostname
+
+    return {
+        "stage": name,
+        "seconds": round(time.perf_counter() - started, 3),
+        "host": worker_hostname(),
+    }
 
 
 #: gates of parallel branches (load, stress) both rebuild data_docs/index.html: a gate that

@@ -50,6 +50,7 @@ the logs on shared storage) to read them in the UI.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -68,6 +69,7 @@ __all__ = [
     "ensure_perf_pool",
     "perf_task_args",
     "render_k8s",
+    "retry_delay",
     "validate_k8s",
     "worker_hostname",
 ]
@@ -96,6 +98,19 @@ def perf_task_args() -> dict[str, str]:
     if queue:
         args["queue"] = queue
     return args
+
+
+def retry_delay() -> dt.timedelta:
+    """How long a failed task waits before it retries (possibly on another worker):
+    `RELCERT_RETRY_DELAY_S` seconds, default 30; read when the DAG is parsed."""
+    raw = os.environ.get("RELCERT_RETRY_DELAY_S", "30")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"RELCERT_RETRY_DELAY_S must be seconds in [0, 3600], got {raw!r}")
+    return dt.timedelta(seconds=seconds)
 
 
 def worker_hostname() -> str:

@@ -166,20 +166,36 @@ def test_the_perf_pool_and_queue_follow_the_environment(tmp_path: Path) -> None:
         "AIRFLOW_HOME": str(tmp_path / "home"),
         "RELCERT_PERF_POOL": "perf_nodes",
         "RELCERT_PERF_QUEUE": "perf",
+        "RELCERT_RETRY_DELAY_S": "7",
     }
     probe = (
         "from airflow.dag_processing.dagbag import DagBag; import json; "
         f"d = DagBag({str(DAG_FILE.parent)!r}).dags[{DAG_ID!r}]; "
-        "print(json.dumps({t.task_id: [t.pool, t.queue] for t in d.tasks}))"
+        "print(json.dumps({t.task_id: [t.pool, t.queue, t.retry_delay.total_seconds()] "
+        "for t in d.tasks}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
     tasks = json.loads(out.stdout.strip().splitlines()[-1])
-    assert tasks["load_test"] == ["perf_nodes", "perf"]
-    assert tasks["infra_validate"] == ["perf_nodes", "perf"]
+    assert tasks["load_test"] == ["perf_nodes", "perf", 7.0]
+    assert tasks["infra_validate"] == ["perf_nodes", "perf", 7.0]
     assert tasks["certify"][0] == "default_pool" and tasks["certify"][1] != "perf"
+    # a bad retry delay is an import error that names the variable
+    errors = (
+        "from airflow.dag_processing.dagbag import DagBag; "
+        f"print(list(DagBag({str(DAG_FILE.parent)!r}).import_errors.values()))"
+    )
+    bad = subprocess.run(
+        [sys.executable, "-c", errors],
+        env={**env, "RELCERT_RETRY_DELAY_S": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 0, bad.stderr[-2000:]
+    assert "RELCERT_RETRY_DELAY_S must be seconds" in bad.stdout
     # the deployment templates create the pool the DAG names
     render_k8s(tmp_path / "k8s", pool_name="perf_nodes", perf_nodes=3)
     pools = json.loads((tmp_path / "k8s" / "pools.json").read_text())

@@ -130,6 +130,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             # a killed worker's task is declared dead after 20 s without a heartbeat
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "RELCERT_RETRY_DELAY_S": "5",
         },
     )
     try:
