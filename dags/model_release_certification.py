@@ -142,7 +142,7 @@ def model_release_certification():
     def build_models(run: dict, parts: list[dict]) -> dict:
         from pipeline.orchestrate import assemble
 
-        return assemble(run, list(parts))
+        return assemble(run, list(parts[:]))  # one slice read (iterating reads past the end)
 
     @task(**GATE)
     def gate_build(run: dict) -> dict:
