@@ -330,39 +330,6 @@ def test_location_of_workspace_files(store: ArtifactStore):
 
 # --------------------------------------------------------- the DAG's tasks, end to end
 
-#: the test profile of tests/stages (MINI_PROFILE) with enough requests that every criterion
-#: is measured validly (p99 needs 1000 samples, infra p95 200), installed as `smoke`
-APPROVABLE_PROFILE = """
-version: 1
-scenarios:
-  baseline_performance:
-    {users: 8, requests_per_user: 140, ramp_up_s: 0.2, duration_s: 3, pattern: constant,
-     behaviour: mixed}
-patterns:
-  constant: {think_ms: 2}
-behaviours:
-  mixed: {quality_predictor: 0.6, routing_classifier: 0.4}
-profiles:
-  smoke:
-    scenario_time_scale: 1.0
-    think_time_scale: 1.0
-    min_requests_per_scenario: 1100
-    max_requests_per_user: 160
-    warmup_s: 0.2
-    window_s: 1.0
-    stability_tolerance: 1.0
-    stability_floor_ms: 5.0
-    percentiles_claimed: [50, 95, 99]
-    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 50, max_rps: 100, refine_steps: 0}
-    burst_requests: 20
-    concurrency: {users: [1, 20], requests_per_user: 3, think_ms: 10}
-    cache: {distinct_inputs: 10, requests: 40, zipf_a: 1.3, concurrency: 2}
-    calibration_s: 0.3
-    integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
-    stress: {scale: 0.1}
-    infra: {rates: [100], duration_s: 2.6, warmup_s: 0.2}
-"""
-
 
 def _shas(store: ArtifactStore, location: str) -> dict[str, str]:
     import hashlib
@@ -383,9 +350,10 @@ def test_the_dags_tasks_on_a_non_local_store(
     import threading
 
     from pipeline import orchestrate
+    from tests.quick_profile import QUICK_PROFILES
 
     profiles = tmp_path / "profiles.yaml"
-    profiles.write_text(APPROVABLE_PROFILE)
+    profiles.write_text(QUICK_PROFILES)
     monkeypatch.setenv("RELCERT_PROFILES_FILE", str(profiles))
     root = f"memory://relcert-e2e-{uuid.uuid4().hex[:12]}/artifacts"
     monkeypatch.setenv("RELCERT_ARTIFACTS", root)

@@ -60,12 +60,12 @@ def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) 
 def test_an_impossible_target_gives_not_approved_and_no_package(
     airflow_env: dict[str, str],
 ) -> None:
-    from tests.integration.airflow_cluster import CLUSTER_PROFILES
+    from tests.quick_profile import QUICK_PROFILES
 
     # the quick profile that still gives every criterion enough samples (the test above
     # runs the quickstart's real smoke profile)
     profiles = Path(airflow_env["RELCERT_ARTIFACTS"]).parent / "quick-profiles.yaml"
-    profiles.write_text(CLUSTER_PROFILES)
+    profiles.write_text(QUICK_PROFILES)
     conf = json.dumps({"target_overrides": {"p99_latency_ms": 0.001}, "reason": "strict"})
     result = relcert_run({**airflow_env, "RELCERT_PROFILES_FILE": str(profiles)}, "--conf", conf)
     assert result.returncode == 20, result.stdout[-3000:] + result.stderr[-3000:]

@@ -15,46 +15,15 @@ import uuid
 from pathlib import Path
 
 from pipeline.scaleout import PERF_POOL
+from tests.quick_profile import QUICK_PROFILES
 
 PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 DAG_ID = "model_release_certification"
 
-# A small profile under the name the DAG's form accepts: every certification criterion
-# gets enough samples to be valid (1,000 load requests, 21 concurrent users, p50/p95
-# claims), so a healthy model is approved and packaged, in about a minute per run.
-CLUSTER_PROFILES = """
-version: 1
-scenarios:
-  baseline_performance:
-    {users: 10, requests_per_user: 100, ramp_up_s: 0.2, duration_s: 5, pattern: constant,
-     behaviour: mixed}
-patterns:
-  constant: {think_ms: 10}
-behaviours:
-  # models beyond the two examples (bench/scale.py) share `other`
-  mixed: {quality_predictor: 0.6, routing_classifier: 0.4, other: 0.5}
-profiles:
-  smoke:
-    scenario_time_scale: 1.0
-    think_time_scale: 1.0
-    min_requests_per_scenario: 1000
-    max_requests_per_user: 200
-    warmup_s: 0.2
-    window_s: 1.0
-    stability_tolerance: 1.0
-    stability_floor_ms: 5.0
-    percentiles_claimed: [50, 95]
-    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 400, refine_steps: 0}
-    burst_requests: 100
-    concurrency: {users: [1, 21], requests_per_user: 3, think_ms: 10}
-    cache: {distinct_inputs: 20, requests: 100, zipf_a: 1.3, concurrency: 2}
-    calibration_s: 0.3
-    integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
-    stress: {scale: 0.1}
-    infra: {rates: [250], duration_s: 1.5, warmup_s: 0.2}
-"""
+# the quick profile, under the name the DAG's form accepts
+CLUSTER_PROFILES = QUICK_PROFILES
 
 
 def _listening(port: int) -> bool:
@@ -204,13 +173,15 @@ class AirflowCluster:
         self.processes = [(n, p) for n, p in self.processes if p is not process]
 
     def wait_for_dag(self, timeout_s: float = 180) -> None:
+        """Until the DAG processor has serialized the DAG (read from the metadata DB: each
+        `airflow` CLI call costs seconds of start-up)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            out = self.airflow("dags", "list", "-o", "json", timeout=120)
-            if out.returncode == 0 and DAG_ID in out.stdout:
+            rows = self.query("SELECT count(*) FROM serialized_dag WHERE dag_id = %s", (DAG_ID,))
+            if rows and rows[0][0]:
                 return
             self.check_alive()
-            time.sleep(3)
+            time.sleep(1)
         raise TimeoutError(f"{DAG_ID} was not parsed within {timeout_s:g} s")
 
     def check_alive(self) -> None:

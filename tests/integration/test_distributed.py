@@ -2,14 +2,16 @@
 machine's Redis, scheduler, DAG processor, API server and two Celery workers that report
 different hostnames and have separate work folders (they share only the artifact store).
 
-1. The nightly schedule's run and a backfill over two dates (with a conf from the CLI) all
-   succeed; each date certifies its own model snapshot; the tasks spread over both
-   workers; the perf-pool tasks never overlap and record the host that ran them; every
-   report is approved with a complete package.
-2. A run triggered from the UI's form in a real browser, during which the worker running
-   one of its stages is killed (SIGKILL, with its task): the run still finishes, the killed
-   task is retried on the other worker, no artifact is half-written, and the
-   Certifications view shows the run (and refuses anonymous users).
+Four runs: the nightly schedule's, a backfill over two dates (with a conf from the CLI)
+alongside it, and one triggered from the UI's form in a real browser.
+
+1. While the UI's run is in a stage, the worker running it is killed (SIGKILL, with its
+   task): the run still finishes, the killed task is retried on the other worker, and no
+   artifact is half-written.
+2. All four runs succeed; each date certifies its own model snapshot; the tasks spread
+   over both workers; the perf-pool tasks never overlap, across runs too, and record the
+   host that ran them; every report is approved with a complete package; the
+   Certifications view shows the UI's run and refuses anonymous users.
 """
 
 from __future__ import annotations
@@ -143,8 +145,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         cluster.stop()
 
 
-def test_schedule_and_backfill_certify_across_both_workers(cluster) -> None:
-    unpaused = cluster.airflow("dags", "unpause", DAG_ID)  # -> the nightly schedule's run
+def _trigger_from_the_ui(cluster) -> None:
+    """One run from the UI's form in a real browser (the `airflow dags trigger` CLI where no
+    Chromium is installed)."""
+    if not CHROMIUM:
+        out = cluster.airflow("dags", "trigger", DAG_ID, "-c", json.dumps({"reason": REASON}))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return
+    base = f"http://127.0.0.1:{cluster.port}"
+    manager, browser = _browser()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        _login(page, base)
+        _trigger_from_the_form(page, base)
+    finally:
+        browser.close()
+        manager.stop()
+
+
+@pytest.fixture(scope="module")
+def triggered(cluster) -> AirflowCluster:
+    """The nightly schedule's run (unpausing starts it), a backfill over two dates with a
+    conf from the CLI, and a run from the UI form: four runs, the backfill's alongside the
+    others (the DAG allows one scheduled/manual run at a time, a backfill has its own)."""
+    unpaused = cluster.airflow("dags", "unpause", DAG_ID)
     assert unpaused.returncode == 0, unpaused.stderr[-2000:]
     backfill = cluster.airflow(
         "backfill",
@@ -161,18 +185,62 @@ def test_schedule_and_backfill_certify_across_both_workers(cluster) -> None:
         json.dumps({"reason": "cli backfill"}),
     )
     assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-2000:]
-    runs = cluster.wait_for_runs(3, timeout_s=900)
+    _trigger_from_the_ui(cluster)
+    return cluster
+
+
+def test_a_worker_killed_mid_run_the_run_still_finishes_with_whole_artifacts(triggered) -> None:
+    cluster = triggered
+    # the UI's run starts after the scheduled one (one at a time): kill the worker running
+    # one of its stages, so the scheduled run has had both workers
+    run_id, victim = None, None
+    deadline = time.monotonic() + 600
+    while victim is None and time.monotonic() < deadline:
+        for ti in cluster.task_instances():
+            if not ti["run_id"].startswith("manual__"):
+                continue
+            run_id = ti["run_id"]
+            if ti["state"] == "running" and ti["task_id"] in STAGE_TASKS and ti["hostname"]:
+                victim = ti
+                break
+        cluster.check_alive()
+        time.sleep(0.5)
+    assert victim is not None, "no stage task of the UI's run was seen running"
+    time.sleep(1.0)  # let it get going: it is killed mid-task
+    cluster.kill_worker(victim["hostname"])
+
+    deadline = time.monotonic() + 600
+    state = None
+    while state not in ("success", "failed") and time.monotonic() < deadline:
+        state = next(r["state"] for r in cluster.runs() if r["run_id"] == run_id)
+        cluster.check_alive()
+        time.sleep(2)
+    assert state == "success", f"{run_id}: {state}"
+    survivor = next(w for w in WORKERS if w != victim["hostname"])
+    retried = next(
+        ti for ti in cluster.task_instances(run_id) if ti["task_id"] == victim["task_id"]
+    )
+    assert retried["try_number"] >= 2 and retried["hostname"] == survivor, retried
+    report = _assert_complete(_run_dir(cluster.root, run_id))
+    assert report["conf"]["reason"] == REASON
+
+
+def test_schedule_backfill_and_ui_runs_certify_across_both_workers(triggered) -> None:
+    cluster = triggered
+    runs = cluster.wait_for_runs(4, timeout_s=900)
     assert [r["state"] for r in runs] == ["success"] * len(runs), runs
 
-    versions = {}
+    versions, reasons = {}, {}
     for run in runs:
         report = _assert_complete(_run_dir(cluster.root, run["run_id"]))
         day = report["conf"]["snapshot_date"]
         versions.setdefault(day, set()).update(m["version"] for m in report["models"])
-        if run["run_id"].startswith("backfill"):
-            assert report["conf"]["reason"] == "cli backfill"
+        reasons[run["run_id"]] = (report["conf"].get("reason"), report["decision"])
     for day in ("2026-02-02", "2026-02-03"):
         assert versions[day] == {f"1.0.{day.replace('-', '')}"}, versions
+    assert sorted(why or "" for why, _ in reasons.values()) == sorted(
+        ["", "cli backfill", "cli backfill", REASON]
+    ), reasons
 
     tis = cluster.task_instances()
     assert {ti["hostname"] for ti in tis} == set(WORKERS), "both workers should run tasks"
@@ -182,7 +250,7 @@ def test_schedule_and_backfill_certify_across_both_workers(cluster) -> None:
         if {ti["hostname"] for ti in tis if ti["run_id"] == run["run_id"]} == set(WORKERS)
     ]
     assert spread, "some run should have its tasks spread over both workers"
-    # the perf pool has one slot (one machine): its tasks never overlap
+    # the perf pool has one slot (one machine): its tasks never overlap, across runs too
     perf = sorted(
         (ti["start_date"], ti["end_date"], ti["task_id"])
         for ti in tis
@@ -199,69 +267,20 @@ def test_schedule_and_backfill_certify_across_both_workers(cluster) -> None:
             host = json.loads((summary / "summary.json").read_text())["host"]["hostname"]
             assert host == ti["hostname"], (ti["task_id"], host, ti["hostname"])
 
-
-def _trigger(cluster) -> str:
-    """Trigger one run from the UI's form in a real browser (the `airflow dags trigger`
-    CLI where no Chromium is installed); returns the reason it was given."""
-    if not CHROMIUM:
-        out = cluster.airflow("dags", "trigger", DAG_ID, "-c", json.dumps({"reason": REASON}))
-        assert out.returncode == 0, out.stderr[-2000:]
-        return REASON
-    base = f"http://127.0.0.1:{cluster.port}"
-    manager, browser = _browser()
-    try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        _login(page, base)
-        _trigger_from_the_form(page, base)
-    finally:
-        browser.close()
-        manager.stop()
-    return REASON
-
-
-def test_a_worker_killed_mid_run_the_run_still_finishes_with_whole_artifacts(cluster) -> None:
-    before = {r["run_id"] for r in cluster.runs()}
-    assert cluster.airflow("dags", "unpause", DAG_ID).returncode == 0
-    reason = _trigger(cluster)
-    run_id, victim = None, None
-    deadline = time.monotonic() + 600
-    while victim is None and time.monotonic() < deadline:
-        for ti in cluster.task_instances():
-            if ti["run_id"] in before:
-                continue
-            run_id = ti["run_id"]
-            if ti["state"] == "running" and ti["task_id"] in STAGE_TASKS and ti["hostname"]:
-                victim = ti
-                break
-        cluster.check_alive()
-        time.sleep(0.5)
-    assert victim is not None, "no stage task was seen running"
-    time.sleep(1.0)  # let it get going: it is killed mid-task
-    cluster.kill_worker(victim["hostname"])
-
-    runs = {r["run_id"]: r for r in cluster.wait_for_runs(len(before) + 1, timeout_s=600)}
-    assert runs[run_id]["state"] == "success", runs[run_id]
-    survivor = next(w for w in WORKERS if w != victim["hostname"])
-    retried = next(
-        ti for ti in cluster.task_instances(run_id) if ti["task_id"] == victim["task_id"]
-    )
-    assert retried["try_number"] >= 2 and retried["hostname"] == survivor, retried
-    report = _assert_complete(_run_dir(cluster.root, run_id))
-    assert report["conf"]["reason"] == reason
-
-    # the Certifications view shows the run to a signed-in user, and nothing to anyone else
+    # the Certifications view shows the UI's run to a signed-in user, nothing to anyone else
     base = f"http://127.0.0.1:{cluster.port}"
     if CHROMIUM:
+        decision = next(d for why, d in reasons.values() if why == REASON)
         manager, browser = _browser()
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             _login(page, base)
             page.goto(base + "/relcert/certifications")
             text = page.inner_text("body")
-            assert reason in text and report["decision"] in text
+            assert REASON in text and decision in text
         finally:
             browser.close()
             manager.stop()
     anonymous = httpx.get(base + "/relcert/certifications", timeout=30)
     assert anonymous.status_code == 401
-    assert reason not in anonymous.text
+    assert REASON not in anonymous.text

@@ -16,16 +16,20 @@ from pipeline.targets import load_targets
 
 @pytest.fixture(scope="module")
 def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder on which the integration and load stages ran with the smoke profile
-    (the smallest profile whose samples support every certified figure)."""
-    run = tmp_path_factory.mktemp("certify") / "run"
+    """A run folder on which the integration and load stages ran with the quick profile
+    (the smallest whose samples support every certified figure)."""
+    from tests.quick_profile import quick_profiles
+
+    folder = tmp_path_factory.mktemp("certify")
+    run = folder / "run"
     shutil.copytree(built_models, run / "models")
-    for stage in ("integration", "load"):
-        gate = run_stage(stage, run, "smoke")["gate"]
-        if not gate["success"] and stage == "integration":
-            checks = pd.read_csv(run / "stages/integration/checks.csv")
-            raise AssertionError(checks[~checks["passed"]].to_dict("records"))
-        assert gate["success"], (stage, gate["failed"])
+    with quick_profiles(folder):
+        for stage in ("integration", "load"):
+            gate = run_stage(stage, run, "smoke")["gate"]
+            if not gate["success"] and stage == "integration":
+                checks = pd.read_csv(run / "stages/integration/checks.csv")
+                raise AssertionError(checks[~checks["passed"]].to_dict("records"))
+            assert gate["success"], (stage, gate["failed"])
     return run
 
 
