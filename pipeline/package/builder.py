@@ -278,7 +278,10 @@ def _certification_report(
     for row in criteria:
         figure = {k: row[k] for k in row if not k.endswith("_text")}
         by_category.setdefault(row["category"] or "other", []).append(figure)
-    canonical = json.dumps(_finite(report), sort_keys=True, default=str).encode("utf-8")
+    # the report names its package once it exists: leave that out, so building the package
+    # again for the same run gives the same bytes
+    source = {k: v for k, v in report.items() if k != "package"}
+    canonical = json.dumps(_finite(source), sort_keys=True, default=str).encode("utf-8")
     confidence = report.get("confidence")
     if confidence is None and isinstance(report.get("decision"), Mapping):
         confidence = report["decision"].get("confidence")
