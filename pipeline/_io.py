@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "sha256_file",
+    "sha256_stream",
     "write_sha256sums",
 ]
 
@@ -30,13 +31,23 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def sha256_stream(handle: Any, sink: Any = None, chunk_size: int = 1 << 20) -> tuple[str, int]:
+    """Hex sha256 and size of what a binary file object yields, read in chunks; each chunk
+    is also written to `sink` if given (hash while copying)."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := handle.read(chunk_size):
+        digest.update(chunk)
+        size += len(chunk)
+        if sink is not None:
+            sink.write(chunk)
+    return digest.hexdigest(), size
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(handle, chunk_size=chunk_size)[0]
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import posixpath
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline._io import atomic_path
+from pipeline._io import atomic_path, sha256_file, sha256_stream
 
 __all__ = [
     "ENV_ARTIFACTS",
@@ -118,17 +117,6 @@ def artifacts_location(value: str | os.PathLike[str] | None = None) -> str:
 def is_transient(rel: str) -> bool:
     """A path (relative to a run) that is host-local scratch and never leaves its host."""
     return any(rx.match(part) for part in PurePosixPath(rel).parts for rx in _TRANSIENT)
-
-
-def _sha256_stream(handle: Any, sink: Any = None) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := handle.read(_CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-        if sink is not None:
-            sink.write(chunk)
-    return digest.hexdigest(), size
 
 
 def _local_files(folder: Path) -> dict[str, Path]:
@@ -265,7 +253,7 @@ class ArtifactStore:
     def _sha256(self, fs_path: str) -> str | None:
         try:
             with self.fs.open(fs_path, "rb") as handle:
-                return _sha256_stream(handle)[0]
+                return sha256_stream(handle)[0]
         except FileNotFoundError:
             return None
 
@@ -289,7 +277,7 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with self.fs.open(fs_path, "rb") as src, open(target, "wb") as dst:
-                    digest, size = _sha256_stream(src, dst)
+                    digest, size = sha256_stream(src, dst)
             except FileNotFoundError:  # deleted by another task since the listing
                 target.unlink(missing_ok=True)
                 continue
@@ -335,8 +323,7 @@ class ArtifactStore:
         local = Path(local_dir)
         hashes = {}
         for rel, path in _local_files(local).items():
-            with open(path, "rb") as handle:
-                hashes[rel] = _sha256_stream(handle)[0]
+            hashes[rel] = sha256_file(path)
         changed = sorted(rel for rel, sha in hashes.items() if manifest.get(rel) != sha)
         gone = sorted(rel for rel in manifest if rel not in hashes and not is_transient(rel))
         if not changed and not gone:

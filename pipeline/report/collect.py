@@ -22,6 +22,7 @@ __all__ = [
     "STAGE_TABLES",
     "criteria_rows",
     "environment",
+    "finite_number",
     "gate_statuses",
     "jsonable",
     "models",
@@ -138,6 +139,18 @@ def as_bool(text: Any) -> bool | None:
     if value in ("false", "0", "no"):
         return False
     return None
+
+
+def finite_number(value: Any) -> float | None:
+    """`value` as a finite float (a number or numeric text); None for None, booleans, NaN,
+    infinities and anything float() refuses."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def as_float(text: Any) -> float | None:

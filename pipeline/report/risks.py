@@ -16,10 +16,10 @@ range above the threshold that the measurement reaches (1.0 is always 100%).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.report.collect import finite_number
 from pipeline.report.decision import GATE_OF_STAGE, considered_stages, missing_source_stage
 
 __all__ = [
@@ -89,19 +89,9 @@ GATE_MITIGATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def headroom(row: Mapping[str, Any]) -> float | None:
     """How far inside its threshold a measurement is (see the module doc); None if unknown."""
-    measured, threshold = _number(row.get("measured")), _number(row.get("threshold"))
+    measured, threshold = finite_number(row.get("measured")), finite_number(row.get("threshold"))
     if measured is None or threshold is None:
         return None
     if row.get("direction") == "max":
@@ -112,7 +102,7 @@ def headroom(row: Mapping[str, Any]) -> float | None:
 
 
 def _only_by_tolerance(row: Mapping[str, Any]) -> bool:
-    measured, target = _number(row.get("measured")), _number(row.get("target"))
+    measured, target = finite_number(row.get("measured")), finite_number(row.get("target"))
     if measured is None or target is None:
         return False
     return measured > target if row.get("direction") == "max" else measured < target
@@ -127,7 +117,7 @@ def is_marginal(row: Mapping[str, Any]) -> bool:
 
 
 def _fmt(value: Any, unit: str) -> str:
-    number = _number(value)
+    number = finite_number(value)
     if number is None:
         return "no value"
     suffix = "" if unit in ("", "ratio", "abs", "pearson_r") else f" {unit}"

@@ -12,7 +12,6 @@ stops the server, even when a check fails. Writes `stages/infra/checks.csv` (gat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline._io import atomic_write_text
+from pipeline._proc import stop_process_group
 from pipeline.loadgen import run_open_loop, summarize
 from pipeline.profiles import Profile, load_profile
 from pipeline.stages.common import (
@@ -99,21 +99,9 @@ class ServerProcess:
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL of the process group after `timeout_s`."""
         try:
-            return self._stop(timeout_s)
+            return stop_process_group(self.process, timeout_s)
         finally:
             self._hide_in_log()
-
-    def _stop(self, timeout_s: float) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait(timeout=10)
 
     def _hidden(self, text: str) -> str:
         return text.replace(str(self.hide), "<run>") if self.hide else text

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -91,6 +90,13 @@ def _mtime(path: Any) -> float:
             with contextlib.suppress(ValueError):
                 return dt.datetime.fromisoformat(value).timestamp()
     return 0.0
+
+
+def _number(value: Any) -> float | None:
+    """`pipeline.report.collect.finite_number` (imported here: the plugin loads light)."""
+    from pipeline.report.collect import finite_number
+
+    return finite_number(value)
 
 
 def run_key_for(run_id: str) -> str:
@@ -199,16 +205,6 @@ def read_json(path: Path) -> tuple[dict[str, Any] | None, bool]:
     except ValueError:
         return None, True
     return (data if isinstance(data, dict) else None), True
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def package_file(folder: Path, report: dict[str, Any] | None) -> Path | None:

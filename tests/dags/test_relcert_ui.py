@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from pipeline._proc import stop_process_group
 
 
 def _free_port() -> int:
@@ -53,12 +54,5 @@ def test_relcert_ui_starts_airflow_with_the_certifications_view(tmp_path: Path) 
         anonymous = httpx.get(f"{base}/relcert/certifications", timeout=30)
         assert anonymous.status_code == 401
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(process, 30)
         log.close()

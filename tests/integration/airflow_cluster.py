@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+from pipeline._proc import signal_group, stop_process_group
 from pipeline.scaleout import PERF_POOL
 from tests.quick_profile import QUICK_PROFILES
 
@@ -21,9 +22,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PG_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 DAG_ID = "model_release_certification"
-
-# the quick profile, under the name the DAG's form accepts
-CLUSTER_PROFILES = QUICK_PROFILES
 
 
 def _listening(port: int) -> bool:
@@ -42,14 +40,16 @@ def redis_available() -> bool:
     return _listening(6379)
 
 
-def _psql(sql: str) -> None:
+def _psql(sql: str, args: tuple = (), dbname: str = "postgres") -> list[tuple]:
+    """Run one statement (autocommit: CREATE/DROP DATABASE too); its rows, if any."""
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(sql)
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
     finally:
         conn.close()
 
@@ -72,7 +72,7 @@ class AirflowCluster:
         self.processes: list[tuple[str, subprocess.Popen]] = []
         profiles = root / "profiles.yaml"
         profiles.parent.mkdir(parents=True, exist_ok=True)
-        profiles.write_text(CLUSTER_PROFILES)
+        profiles.write_text(QUICK_PROFILES)  # its profile is named smoke, as the form accepts
         self.env = {
             **os.environ,
             "AIRFLOW_HOME": str(root / "airflow"),
@@ -168,7 +168,7 @@ class AirflowCluster:
     def kill_worker(self, hostname: str) -> None:
         """SIGKILL a worker and everything it started (its tasks die mid-flight)."""
         process = self.workers.pop(hostname)
-        os.killpg(process.pid, signal.SIGKILL)
+        signal_group(process, signal.SIGKILL)
         process.wait(timeout=30)
         self.processes = [(n, p) for n, p in self.processes if p is not process]
 
@@ -191,15 +191,7 @@ class AirflowCluster:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.db)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall()
-        finally:
-            conn.close()
+        return _psql(sql, args, dbname=self.db)
 
     def task_instances(self, run_id: str | None = None) -> list[dict]:
         """Task instances of the DAG (of one run if given), with where they ran."""
@@ -226,20 +218,10 @@ class AirflowCluster:
 
     def runs(self) -> list[dict]:
         """The DAG's runs, read from the metadata DB (faster and steadier than the CLI)."""
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.db)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = %s",
-                    (DAG_ID,),
-                )
-                return [
-                    {"run_id": r, "state": s, "logical_date": str(d)} for r, s, d in cur.fetchall()
-                ]
-        finally:
-            conn.close()
+        rows = self.query(
+            "SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = %s", (DAG_ID,)
+        )
+        return [{"run_id": r, "state": s, "logical_date": str(d)} for r, s, d in rows]
 
     def wait_for_runs(self, count: int, timeout_s: float) -> list[dict]:
         deadline = time.monotonic() + timeout_s
@@ -254,16 +236,10 @@ class AirflowCluster:
         raise TimeoutError(f"runs not finished within {timeout_s:g} s: {runs}")
 
     def stop(self) -> None:
+        for _, process in reversed(self.processes):  # all at once: they stop in parallel
+            signal_group(process, signal.SIGTERM)
         for _, process in reversed(self.processes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            stop_process_group(process, 20, signalled=True)
         with contextlib.suppress(Exception):
             _psql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
         if redis_available():

@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from pipeline._proc import stop_process_group
 from tests.plugins.conftest import DAG_ID, PLUGINS, SECRET, FakeTree, build_tree, report_marker
 
 # ~25 s on the 2-core CI machine (db migrate + server start-up ~15 s): under the 30 s that
@@ -85,16 +85,7 @@ def _env(home: Path, artifacts: Path) -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
+    stop_process_group(proc, 20)
 
 
 @pytest.fixture(scope="module")
