@@ -24,16 +24,18 @@ from pathlib import Path
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pipeline.metrics import KNOWN_METRICS
+from pipeline.names import ALLOWS_PACKAGE, DEFAULT_PROFILE, PROFILE_NAMES
 from pipeline.scaleout import perf_task_args, retry_delay
-from pipeline.targets import KNOWN_METRICS
+from pipeline.stages.registry import STAGES, Stage
 
 DAG_ID = Path(__file__).stem
 
 PARAMS = {
     "profile": Param(
-        "smoke",
+        DEFAULT_PROFILE,
         type="string",
-        enum=["smoke", "nightly", "release"],
+        enum=list(PROFILE_NAMES),
         title="Profile",
         description_md="How long and how large the measurements are: `smoke` (minutes), "
         "`nightly` (the full plan, statistically valid), `release` (nightly plus a soak). "
@@ -105,6 +107,33 @@ def _check(result: dict) -> dict:
     return result
 
 
+def _stage_task(spec: Stage):
+    """The task that runs one registered stage (its title is the task's doc)."""
+    options = {**(PERF if spec.perf else {})}
+    if spec.always:  # measures whatever this run produced, even after a failed gate
+        options["trigger_rule"] = TriggerRule.ALL_DONE
+
+    @task(task_id=spec.task_id, doc_md=spec.title, **options)
+    def run_stage(run: dict) -> dict:
+        from pipeline.orchestrate import stage
+
+        return stage(run, spec.name, progress=_progress)
+
+    return run_stage
+
+
+def _gate_task(spec: Stage):
+    """The task that runs a stage's Great Expectations gate; a failed gate fails it."""
+
+    @task(task_id=spec.gate_task_id, doc_md=f"Gate of the {spec.name} stage.", **GATE)
+    def run_gate(run: dict) -> dict:
+        from pipeline.orchestrate import gate
+
+        return _check(gate(run, spec.gate))
+
+    return run_gate
+
+
 @dag(
     dag_id=DAG_ID,
     schedule="0 2 * * *",
@@ -119,6 +148,8 @@ def _check(result: dict) -> dict:
 def model_release_certification():
     @task(retries=0, execution_timeout=dt.timedelta(minutes=5))
     def prepare() -> dict:
+        """Validate the conf, start this run attempt (earlier attempts' evidence moves
+        aside) and record the effective targets."""
         from pipeline.orchestrate import ConfError, prepare_run
 
         context = get_current_context()
@@ -130,90 +161,26 @@ def model_release_certification():
 
     @task(execution_timeout=dt.timedelta(minutes=1))
     def list_models(run: dict) -> list[str]:
+        """The models of the run's models file (one build task each)."""
         return run["models"]
 
     @task(execution_timeout=dt.timedelta(minutes=20))
     def build_model(run: dict, name: str) -> dict:
+        """Build (train + export) or import one model of the run."""
         from pipeline.orchestrate import build_part
 
         return build_part(run, name, progress=_progress)
 
-    @task(execution_timeout=dt.timedelta(minutes=10))
+    @task(task_id=STAGES[0].task_id, execution_timeout=dt.timedelta(minutes=10))
     def build_models(run: dict, parts: list[dict]) -> dict:
+        """Assemble the built models and record the build table."""
         from pipeline.orchestrate import assemble
 
         return assemble(run, list(parts[:]))  # one slice read (iterating reads past the end)
 
-    @task(**GATE)
-    def gate_build(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "build"))
-
-    @task
-    def validate_integration(run: dict) -> dict:
-        from pipeline.orchestrate import stage
-
-        return stage(run, "integration", progress=_progress)
-
-    @task(**GATE)
-    def gate_integration(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "integration"))
-
-    @task(**PERF)
-    def load_test(run: dict) -> dict:
-        from pipeline.orchestrate import stage
-
-        return stage(run, "load", progress=_progress)
-
-    @task(**GATE)
-    def gate_load(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "load"))
-
-    @task(**PERF)
-    def stress_test(run: dict) -> dict:
-        from pipeline.orchestrate import stage
-
-        return stage(run, "stress", progress=_progress)
-
-    @task(**GATE)
-    def gate_stress(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "stress"))
-
-    @task(**PERF)
-    def infra_validate(run: dict) -> dict:
-        from pipeline.orchestrate import stage
-
-        return stage(run, "infra", progress=_progress)
-
-    @task(**GATE)
-    def gate_infra(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "infra"))
-
-    # Certification measures whatever this run produced, even after a failed gate, so the
-    # report can name every unmet criterion (a stage that did not run leaves its own unmet).
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def certify(run: dict) -> dict:
-        from pipeline.orchestrate import stage
-
-        return stage(run, "certify", progress=_progress)
-
-    @task(**GATE)
-    def gate_certification(run: dict) -> dict:
-        from pipeline.orchestrate import gate
-
-        return _check(gate(run, "certification"))
-
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=1, execution_timeout=dt.timedelta(minutes=10))
     def final_report(run: dict) -> dict:
+        """Write report.json and report.html with the decision (always runs)."""
         from pipeline.orchestrate import report
 
         result = report(run)
@@ -222,34 +189,28 @@ def model_release_certification():
 
     @task(retries=1, execution_timeout=dt.timedelta(minutes=10))
     def deployment_package(run: dict, decision: dict) -> dict:
+        """Write the deployment package when the decision allows it."""
         from pipeline.orchestrate import package
 
         if not run["build_package"]:
             raise AirflowSkipException("build_package is off for this run")
-        if decision["decision"] not in ("APPROVED", "CONDITIONAL_APPROVAL"):
+        if decision["decision"] not in ALLOWS_PACKAGE:
             raise AirflowSkipException(f"no package: the decision is {decision['decision']}")
         return package(run)
 
     run = prepare()
     parts = build_model.partial(run=run).expand(name=list_models(run))
-    built = build_models(run, parts)
-    g_build = gate_build(run)
-    integration = validate_integration(run)
-    g_integration = gate_integration(run)
-    load = load_test(run)
-    g_load = gate_load(run)
-    stress = stress_test(run)
-    g_stress = gate_stress(run)
-    infra = infra_validate(run)
-    g_infra = gate_infra(run)
-    certified = certify(run)
-    g_cert = gate_certification(run)
+    stages = {STAGES[0].name: build_models(run, parts)}
+    gates = {}
+    for spec in STAGES:  # every stage, then its gate, after the gates of the stages before it
+        if spec.name not in stages:
+            stages[spec.name] = _stage_task(spec)(run)
+            for before in spec.after:
+                gates[before] >> stages[spec.name]
+        gates[spec.name] = _gate_task(spec)(run)
+        stages[spec.name] >> gates[spec.name]
     report = final_report(run)
-
-    built >> g_build >> integration >> g_integration >> [load, stress]
-    load >> g_load
-    stress >> g_stress
-    [g_load, g_stress] >> infra >> g_infra >> certified >> g_cert >> report
+    gates[STAGES[-1].name] >> report
     deployment_package(run, report)
 
 

@@ -11,6 +11,9 @@ import datetime as dt
 import sys
 from collections.abc import Sequence
 
+from pipeline.names import DEFAULT_PROFILE, EXIT_ERROR, PROFILE_NAMES
+from pipeline.stages.registry import STAGES
+
 __all__ = ["main"]
 
 
@@ -42,15 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser(
         "stage",
         help="run one certification stage and its gate on a run folder (no Airflow)",
-        description="Run one stage (build, integration, load, stress, infra, certify) on a run "
-        "folder, then its Great Expectations gate. Exit 0 when the gate passed, 3 when it "
-        "failed, 1 on error.",
+        description="Run one stage on a run folder, then its Great Expectations gate. The "
+        "build stage starts a new attempt of the run (earlier evidence moves to attempts/). "
+        "Exit 0 when the gate passed, 3 when it failed, 1 on error. Stages:\n"
+        + "\n".join(f"  {s.name:12s} {s.title}" for s in STAGES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    stage.add_argument(
-        "name", choices=["build", "integration", "load", "stress", "infra", "certify"]
-    )
+    stage.add_argument("name", choices=[s.name for s in STAGES])
     stage.add_argument("--run-dir", required=True, help="the run's artifact folder")
-    stage.add_argument("--profile", default="smoke", choices=["smoke", "nightly", "release"])
+    stage.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
     stage.add_argument("--date", type=_date, default=None, help="build: snapshot date")
     stage.add_argument("--models", default=None, help="build: models file")
     stage.add_argument(
@@ -64,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "embedded SQLite metadata DB in the project (.relcert/airflow, created on first use). "
         "Exit 0 APPROVED, 10 CONDITIONAL_APPROVAL, 20 NOT_APPROVED, 1 pipeline error.",
     )
-    run.add_argument("--profile", default="smoke", choices=["smoke", "nightly", "release"])
+    run.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
     run.add_argument("--conf", default=None, help='run conf as JSON, e.g. \'{"reason": "..."}\'')
     run.add_argument("--date", type=_date, default=None, help="snapshot date (default today)")
 
@@ -152,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         code, result = run_dag(args.profile, conf, args.date, say=lambda s: print(s, flush=True))
     except Exception as exc:  # a pipeline error, not a decision
         print(f"relcert run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if "decision" in result:
         print(f"==> decision: {result['decision']} (readiness {result['readiness_score']})")
         print(f"==> report: {result['report_html']}")
@@ -166,11 +169,16 @@ def _stage(args: argparse.Namespace) -> int:
     from pipeline.gates import GateError
     from pipeline.profiles import ProfileError
     from pipeline.stages import run_stage
-    from pipeline.stages.common import StageError
-    from pipeline.targets import TargetsError, load_targets
+    from pipeline.stages.common import RunDir, StageError
+    from pipeline.stages.context import run_targets
+    from pipeline.targets import TargetsError
 
     try:
-        targets = load_targets(args.targets)
+        run = RunDir.of(args.run_dir)
+        if args.name == STAGES[0].name:  # a new build: a new attempt of the run
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.start_attempt()
+        targets = run_targets(run, args.targets)
         result = run_stage(
             args.name,
             args.run_dir,

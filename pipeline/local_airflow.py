@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.names import DAG_ID, DEFAULT_PROFILE, EXIT_CODES
+
 __all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "ensure_pools", "run_dag"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DAG_ID = "model_release_certification"
-EXIT_CODES = {"APPROVED": 0, "CONDITIONAL_APPROVAL": 10, "NOT_APPROVED": 20}
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:
@@ -116,7 +116,7 @@ def _watch(run_id_box: dict, stop: threading.Event, say: Callable[[str], None]) 
 
 
 def run_dag(
-    profile: str = "smoke",
+    profile: str = DEFAULT_PROFILE,
     conf: dict[str, Any] | None = None,
     snapshot_date: dt.date | None = None,
     say: Callable[[str], None] = print,

@@ -11,7 +11,6 @@ artifacts folder, else a URL); paths returned are store locations too.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._io import atomic_write_text
+from pipeline.names import CONF_KEYS, DEFAULT_PROFILE, PROFILE_NAMES
 from pipeline.storage import ArtifactStore, StoreConflict, artifacts_location, is_url, workspace
 
 __all__ = [
@@ -41,15 +41,6 @@ __all__ = [
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LOG = logging.getLogger(__name__)
-PROFILES = ("smoke", "nightly", "release")
-CONF_KEYS = {
-    "profile",
-    "models_file",
-    "target_overrides",
-    "allow_relaxed_targets",
-    "build_package",
-    "reason",
-}
 
 
 class ConfError(ValueError):
@@ -80,12 +71,12 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     """Check a run's params beyond what the trigger form's JSON schema can say."""
     from pipeline.targets import TargetsError, load_targets
 
-    unknown = sorted(set(params) - CONF_KEYS)
+    unknown = sorted(set(params) - set(CONF_KEYS))
     if unknown:
         raise ConfError(f"unknown conf keys {unknown}; expected some of {sorted(CONF_KEYS)}")
-    profile = params.get("profile", "smoke")
-    if profile not in PROFILES:
-        raise ConfError(f"conf.profile must be one of {list(PROFILES)}, got {profile!r}")
+    profile = params.get("profile", DEFAULT_PROFILE)
+    if profile not in PROFILE_NAMES:
+        raise ConfError(f"conf.profile must be one of {list(PROFILE_NAMES)}, got {profile!r}")
     overrides = params.get("target_overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfError(f"conf.target_overrides must be an object, got {type(overrides).__name__}")
@@ -132,6 +123,7 @@ def prepare_run(
     Returns the run context every later task receives (small JSON).
     """
     from pipeline.build import load_models_config
+    from pipeline.stages.common import RunDir
 
     conf = validate_conf(params)
     if snapshot is None:
@@ -156,6 +148,9 @@ def prepare_run(
         "target_overrides": conf["target_overrides"],
     }
     with workspace(location, store=store) as run_dir:
+        # a cleared or repeated run starts a new attempt: the earlier attempt's evidence
+        # moves to attempts/<id>/ and is never read as this attempt's
+        context["attempt_id"] = RunDir.of(run_dir).start_attempt()
         atomic_write_text(run_dir / "targets.yaml", _targets_yaml(conf["targets"]))
         atomic_write_text(
             run_dir / "conf.json", json.dumps(context, indent=2, sort_keys=True) + "\n"
@@ -164,10 +159,15 @@ def prepare_run(
 
 
 def _targets(run_dir: Path):
-    """The run's targets; named by their path in the run (the workspace is temporary)."""
-    from pipeline.targets import load_targets
+    """The run's targets (its own targets.yaml: a missing or broken one is an error)."""
+    from pipeline.stages.common import RunDir
+    from pipeline.stages.context import run_targets
 
-    return dataclasses.replace(load_targets(run_dir / "targets.yaml"), source="targets.yaml")
+    if not (run_dir / "targets.yaml").exists():
+        from pipeline.targets import TargetsError
+
+        raise TargetsError(f"{run_dir.name}/targets.yaml is missing: the run was not prepared")
+    return run_targets(RunDir.of(run_dir))
 
 
 def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = print) -> dict:
@@ -198,16 +198,22 @@ def assemble(ctx: dict[str, Any], parts: list[dict]) -> dict[str, Any]:
     """Merge the build parts into `<run>/models` and record the build table."""
     from pipeline.build.assemble import assemble_models
     from pipeline.stages.build import record_build
-    from pipeline.stages.common import RunDir
+    from pipeline.stages.context import StageContext
 
     with workspace(ctx) as run_dir:
-        run = RunDir.of(run_dir)
+        stage_ctx = StageContext.open(
+            run_dir,
+            "build",
+            ctx["profile"],
+            targets=_targets(run_dir),
+            attempt_id=ctx.get("attempt_id"),
+            snapshot_date=ctx["snapshot_date"],
+        )
         # each part is `<run>/parts/<name>` in the store, so here in the workspace
-        merged = assemble_models([run.root / "parts" / p["name"] for p in parts], run.models)
-        summary = record_build(run)
-        summary["snapshot_date"] = ctx["snapshot_date"]
-        summary["parts"] = parts
-        run.write_summary("build", summary)
+        merged = assemble_models(
+            [stage_ctx.run.root / "parts" / p["name"] for p in parts], stage_ctx.run.models
+        )
+        record_build(stage_ctx, parts=parts)
     return {"models": {n: e["version"] for n, e in merged.items()}}
 
 
@@ -222,6 +228,7 @@ def stage(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = prin
             run_dir,
             ctx["profile"],
             targets=_targets(run_dir),
+            attempt_id=ctx.get("attempt_id"),
             snapshot_date=ctx["snapshot_date"],
             models_file=ctx["models_file"],
             progress=progress,

@@ -13,9 +13,11 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+
+from pipeline.metrics import KNOWN_METRICS, METRICS, Direction
 
 __all__ = [
     "DEFAULT_TARGETS_FILE",
@@ -30,32 +32,13 @@ __all__ = [
     "tolerance_phrase",
 ]
 
-Direction = Literal["max", "min"]
-
 TARGETS_FILE_ENV = "RELCERT_TARGETS_FILE"
 DEFAULT_TARGETS_FILE = Path(__file__).resolve().parent.parent / "include" / "targets.yaml"
 SUPPORTED_VERSION = 1
 
-# Every metric relcert knows how to measure, and which way is better for it. A targets file
-# may declare a subset of these; a name outside this list is a typo or an unmeasured claim.
-_METRIC_DIRECTIONS: dict[str, Direction] = {
-    "average_inference_latency_ms": "max",
-    "p95_latency_ms": "max",
-    "p99_latency_ms": "max",
-    "sustained_throughput_rps": "min",
-    "peak_throughput_rps": "min",
-    "memory_usage_mb": "max",
-    "memory_efficiency": "min",
-    "success_rate": "min",
-    "error_rate": "max",
-    "concurrent_users_supported": "min",
-    "cache_hit_rate": "min",
-    "routing_accuracy": "min",
-    "quality_correlation": "min",
-    "model_initialization_s": "max",
-    "parity_max_abs_diff": "max",
-}
-KNOWN_METRICS: tuple[str, ...] = tuple(_METRIC_DIRECTIONS)
+# Every metric relcert knows how to measure, and which way is better for it: declared once,
+# in pipeline.metrics.
+_METRIC_DIRECTIONS: dict[str, Direction] = {m.name: m.direction for m in METRICS.values()}
 
 _REQUIRED_KEYS = ("name", "category", "target", "tolerance", "direction", "unit")
 _OPTIONAL_KEYS = ("description",)

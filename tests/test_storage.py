@@ -407,7 +407,7 @@ def test_the_dags_tasks_on_a_non_local_store(
         orchestrate.stage(ctx, "infra", progress=quiet)
         orchestrate.gate(ctx, "infra")
         orchestrate.stage(ctx, "certify", progress=quiet)
-        orchestrate.gate(ctx, "certification")
+        orchestrate.gate(ctx, "certify")
         decision = orchestrate.report(ctx)
         assert decision["report_json"] == f"{location}/report.json"
         report = json.loads(store.read_bytes(decision["report_json"]))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline._io import atomic_write_json
 from pipeline.gates.contracts import TABLES, TableContract
-from pipeline.gates.suites import ExpectationSpec, suite_name, suite_spec
+from pipeline.gates.suites import ExpectationSpec, row_condition_pairs, suite_name, suite_spec
 from pipeline.targets import Targets, load_targets
 
 if TYPE_CHECKING:
@@ -297,9 +297,8 @@ def _worst_value(spec: ExpectationSpec, table: pd.DataFrame) -> Any:
 
     column = spec.kwargs["column"]
     values = table[column]
-    condition = spec.kwargs.get("row_condition")
-    if condition is not None:
-        values = values[table[condition["column"]["name"]] == condition["parameter"]]
+    for name, value in row_condition_pairs(spec.kwargs.get("row_condition")):
+        values = values[table[name] == value]
     numeric = pd.to_numeric(values.dropna(), errors="coerce")
     if numeric.empty or numeric.isna().any():  # nothing to compare, or not numbers: GX says so
         return None
@@ -353,14 +352,18 @@ def run_gate(
     """Validate `stage`'s result table with its GX suite and record the outcome.
 
     Reads `<run_dir>/<contract path>` unless `table` is given, validates it against
-    `suite_spec(stage, targets)` (targets default to `load_targets()`), writes
-    `<run_dir>/gates/<stage>.json` and updates `<run_dir>/data_docs/`. Raises GateError when
-    the table is missing or lacks a contract column; a failed expectation is not an error
-    here (see `raise_for_gate`).
+    `suite_spec(stage, targets, attempt)` (targets default to `load_targets()`; the attempt is
+    the run's current one: rows of another attempt fail the gate), writes
+    `<run_dir>/gates/<stage>.json` (stamped with the attempt) and updates
+    `<run_dir>/data_docs/`. Raises GateError when the table is missing or lacks a contract
+    column; a failed expectation is not an error here (see `raise_for_gate`).
     """
-    specs = suite_spec(stage, targets if targets is not None else load_targets())
-    contract = TABLES[stage]
+    from pipeline.stages.common import RunDir
+
     root = Path(run_dir).resolve()
+    attempt_id = RunDir(root).attempt_id()
+    specs = suite_spec(stage, targets if targets is not None else load_targets(), attempt_id)
+    contract = TABLES[stage]
     if table is None:
         table = _read_table(contract, root)
     _check_columns(contract, table)
@@ -378,6 +381,7 @@ def run_gate(
     success = not failed
     payload = {
         "stage": stage,
+        "attempt_id": attempt_id,
         "success": success,
         "table": contract.path,
         "row_count": len(table),

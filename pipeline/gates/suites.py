@@ -11,9 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.gates.contracts import STAGES, TABLES, TableContract
+from pipeline.names import Status
+from pipeline.stages.contracts import ATTEMPT_COLUMN
 from pipeline.targets import Target, Targets, format_number, format_unit, tolerance_phrase
 
-__all__ = ["TARGET_BOUNDS", "ExpectationSpec", "TargetBound", "suite_name", "suite_spec"]
+__all__ = [
+    "TARGET_BOUNDS",
+    "ExpectationSpec",
+    "TargetBound",
+    "row_condition_pairs",
+    "suite_name",
+    "suite_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -35,20 +44,23 @@ class TargetBound:
     """A stage table column that must stay inside a target's threshold.
 
     The bound's side comes from the target's direction (max: upper bound, min: lower bound).
-    `where` restricts the check to rows with `column == value`; `floor` adds a fixed lower
-    bound to a max target (a difference cannot be negative).
+    `where` restricts the check to rows with `column == value` (every pair must hold);
+    `floor` adds a fixed lower bound to a max target (a difference cannot be negative).
     """
 
     stage: str
     target: str
     column: str
     subject: str
-    where: tuple[str, str] | None = None
+    where: tuple[tuple[str, str], ...] = ()
     floor: float | None = None
 
 
-# (stage, target, column, subject): the rows the suites are built from. The certification
-# stage additionally re-checks every declared target; see `_certification_bounds`.
+#: rows whose verdict is a measurement (not applicable rows neither pass nor fail)
+_MEASURED = ("status", "measured")
+
+# (stage, target, column, subject): the rows the suites are built from. The certify stage
+# additionally re-checks every declared target; see `_certification_bounds`.
 TARGET_BOUNDS: tuple[TargetBound, ...] = (
     TargetBound(
         "build",
@@ -62,21 +74,21 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
         "routing_accuracy",
         "measured",
         "routing accuracy of every model_sla_routing_accuracy check",
-        where=("check", "model_sla_routing_accuracy"),
+        where=(("check", "model_sla_routing_accuracy"), _MEASURED),
     ),
     TargetBound(
         "integration",
         "quality_correlation",
         "measured",
         "quality correlation of every model_sla_quality_correlation check",
-        where=("check", "model_sla_quality_correlation"),
+        where=(("check", "model_sla_quality_correlation"), _MEASURED),
     ),
     TargetBound(
         "integration",
         "model_initialization_s",
         "measured",
         "initialisation time of every initialization check",
-        where=("check", "initialization"),
+        where=(("check", "initialization"), _MEASURED),
     ),
     TargetBound("load", "error_rate", "error_rate", "error rate of every scenario"),
     TargetBound(
@@ -91,18 +103,22 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
 # checks skip missing values, and a missing verdict is not a pass).
 _ALL_TRUE: dict[str, tuple[str, ...]] = {
     "build": ("sha256_verified", "parity_passed", "outputs_finite"),
-    "integration": ("passed",),
     "load": ("valid",),
     "stress": ("survived", "recovered"),
-    "infra": ("passed",),
-    "certification": ("met", "valid"),
+}
+
+# Tables with a `status` column: every row is measured or not applicable (never invalid or
+# not run), and the verdict column is True on every measured row.
+_STATUS_VERDICT: dict[str, str] = {
+    "integration": "passed",
+    "infra": "passed",
+    "certify": "met",
 }
 
 # Other columns that must have a value on every row.
 _NOT_NULL: dict[str, tuple[str, ...]] = {
     "build": ("version",),
     "integration": ("check",),
-    "certification": ("measured",),
 }
 
 # Bounds that do not come from a target: (stage, column, min, max, meaning).
@@ -116,25 +132,36 @@ def suite_name(stage: str) -> str:
     return f"relcert_{stage}"
 
 
-def _row_condition(where: tuple[str, str]) -> dict[str, Any]:
-    """A GX 1.x comparison condition in its serialised (JSON) form."""
-    column, value = where
-    return {"type": "comparison", "column": {"name": column}, "operator": "==", "parameter": value}
+def _row_condition(where: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """A GX 1.x row condition (every `column == value` pair) in its serialised form."""
+    comparisons = [
+        {"type": "comparison", "column": {"name": c}, "operator": "==", "parameter": v}
+        for c, v in where
+    ]
+    return comparisons[0] if len(comparisons) == 1 else {"type": "and", "conditions": comparisons}
 
 
-def _domain(column: str, where: tuple[str, str] | None) -> dict[str, Any]:
+def row_condition_pairs(condition: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The (column, value) pairs of a row condition made by `_row_condition`."""
+    if not condition:
+        return []
+    parts = condition["conditions"] if condition.get("type") == "and" else [condition]
+    return [(p["column"]["name"], p["parameter"]) for p in parts]
+
+
+def _domain(column: str, where: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"column": column}
-    if where is not None:
+    if where:
         kwargs["row_condition"] = _row_condition(where)
     return kwargs
 
 
 def _not_null(
-    contract: TableContract, column: str, where: tuple[str, str] | None = None
+    contract: TableContract, column: str, where: tuple[tuple[str, str], ...] = ()
 ) -> ExpectationSpec:
     rows = f"every {contract.row_noun}"
-    if where is not None:
-        rows = f"every {where[1]} {contract.row_noun}"
+    if where:
+        rows = f"every {' '.join(str(v) for _, v in where)} {contract.row_noun}"
     return ExpectationSpec(
         "expect_column_values_to_not_be_null",
         _domain(column, where),
@@ -165,9 +192,11 @@ def _bound_spec(bound: TargetBound, target: Target) -> ExpectationSpec:
 
 
 def _certification_bounds(targets: Targets) -> tuple[TargetBound, ...]:
-    """One independent re-check per declared target, on that target's row."""
+    """One independent re-check per declared target, on that target's measured row."""
     return tuple(
-        TargetBound("certification", name, "measured", f"measured {name}", where=("name", name))
+        TargetBound(
+            "certify", name, "measured", f"measured {name}", where=(("name", name), _MEASURED)
+        )
         for name in targets
     )
 
@@ -175,7 +204,7 @@ def _certification_bounds(targets: Targets) -> tuple[TargetBound, ...]:
 def _row_count_specs(
     stage: str, contract: TableContract, targets: Targets
 ) -> list[ExpectationSpec]:
-    if stage != "certification":
+    if stage != "certify":
         return [
             ExpectationSpec(
                 "expect_table_row_count_to_be_between",
@@ -197,8 +226,37 @@ def _row_count_specs(
     ]
 
 
-def suite_spec(stage: str, targets: Targets) -> list[ExpectationSpec]:
-    """The expectations of `stage`'s gate, with thresholds taken from `targets`.
+def _attempt_spec(contract: TableContract, attempt_id: str) -> ExpectationSpec:
+    return ExpectationSpec(
+        "expect_column_values_to_be_in_set",
+        {"column": ATTEMPT_COLUMN, "value_set": [attempt_id]},
+        f"every {contract.row_noun} is from this attempt ({attempt_id})",
+    )
+
+
+def _status_specs(contract: TableContract, verdict: str) -> list[ExpectationSpec]:
+    return [
+        _not_null(contract, "status"),
+        ExpectationSpec(
+            "expect_column_values_to_be_in_set",
+            {"column": "status", "value_set": [str(Status.MEASURED), str(Status.NOT_APPLICABLE)]},
+            f"every {contract.row_noun} was measured or is not applicable (none invalid or "
+            "not run)",
+        ),
+        _not_null(contract, verdict, (_MEASURED,)),
+        ExpectationSpec(
+            "expect_column_values_to_be_in_set",
+            {**_domain(verdict, (_MEASURED,)), "value_set": [True]},
+            f"{verdict} is True for every measured {contract.row_noun}",
+        ),
+    ]
+
+
+def suite_spec(
+    stage: str, targets: Targets, attempt_id: str | None = None
+) -> list[ExpectationSpec]:
+    """The expectations of `stage`'s gate, with thresholds taken from `targets`; with an
+    `attempt_id`, every row must carry it (evidence of another attempt fails the gate).
 
     A target bound whose metric is not declared in `targets` is left out: a targets file
     may certify a subset of the known metrics.
@@ -207,6 +265,10 @@ def suite_spec(stage: str, targets: Targets) -> list[ExpectationSpec]:
         raise ValueError(f"unknown gate stage {stage!r}; known stages: {', '.join(STAGES)}")
     contract = TABLES[stage]
     specs = _row_count_specs(stage, contract, targets)
+    if attempt_id is not None:
+        specs.append(_attempt_spec(contract, attempt_id))
+    if stage in _STATUS_VERDICT:
+        specs += _status_specs(contract, _STATUS_VERDICT[stage])
 
     for column in _NOT_NULL.get(stage, ()):
         specs.append(_not_null(contract, column))
@@ -220,12 +282,11 @@ def suite_spec(stage: str, targets: Targets) -> list[ExpectationSpec]:
             )
         )
 
-    bounds = TARGET_BOUNDS + (_certification_bounds(targets) if stage == "certification" else ())
+    bounds = TARGET_BOUNDS + (_certification_bounds(targets) if stage == "certify" else ())
     for bound in bounds:
         if bound.stage != stage or bound.target not in targets:
             continue
-        if stage != "certification":  # there, one not-null check on `measured` covers all
-            specs.append(_not_null(contract, bound.column, bound.where))
+        specs.append(_not_null(contract, bound.column, bound.where))
         specs.append(_bound_spec(bound, targets[bound.target]))
 
     for bound_stage, column, low, high, meaning in _FIXED_BOUNDS:

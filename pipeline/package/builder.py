@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._io import atomic_write_bytes
+from pipeline.names import ALLOWS_PACKAGE
 from pipeline.package.archive import EPOCH, sha256sums_text, zip_bytes
 from pipeline.package.docs import render
 from pipeline.package.errors import PackageError, PackageRefused
@@ -40,7 +41,7 @@ from pipeline.targets import Target, Targets, format_number, format_unit, load_t
 __all__ = ["ALLOWED_DECISIONS", "PACKAGE_NAME", "PackageResult", "build_package", "label_safe"]
 
 PACKAGE_NAME = SERVICE_NAME
-ALLOWED_DECISIONS = ("APPROVED", "CONDITIONAL_APPROVAL")
+ALLOWED_DECISIONS = ALLOWS_PACKAGE
 _FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SCRIPTS = ("validation/smoke_test.py",)

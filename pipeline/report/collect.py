@@ -15,12 +15,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.names import Status
 from pipeline.report.decision import GATE_OF_STAGE, STAGE_ORDER
+from pipeline.stages.common import RunDir, StageError
+from pipeline.stages.contracts import ATTEMPT_COLUMN
+from pipeline.stages.registry import STAGES
+from pipeline.stages.registry import table as table_contract
 
 __all__ = [
     "CRITERIA_TABLE",
     "STAGE_TABLES",
     "criteria_rows",
+    "current_attempt",
     "environment",
     "finite_number",
     "gate_statuses",
@@ -29,22 +35,16 @@ __all__ = [
     "performance_analysis",
     "read_csv",
     "read_json",
+    "stage_errors",
     "stage_ran",
     "stages_section",
     "summaries",
 ]
 
-CRITERIA_TABLE = "stages/certify/criteria.csv"
+CRITERIA_TABLE = table_contract("certify", "criteria").path
 
-#: stage -> its gated table (pipeline.gates.contracts.TABLES, by stage rather than gate name)
-STAGE_TABLES = {
-    "build": "stages/build/models.csv",
-    "integration": "stages/integration/checks.csv",
-    "load": "stages/load/scenarios.csv",
-    "stress": "stages/stress/tests.csv",
-    "infra": "stages/infra/checks.csv",
-    "certify": CRITERIA_TABLE,
-}
+#: stage -> its gated table (from the stage registry)
+STAGE_TABLES = {s.name: s.gated_table.path for s in STAGES}
 
 #: library versions recorded in the environment section (distribution names)
 PACKAGES = (
@@ -121,13 +121,28 @@ def read_json(root: Path, relative: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def current_attempt(root: Path) -> str | None:
+    """The run's current attempt (attempt.json), None for a folder that has none."""
+    try:
+        return RunDir(root).attempt_id(create=False)
+    except StageError:
+        return None
+
+
 def read_csv(root: Path, relative: str) -> list[dict[str, str]] | None:
-    """Rows of a CSV table as strings (exactly as written), or None when missing."""
+    """Rows of a CSV table as strings (exactly as written), or None when missing. A table
+    stamped with attempt ids yields only the current attempt's rows (None when it holds
+    none: another attempt's evidence is not this run's)."""
     try:
         with open(root / relative, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+            rows = list(csv.DictReader(handle))
     except (OSError, csv.Error, UnicodeDecodeError):
         return None
+    if rows and ATTEMPT_COLUMN in rows[0]:
+        attempt = current_attempt(root)
+        rows = [r for r in rows if r.get(ATTEMPT_COLUMN) == attempt]
+        return rows or None
+    return rows
 
 
 def as_bool(text: Any) -> bool | None:
@@ -165,22 +180,33 @@ def as_float(text: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- stages and gates
+def _summary(root: Path, stage: str) -> dict[str, Any] | None:
+    """This attempt's summary of `stage`, following its contract; None otherwise."""
+    try:
+        return RunDir(root).read_summary(stage)
+    except StageError:
+        return None
+
+
 def stage_ran(root: Path, stage: str) -> bool:
-    """A stage ran when it left its summary or its gated table in the run folder."""
-    return (root / "stages" / stage / "summary.json").is_file() or (
-        root / STAGE_TABLES.get(stage, f"stages/{stage}/summary.json")
-    ).is_file()
+    """A stage ran when it left this attempt's summary or gated table in the run folder."""
+    if _summary(root, stage) is not None:
+        return True
+    table = STAGE_TABLES.get(stage)
+    return bool(table and read_csv(root, table))
+
+
+def stage_errors(root: Path) -> dict[str, str]:
+    """stage -> the message it failed with in this attempt (stages/<stage>/error.json)."""
+    run = RunDir(root)
+    return {s: e for s in STAGE_ORDER if (e := run.stage_error(s))}
 
 
 def summaries(root: Path) -> dict[str, dict[str, Any]]:
-    """stage -> its summary.json, for every stage folder that has one."""
+    """stage -> its summary.json of this attempt, for every stage that left one."""
     found = {}
-    folder = root / "stages"
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    for stage in [s for s in STAGE_ORDER if s in names] + [
-        s for s in names if s not in STAGE_ORDER
-    ]:
-        summary = read_json(root, f"stages/{stage}/summary.json")
+    for stage in STAGE_ORDER:
+        summary = _summary(root, stage)
         if summary is not None:
             found[stage] = summary
     return found
@@ -195,10 +221,13 @@ def gate_statuses(root: Path) -> dict[str, dict[str, Any]]:
     folder = root / "gates"
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     order = {gate: i for i, gate in enumerate(GATE_OF_STAGE.values())}
+    attempt = current_attempt(root)
     for file in sorted(files, key=lambda f: (order.get(f.stem, len(order)), f.stem)):
         gate = file.stem
         relative = f"gates/{file.name}"
         payload = read_json(root, relative)
+        if payload is not None and payload.get(ATTEMPT_COLUMN) != attempt:
+            continue  # another attempt's verdict is not this run's
         if payload is None:
             status = {"success": False, "failed": [f"{relative} is not readable JSON"]}
             expectations: list[Any] = []
@@ -241,6 +270,7 @@ def stages_section(
     names += [s for s in expected if s not in names]
     names += [s for s in found if s not in names]
     section = {}
+    errors = stage_errors(root)
     for stage in names:
         summary = found.get(stage) or {}
         ran = stage_ran(root, stage)
@@ -252,6 +282,7 @@ def stages_section(
         gate = GATE_OF_STAGE.get(stage, stage)
         section[stage] = {
             "ran": ran,
+            "error": errors.get(stage),
             "expected": stage in expected,
             "seconds": seconds,
             "table": table if table and (root / table).is_file() else None,
@@ -320,6 +351,7 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
             measured = as_float(row.get("measured"))
             source = row.get("source") or sources.get(name, "")
             met, valid = as_bool(row.get("met")) is True, as_bool(row.get("valid")) is True
+            status = row.get("status") or str(Status.NOT_RUN)
             samples = int(as_float(row.get("samples")) or 0)
             detail = row.get("detail") or ""
             threshold = as_float(row.get("threshold"))
@@ -327,6 +359,7 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
         else:
             target = declared_target
             measured, met, valid, samples = None, False, False, 0
+            status = str(Status.NOT_RUN)
             source = sources.get(name, "")
             threshold = target.threshold
             detail = (
@@ -348,15 +381,17 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
                 "unit": target.unit,
                 "measured": measured,
                 "margin": None if math.isnan(margin) else margin,
+                "status": status,
                 "met": met,
                 "valid": valid,
                 "samples": samples,
+                "min_samples": int(as_float((row or {}).get("min_samples")) or 0),
                 "detail": detail,
                 "evidence": {
                     "table": source or None,
                     "gate": _evidence_gate(source) if source else None,
                     "criteria_table": CRITERIA_TABLE,
-                    "certification_gate": "gates/certification.json",
+                    "certification_gate": "gates/certify.json",
                 },
             }
         )

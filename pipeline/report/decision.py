@@ -5,9 +5,10 @@ The original plan's rule, made honest:
 - readiness score = 0.3 x (integration gate passed) + 0.4 x (certification gate passed)
   + 0.3 x (load gate passed AND stress gate passed). A term counts only when its gate ran and
   passed: a stage that did not run counts as failed ("did not run").
-- APPROVED (confidence HIGH): every criterion is met with a valid measurement, no gate of a
-  stage that ran or was expected failed (or is missing), and the score is >= 0.9. Failed
-  criteria and failed gates are exactly the high risks, so this also means "no high risk".
+- APPROVED (confidence HIGH): every criterion is met with a valid measurement or is not
+  applicable (with its reason), no gate of a stage that ran or was expected failed (or is
+  missing), and the score is >= 0.9. Failed criteria and failed gates are exactly the high
+  risks, so this also means "no high risk".
 - CONDITIONAL_APPROVAL (MEDIUM): not approved, but the score is >= 0.8. Since the smallest
   pair of terms sums to 0.7, that means the integration, certification, load and stress
   gates all passed and something outside the score blocks approval: a failed build or
@@ -20,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from pipeline.stages import STAGE_GATES
+from pipeline.names import (
+    APPROVED,
+    CONDITIONAL_APPROVAL,
+    CONFIDENCE,
+    DECISIONS,
+    NOT_APPROVED,
+    Status,
+)
+from pipeline.stages.registry import STAGE_NAMES, STAGES
 
 __all__ = [
     "APPROVED",
@@ -33,25 +42,21 @@ __all__ = [
     "STAGE_ORDER",
     "Decision",
     "blocking_issues",
+    "blocks_approval",
     "considered_stages",
     "decide",
     "missing_source_stage",
     "next_steps",
     "readiness_score",
+    "status_of",
 ]
-
-APPROVED = "APPROVED"
-CONDITIONAL_APPROVAL = "CONDITIONAL_APPROVAL"
-NOT_APPROVED = "NOT_APPROVED"
-DECISIONS = (APPROVED, CONDITIONAL_APPROVAL, NOT_APPROVED)
-CONFIDENCE = {APPROVED: "HIGH", CONDITIONAL_APPROVAL: "MEDIUM", NOT_APPROVED: "LOW"}
 
 APPROVAL_SCORE = 0.9
 CONDITIONAL_SCORE = 0.8
 
-#: stage -> the gate that validates its table (gates/<gate>.json); one map for all of relcert
-GATE_OF_STAGE = STAGE_GATES
-STAGE_ORDER = tuple(GATE_OF_STAGE)
+#: stage -> the gate that validates its table (gates/<gate>.json), from the stage registry
+GATE_OF_STAGE = {s.name: s.gate for s in STAGES}
+STAGE_ORDER = STAGE_NAMES
 _STAGE_OF_GATE = {gate: stage for stage, gate in GATE_OF_STAGE.items()}
 
 #: (what the term stands for, stages whose gates must all pass, weight)
@@ -104,43 +109,59 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value:.4g}{unit}"
 
 
-def missing_source_stage(row: Mapping[str, Any]) -> str | None:
-    """The stage whose missing output left this criterion unmeasured, or None.
+def status_of(row: Mapping[str, Any]) -> Status:
+    """A criterion row's status (rows written before statuses existed: from `valid`)."""
+    try:
+        return Status(str(row.get("status")))
+    except ValueError:
+        return Status.MEASURED if row.get("valid") else Status.INVALID
 
-    The certify stage says so in the row's detail ("... did not run"); the stage is the
-    one named by the row's source table (stages/<stage>/...), else "certify" when the
-    certify stage itself did not run.
-    """
-    if row.get("valid") or "did not run" not in str(row.get("detail") or ""):
+
+def missing_source_stage(row: Mapping[str, Any]) -> str | None:
+    """The stage whose missing output left this criterion unmeasured (status not run), or
+    None: the stage named by the row's source table (stages/<stage>/...), else certify."""
+    if status_of(row) != Status.NOT_RUN:
         return None
     evidence = row.get("evidence")
     source = str(row.get("source") or (evidence or {}).get("table") or "")
     parts = source.split("/")
-    if str(row.get("detail")).startswith("not measured: the certify stage"):
-        return "certify"
-    if len(parts) >= 2 and parts[0] == "stages":
+    if len(parts) >= 2 and parts[0] == "stages" and parts[1] in GATE_OF_STAGE:
         return parts[1]
     return "certify"
+
+
+def blocks_approval(row: Mapping[str, Any]) -> bool:
+    """A criterion stands between the run and approval: not run, invalid, or measured and
+    not met. Not applicable never does."""
+    status = status_of(row)
+    if status == Status.NOT_APPLICABLE:
+        return False
+    return status != Status.MEASURED or not row.get("met")
 
 
 def blocking_issues(
     criteria: Sequence[Mapping[str, Any]],
     gates: Mapping[str, Mapping[str, Any]],
     stages_ran: Mapping[str, bool],
+    errors: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Everything that stands between this run and APPROVED, one sentence each.
 
-    `criteria`: rows with name, met, valid (and measured, threshold, direction, unit, detail
-    for the sentence). `gates`: gate name -> {success, failed} for every gate that ran.
-    `stages_ran`: stage -> ran, for every stage that was expected or ran; a stage listed
-    with False was expected and did not run.
+    `criteria`: rows with name, status, met (and measured, threshold, direction, unit,
+    detail for the sentence). `gates`: gate name -> {success, failed} for every gate that
+    ran. `stages_ran`: stage -> ran, for every stage that was expected or ran; a stage
+    listed with False was expected and did not run. `errors`: stage -> the message it
+    failed with (so the reason names what failed, not only that it did not run).
     """
     issues: list[str] = []
+    errors = errors or {}
     for stage in considered_stages(gates, stages_ran):
         gate_name = GATE_OF_STAGE.get(stage, stage)
         gate = gates.get(gate_name)
         ran = stages_ran.get(stage, gate is not None)
-        if not ran:
+        if not ran and errors.get(stage):
+            issues.append(f"{stage}: failed: {errors[stage]}")
+        elif not ran:
             issues.append(f"{stage}: did not run, so its gate '{gate_name}' counts as failed.")
         elif gate is None:
             issues.append(
@@ -160,20 +181,21 @@ def blocking_issues(
     unmeasured: dict[str, list[str]] = {}
     for row in criteria:
         stage = missing_source_stage(row)
-        if not row.get("valid") and stage:
+        if stage:
             unmeasured.setdefault(stage, []).append(str(row.get("name")))
     for stage, names in unmeasured.items():
+        why = f"failed ({errors[stage]})" if errors.get(stage) else "did not run"
         issues.append(
-            f"{len(names)} criteria not measured because the {stage} stage did not run: "
+            f"{len(names)} criteria not measured because the {stage} stage {why}: "
             f"{', '.join(names)}."
         )
     for row in criteria:
         name = row.get("name")
-        if not row.get("valid"):
-            if not missing_source_stage(row):
-                detail = row.get("detail") or "no detail"
-                issues.append(f"{name}: measurement not valid ({detail}).")
-        elif not row.get("met"):
+        status = status_of(row)
+        if status == Status.INVALID:
+            detail = row.get("detail") or "no detail"
+            issues.append(f"{name}: measurement not valid ({detail}).")
+        elif status == Status.MEASURED and not row.get("met"):
             op = "<=" if row.get("direction") == "max" else ">="
             unit = str(row.get("unit") or "")
             issues.append(
@@ -187,10 +209,11 @@ def decide(
     criteria: Sequence[Mapping[str, Any]],
     gates: Mapping[str, Mapping[str, Any]],
     stages_ran: Mapping[str, bool],
+    errors: Mapping[str, str] | None = None,
 ) -> Decision:
     """(decision, confidence, readiness_score, reasons) for one run; see the module doc."""
     score = readiness_score(gates)
-    issues = blocking_issues(criteria, gates, stages_ran)
+    issues = blocking_issues(criteria, gates, stages_ran, errors)
     terms = ", ".join(
         f"{label} {'passed' if all(_gate_passed(gates, s) for s in stages) else 'failed'}"
         f" ({weight:g})"
@@ -203,8 +226,16 @@ def decide(
             for s in considered_stages(gates, stages_ran)
             if GATE_OF_STAGE.get(s, s) in gates
         ]
+        not_applicable = [r for r in criteria if status_of(r) == Status.NOT_APPLICABLE]
+        measured = len(criteria) - len(not_applicable)
         reasons = [
-            f"All {len(criteria)} criteria are met with valid measurements.",
+            f"All {measured} criteria are met with valid measurements"
+            + (
+                f"; {len(not_applicable)} not applicable "
+                f"({', '.join(str(r.get('name')) for r in not_applicable)})."
+                if not_applicable
+                else "."
+            ),
             f"Every gate passed ({', '.join(ran)}).",
             f"Readiness score {score:.2f}: {terms}.",
         ]

@@ -112,7 +112,7 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
 <td class="num">{{ num(c.measured) }}</td>
 <td class="num">{{ pct(c.margin) }}</td>
 <td>{{ criterion_status(c) }}</td>
-<td class="num">{{ c.samples }}</td>
+<td class="num">{{ c.samples }}{% if c.min_samples %} (min {{ c.min_samples }}){% endif %}</td>
 <td>{{ link(c.evidence.table) }}<br>{{ link(c.evidence.gate) }}</td>
 </tr>
 {% endfor %}
@@ -282,6 +282,11 @@ def render_html(data: Mapping[str, Any], root: Path, plots: Sequence[Plot]) -> s
         return Markup('<span class="ok">yes</span>' if value else '<span class="bad">no</span>')
 
     def criterion_status(c: Mapping[str, Any]) -> Markup:
+        status = c.get("status")
+        if status == "not_applicable":
+            return Markup('<span class="na">not applicable</span>')
+        if status == "not_run":
+            return Markup('<span class="bad">not run</span>')
         if not c.get("valid"):
             return Markup('<span class="bad">invalid</span>')
         if c.get("met"):

@@ -183,7 +183,7 @@ def _memory_over_time(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     notes = []
     for table, time_column, label in (
         (load_table, "t_s", "load stage"),
-        (stress_table, "t", "stress stage"),
+        (stress_table, "t_s", "stress stage"),
     ):
         try:
             panels.append((table, _read(root, table, (time_column, "rss_mb")), time_column, label))

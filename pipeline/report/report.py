@@ -28,6 +28,7 @@ from pipeline.report.decision import (
 )
 from pipeline.report.readiness import PACKAGE_ITEM, package_item, readiness
 from pipeline.report.risks import derive_risks, headroom, is_marginal, recommendations
+from pipeline.stages.registry import STAGE_NAMES
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -42,7 +43,7 @@ __all__ = [
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
-DEFAULT_STAGES = ("build", "integration", "load", "stress", "infra", "certify")
+DEFAULT_STAGES = STAGE_NAMES
 SCHEMA_VERSION = 1
 
 
@@ -116,7 +117,9 @@ def _summary(
         "criteria": {
             "total": len(criteria),
             "met": sum(c["met"] for c in criteria),
-            "invalid": sum(not c["valid"] for c in criteria),
+            "invalid": sum(c["status"] == "invalid" for c in criteria),
+            "not_run": sum(c["status"] == "not_run" for c in criteria),
+            "not_applicable": sum(c["status"] == "not_applicable" for c in criteria),
             "marginal": sum(c["marginal"] for c in criteria),
         },
         "gates": {
@@ -174,13 +177,15 @@ def build_report_data(
         row["headroom"] = room
         row["marginal"] = is_marginal(row)
 
-    verdict = decide(criteria, gates, stages_ran)
-    issues = blocking_issues(criteria, gates, stages_ran)
+    errors = collect.stage_errors(root)
+    verdict = decide(criteria, gates, stages_ran, errors)
+    issues = blocking_issues(criteria, gates, stages_ran, errors)
     risks = derive_risks(criteria, gates, stages_ran)
     gates_section = _gates_section(gates, stages_ran)
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id or root.name,
+        "attempt_id": collect.current_attempt(root),
         "profile": profile or _profile(found),
         "conf": dict(conf or {}),
         "generated_by": _generated_by(),

@@ -19,8 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.names import Status
 from pipeline.report.collect import finite_number
-from pipeline.report.decision import GATE_OF_STAGE, considered_stages, missing_source_stage
+from pipeline.report.decision import (
+    GATE_OF_STAGE,
+    considered_stages,
+    missing_source_stage,
+    status_of,
+)
 
 __all__ = [
     "GATE_MITIGATIONS",
@@ -85,7 +91,7 @@ GATE_MITIGATIONS: dict[str, tuple[str, ...]] = {
     "load": ("fix the failing load scenarios (validity, latency, error rate)",),
     "stress": MITIGATIONS["reliability"],
     "infra": ("fix the HTTP service (health endpoints, /metrics, predictions over loopback)",),
-    "certification": ("address the unmet criteria",),
+    "certify": ("address the unmet criteria",),
 }
 
 
@@ -132,7 +138,14 @@ def _criterion_risk(row: Mapping[str, Any]) -> dict[str, Any] | None:
     measured = _fmt(row.get("measured"), unit)
     mitigation = MITIGATIONS.get(category, _DEFAULT_MITIGATION)
     room = headroom(row)
-    if not row.get("valid"):
+    status = status_of(row)
+    if status == Status.NOT_APPLICABLE:
+        if category != "model_quality":
+            return None
+        level = "low"
+        description = f"{name}: not applicable ({row.get('detail') or 'no reason given'})"
+        mitigation = ("declare the model's quality evidence (evaluation set, metric, threshold)",)
+    elif not row.get("valid"):
         level = "medium"
         description = f"{name}: measurement not valid: {row.get('detail') or 'no detail'}"
         stage = missing_source_stage(row)
@@ -216,7 +229,7 @@ def recommendations(
                     named.append(str(risk["area"]))
     lines = [f"{part} ({', '.join(named)})" for part, named in areas.items()]
     for row in criteria:
-        if not row.get("valid") and not missing_source_stage(row):
+        if status_of(row) == Status.INVALID:
             lines.append(
                 f"{row.get('name')}: measurement not valid ({row.get('detail') or 'no detail'}); "
                 f"{_RERUN}"

@@ -1,12 +1,13 @@
-"""The certification stages. Each is a plain function that reads the run folder and writes
-its result tables there; `run_stage` runs one stage and then its gate.
+"""The certification stages. Each is a module here with one runner, `run(ctx)`, declared in
+`pipeline.stages.registry` with the tables and summary it writes; `run_stage` runs one
+stage and then its gate.
 
     build        -> stages/build/models.csv           gate: build
     integration  -> stages/integration/checks.csv     gate: integration
     load         -> stages/load/scenarios.csv (+ more) gate: load
     stress       -> stages/stress/tests.csv           gate: stress
     infra        -> stages/infra/checks.csv           gate: infra
-    certify      -> stages/certify/criteria.csv       gate: certification
+    certify      -> stages/certify/criteria.csv       gate: certify
 """
 
 from __future__ import annotations
@@ -17,23 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGE_GATES", "STAGE_NAMES", "execute_stage", "run_stage"]
+from pipeline.stages.registry import STAGE_NAMES, STAGES, Stage, stage
 
-#: stage name -> the gate that validates its table
-STAGE_GATES = {
-    "build": "build",
-    "integration": "integration",
-    "load": "load",
-    "stress": "stress",
-    "infra": "infra",
-    "certify": "certification",
-}
-STAGE_NAMES = tuple(STAGE_GATES)
-
-
-def _check_name(name: str) -> None:
-    if name not in STAGE_GATES:
-        raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+__all__ = ["STAGES", "STAGE_NAMES", "Stage", "execute_stage", "run_stage", "stage"]
 
 
 def execute_stage(
@@ -42,39 +29,33 @@ def execute_stage(
     profile: str = "smoke",
     *,
     targets: Any = None,
+    attempt_id: str | None = None,
     snapshot_date: dt.date | str | None = None,
     models_file: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run stage `name` on `run_dir` (no gate); returns the stage's summary."""
-    from pipeline.profiles import load_profile
+    """Run stage `name` on `run_dir` (no gate); returns the stage's summary.
 
-    _check_name(name)
-    prof = load_profile(profile)
-    say = progress or (lambda _: None)
-    if name == "build":
-        from pipeline.stages.build import run_build
+    `targets` default to the run's own targets.yaml (else the project's targets file);
+    `attempt_id`, when given, must be the run's current attempt."""
+    from pipeline.stages.context import StageContext
 
-        return run_build(run_dir, snapshot_date, models_file, progress=say)
-    if name == "integration":
-        from pipeline.stages.integration import run_integration
-
-        return run_integration(run_dir, prof, progress=say)
-    if name == "load":
-        from pipeline.stages.load import run_load
-
-        return run_load(run_dir, prof, progress=say)
-    if name == "stress":
-        from pipeline.stages.stress import run_stress
-
-        return run_stress(run_dir, prof, progress=say)
-    if name == "infra":
-        from pipeline.stages.infra import run_infra
-
-        return run_infra(run_dir, prof, targets, progress=say)
-    from pipeline.stages.certify import run_certify
-
-    return run_certify(run_dir, targets, progress=say)
+    ctx = StageContext.open(
+        run_dir,
+        name,
+        profile,
+        targets=targets,
+        attempt_id=attempt_id,
+        snapshot_date=snapshot_date,
+        models_file=models_file,
+        progress=progress,
+    )
+    (ctx.run.root / "stages" / name / "error.json").unlink(missing_ok=True)
+    try:
+        return ctx.stage.load_runner()(ctx)
+    except Exception as exc:
+        ctx.run.record_stage_error(name, f"{type(exc).__name__}: {exc}", ctx.attempt_id)
+        raise
 
 
 def run_stage(
@@ -83,20 +64,22 @@ def run_stage(
     profile: str = "smoke",
     *,
     targets: Any = None,
+    attempt_id: str | None = None,
     snapshot_date: dt.date | str | None = None,
     models_file: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run stage `name` on `run_dir`, then its gate. Returns {stage, seconds, summary, gate}.
 
-    The targets (and profile) are validated before the stage starts, so a malformed
-    targets.yaml fails fast. A failed gate is reported in the result, not raised.
+    The targets and profile are validated before the stage starts, so a malformed targets
+    file fails fast. A failed gate is reported in the result, not raised.
     """
     from pipeline.gates import run_gate
-    from pipeline.targets import load_targets
+    from pipeline.stages.common import RunDir
+    from pipeline.stages.context import run_targets
 
-    _check_name(name)
-    targets = targets if targets is not None else load_targets()  # execute_stage checks the profile
+    spec = stage(name)
+    targets = targets if targets is not None else run_targets(RunDir.of(run_dir))
     say = progress or (lambda _: None)
     started = time.perf_counter()
     summary = execute_stage(
@@ -104,12 +87,13 @@ def run_stage(
         run_dir,
         profile,
         targets=targets,
+        attempt_id=attempt_id,
         snapshot_date=snapshot_date,
         models_file=models_file,
         progress=say,
     )
     seconds = time.perf_counter() - started
-    gate = run_gate(STAGE_GATES[name], run_dir, targets)
+    gate = run_gate(spec.gate, run_dir, targets)
     verdict = "passed" if gate.success else "FAILED: " + "; ".join(gate.failed)
     say(f"gate {gate.stage}: {verdict} ({gate.path})")
     return {

@@ -4,48 +4,44 @@ model file whether its checksum verifies, its parity, and whether it serves fini
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pipeline._io import sha256_file
-from pipeline.stages.common import RunDir, host_facts, write_table
+from pipeline.stages.common import RunDir
+from pipeline.stages.context import StageContext
 
-__all__ = ["record_build", "run_build"]
-
-STAGE = "build"
+__all__ = ["record_build", "run"]
 
 
-def run_build(
-    run_dir: str | Path,
-    snapshot_date: dt.date | str | None = None,
-    models_file: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Build the snapshot for `snapshot_date` into the run folder and record it."""
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Build the snapshot for the context's date into the run folder and record it."""
     from pipeline.build import build_models
 
-    run = RunDir.of(run_dir)
     started = time.perf_counter()
     result = build_models(
-        run.models, snapshot_date=snapshot_date, models_file=models_file, progress=progress
+        ctx.run.models,
+        snapshot_date=ctx.snapshot_date,
+        models_file=ctx.models_file,
+        progress=ctx.progress,
     )
-    summary = record_build(run)
-    summary["build_seconds"] = time.perf_counter() - started
-    summary["snapshot_date"] = result.snapshot_date.isoformat()
-    run.write_summary(STAGE, summary)
-    return summary
+    return record_build(
+        ctx,
+        snapshot_date=result.snapshot_date.isoformat(),
+        build_seconds=time.perf_counter() - started,
+    )
 
 
-def record_build(run_dir: str | Path | RunDir) -> dict[str, Any]:
-    """Verify what is in `<run>/models` and write the build table (no rebuild)."""
+def record_build(ctx: StageContext | RunDir | Any, **extra: Any) -> dict[str, Any]:
+    """Verify what is in `<run>/models` and write the build table and summary (no rebuild);
+    `extra` keys go into the summary. Returns the summary."""
     from pipeline.inference import ProductionModelManager
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.of(run_dir)
-    info = run.model_info()
-    manager = ProductionModelManager(run.models, strict=True)
+    if not isinstance(ctx, StageContext):
+        ctx = StageContext.open(ctx, "build")
+    info = ctx.run.model_info()
+    dates = sorted({str(e.get("snapshot_date")) for e in info.values() if e.get("snapshot_date")})
+    manager = ProductionModelManager(ctx.run.models, strict=True)
     rows = []
     for name, entry in sorted(info.items()):
         parity = entry.get("parity") or {}
@@ -53,7 +49,7 @@ def record_build(run_dir: str | Path | RunDir) -> dict[str, Any]:
             (float(v) for v in (parity.get("max_abs_diff") or {}).values()), default=float("nan")
         )
         for fmt, file in sorted((entry.get("files") or {}).items()):
-            path = run.models / file["path"]
+            path = ctx.run.models / file["path"]
             verified = path.exists() and sha256_file(path) == file.get("sha256")
             key = f"{name}_{fmt}"
             loaded = manager.load_model(key)  # strict: verifies sha256, warms up, checks NaN
@@ -73,9 +69,9 @@ def record_build(run_dir: str | Path | RunDir) -> dict[str, Any]:
             )
             if loaded:
                 manager.unload_model(key)
-    write_table(rows, run.stage(STAGE) / "models.csv")
-    return {
-        "host": host_facts(),
+    ctx.write_table("models", rows)
+    summary = {
+        "snapshot_date": ctx.snapshot_date or (dates[0] if len(dates) == 1 else ""),
         "models": {
             n: {
                 "version": e.get("version"),
@@ -85,4 +81,6 @@ def record_build(run_dir: str | Path | RunDir) -> dict[str, Any]:
             for n, e in info.items()
         },
         "rows": len(rows),
+        **extra,
     }
+    return ctx.write_summary(summary)

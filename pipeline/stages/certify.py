@@ -1,13 +1,16 @@
-"""Certification stage: every target of `targets.yaml`, measured from this run's tables.
+"""Certification stage: every target of the run's targets, measured from this attempt's
+tables.
 
-No criterion is a constant: each `measured` value is read from a table a stage of this run
-wrote, with its sample count and validity; a stage that did not run leaves its criteria
-unmet with the reason. The rule is the original plan's: a maximum passes at
+No criterion is a constant: each is a `Criterion` (pipeline.verdicts) whose measured value
+comes from a table or summary a stage of this attempt wrote, with its sample count against
+the minimum it needs; a stage that failed or did not run leaves its criteria NOT_RUN with
+that stage's own message. The rule is the original plan's: a maximum passes at
 <= target x (1 + tolerance), a minimum at >= target x (1 - tolerance).
 
 Definitions (also in the README):
-- latency (average, p95, p99): every request of the load scenarios after warm-up, measured
-  from the time a user meant to send it to its response, through the engine process;
+- latency (average, p95, p99): every request of the load scenarios after warm-up (requests
+  marked `warmup` in requests.csv are excluded), measured from the time a user meant to
+  send it to its response, through the engine process;
 - sustained throughput: the capacity search's highest open-loop rate with p99 within the
   p99 target, success >= 99% and a generator that kept up (a search cap means "at least");
 - peak throughput: the median of three bursts, completed requests per second;
@@ -23,7 +26,6 @@ Definitions (also in the README):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -32,158 +34,193 @@ from typing import Any
 import numpy as np
 
 from pipeline.loadgen import min_samples_for
-from pipeline.stages.common import RunDir, host_facts, write_table
+from pipeline.names import Status
+from pipeline.stages.context import StageContext
+from pipeline.verdicts import Criterion, Measurement, NotApplicable, NotRun, judge
 
-__all__ = ["measure_targets", "run_certify"]
+__all__ = ["MEASURES", "measure_targets", "run"]
 
-STAGE = "certify"
-
-
-class _Missing(Exception):
-    pass
+#: samples a mean latency or a success rate needs to be claimed
+MIN_REQUESTS = 100
 
 
-class _Tables:
-    """The run's tables and summaries, each read at most once per certification."""
+class Evidence:
+    """This attempt's tables and summaries, each read at most once per certification; a
+    missing one raises NotRun with its stage's own error when it left one."""
 
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-        self._csv: dict[str, Any] = {}
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self._tables: dict[tuple[str, str], Any] = {}
         self._summaries: dict[str, dict[str, Any]] = {}
-        self._requests: Any = None
 
-    def csv(self, relative: str):
-        if relative not in self._csv:
-            import pandas as pd
+    def _not_run(self, stage: str, what: str) -> NotRun:
+        error = self.ctx.run.stage_error(stage)
+        if error:
+            return NotRun(stage, f"not run: the {stage} stage failed: {error}")
+        return NotRun(stage, f"not run: {what} is missing (the {stage} stage did not run)")
 
-            path = self.run.root / relative
-            if not path.exists():
-                raise _Missing(f"{relative} is missing (its stage did not run)")
-            self._csv[relative] = pd.read_csv(path, keep_default_na=True)
-        return self._csv[relative]
+    def table(self, stage: str, name: str):
+        key = (stage, name)
+        if key not in self._tables:
+            frame = self.ctx.table_of(stage, name)
+            if frame is None:
+                raise self._not_run(stage, f"stages/{stage}/{name}.csv")
+            self._tables[key] = frame
+        return self._tables[key]
 
     def summary(self, stage: str) -> dict[str, Any]:
         if stage not in self._summaries:
-            path = self.run.root / "stages" / stage / "summary.json"
-            if not path.exists():
-                raise _Missing(
-                    f"stages/{stage}/summary.json is missing (the {stage} stage did not run)"
-                )
-            self._summaries[stage] = json.loads(path.read_text())
+            found = self.ctx.summary_of(stage)
+            if found is None:
+                raise self._not_run(stage, f"stages/{stage}/summary.json")
+            self._summaries[stage] = found
         return self._summaries[stage]
 
     def load_requests(self):
         """Load-scenario requests after each scenario's warm-up."""
-        if self._requests is None:
-            requests = self.csv("stages/load/requests.csv")
-            warmup = float(self.summary("load").get("warmup_s", 0.0) or 0.0)
-            self._requests = requests[requests["scheduled_s"] >= warmup] if warmup else requests
-        return self._requests
+        requests = self.table("load", "requests")
+        return requests[~requests["warmup"].astype(bool)]
 
 
-def _latency(q: float | None):
-    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
-        requests = tables.load_requests()
-        lat = requests["latency_ms"].to_numpy()
+Measure = Callable[[Evidence], Measurement]
+
+
+def _latency(q: float | None) -> tuple[Measure, str]:
+    def measure(ev: Evidence) -> Measurement:
+        lat = ev.load_requests()["latency_ms"].to_numpy(dtype=float)
+        lat = lat[np.isfinite(lat)]
+        need = min_samples_for(q) if q else MIN_REQUESTS
         if not len(lat):
-            return math.nan, 0, False, "no load requests"
+            return Measurement(math.nan, 0, need, "no load-scenario request was answered")
         value = float(lat.mean()) if q is None else float(np.percentile(lat, q))
-        need = min_samples_for(q) if q else 20
         what = "mean" if q is None else f"p{q:g}"
-        return (
+        warmup_s = ev.summary("load")["warmup_s"]
+        return Measurement(
             value,
             len(lat),
-            len(lat) >= need,
-            (f"{what} over {len(lat)} load-scenario requests (needs >= {need} samples)"),
+            need,
+            f"{what} over {len(lat)} load-scenario requests after a {warmup_s:g} s warm-up "
+            f"per scenario (needs >= {need} samples)",
         )
 
     return measure, "stages/load/requests.csv"
 
 
-def _from_load(
-    path: list[str],
-    what: str,
-    valid_if: Callable[[dict], bool] | None = None,
-    samples_of: Callable[[dict], int] | None = None,
-):
-    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
-        summary = tables.summary("load")
-        node: Any = summary
-        for key in path:
-            node = node[key]
-        if samples_of is not None:
-            samples = int(samples_of(summary))
-        else:
-            samples = int(summary.get("overall", {}).get("requests", 0))
-        valid = valid_if(summary) if valid_if else True
-        return float(node), samples, valid, what
-
-    return measure, "stages/load/summary.json"
-
-
-def _success(error: bool):
-    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
-        requests = tables.load_requests()
+def _success(error: bool) -> tuple[Measure, str]:
+    def measure(ev: Evidence) -> Measurement:
+        requests = ev.load_requests()
         n = len(requests)
-        rate = float(requests["success"].mean()) if n else math.nan
-        value = 1.0 - rate if error else rate
-        return value, n, n >= 100, f"over {n} load-scenario requests after warm-up"
+        rate = float(requests["success"].astype(bool).mean()) if n else math.nan
+        return Measurement(
+            1.0 - rate if error else rate,
+            n,
+            MIN_REQUESTS,
+            f"over {n} load-scenario requests after warm-up (lost requests count as errors)",
+        )
 
     return measure, "stages/load/requests.csv"
 
 
-def _integration(check: str, reduce: str = "single"):
-    def measure(tables: _Tables) -> tuple[float, int, bool, str]:
-        checks = tables.csv("stages/integration/checks.csv")
+def _sustained(ev: Evidence) -> Measurement:
+    cap = ev.summary("load")["capacity"]
+    capped = " (the search's cap: capacity is at least this)" if cap["capped"] else ""
+    return Measurement(
+        float(cap["max_sustained_rps"]),
+        int(cap["best_samples"]) if cap["trials"] else 0,
+        1,
+        f"highest open-loop rate with p99 <= {cap['p99_bound_ms']:g} ms, success >= 99%, "
+        f"generator valid, over {cap['trials']} trials{capped}",
+    )
+
+
+def _peak(ev: Evidence) -> Measurement:
+    peak = ev.summary("load")["peak"]
+    samples = sum(int(b["requests"]) for b in peak["bursts"])
+    return Measurement(
+        float(peak["throughput_rps"]),
+        samples,
+        1,
+        f"median of {len(peak['bursts'])} bursts of {peak['burst_requests']} requests",
+    )
+
+
+def _memory(ev: Evidence) -> Measurement:
+    memory = ev.summary("load")["memory"]
+    samples = len(ev.table("load", "resources"))
+    return Measurement(
+        float(memory["peak_rss_mb"]),
+        samples,
+        1,
+        f"peak RSS of the engine process ({samples} samples)",
+    )
+
+
+def _reuse(ev: Evidence) -> Measurement:
+    memory = ev.summary("load")["memory"]
+    value = memory.get("pool_reuse_ratio")
+    allocations = int(memory.get("pool_allocations") or 0)
+    return Measurement(
+        math.nan if value is None else float(value),
+        allocations,
+        1,
+        f"pool buffer reuse ratio over {allocations} allocations",
+    )
+
+
+def _concurrency(ev: Evidence) -> Measurement:
+    conc = ev.summary("load")["concurrency"]
+    return Measurement(
+        float(conc["supported_users"]),
+        len(conc["levels_tested"]),
+        1,
+        f"largest user count of levels {conc['levels_tested']} with "
+        f"{conc.get('criterion', '>= 95% success, p95 ok')}",
+    )
+
+
+def _cache(ev: Evidence) -> Measurement:
+    cache = ev.summary("load")["cache"]
+    return Measurement(
+        float(cache["hit_rate"]),
+        int(cache["requests"]),
+        1,
+        f"engine cache hits / {cache['requests']} Zipf requests",
+    )
+
+
+def _integration(check: str, reduce: str = "single") -> tuple[Measure, str]:
+    def measure(ev: Evidence) -> Measurement:
+        checks = ev.table("integration", "checks")
         rows = checks[checks["check"].astype(str).str.startswith(check)]
+        rows = rows[rows["status"] != str(Status.NOT_APPLICABLE)]
         if rows.empty:
-            raise _Missing(f"no '{check}' rows in stages/integration/checks.csv")
+            raise NotApplicable(f"no '{check}' check applies to this run's models")
         values = rows["measured"].astype(float)
         if values.isna().any():
-            return math.nan, len(rows), False, f"{check}: a check could not measure"
-        if reduce == "max":
-            return float(values.max()), len(rows), True, f"worst of {len(rows)} {check} checks"
-        if reduce == "min":
-            return float(values.min()), len(rows), True, f"worst of {len(rows)} {check} checks"
-        return float(values.iloc[0]), 1, True, str(rows["detail"].iloc[0])
+            return Measurement(
+                math.nan, len(rows), len(rows), f"{check}: a check could not measure"
+            )
+        if reduce in ("max", "min"):
+            value = float(values.max() if reduce == "max" else values.min())
+            return Measurement(value, len(rows), 1, f"worst of {len(rows)} {check} checks")
+        return Measurement(float(values.iloc[0]), 1, 1, str(rows["detail"].iloc[0]))
 
     return measure, "stages/integration/checks.csv"
 
 
-def _capacity_valid(summary: dict) -> bool:
-    return summary.get("capacity", {}).get("trials", 0) > 0
-
-
-#: target name -> (measure(tables) -> (value, samples, valid, detail), source table)
-MEASURES: dict[str, tuple[Callable[[_Tables], tuple[float, int, bool, str]], str]] = {
+#: metric name -> (measure(evidence) -> Measurement, the table or summary it reads)
+MEASURES: dict[str, tuple[Measure, str]] = {
     "average_inference_latency_ms": _latency(None),
     "p95_latency_ms": _latency(95),
     "p99_latency_ms": _latency(99),
-    "sustained_throughput_rps": _from_load(
-        ["capacity", "max_sustained_rps"],
-        "highest open-loop rate with p99 within target, success >= 99%, generator valid",
-        _capacity_valid,
-        lambda s: s["capacity"].get("best_samples", 0),
-    ),
-    "peak_throughput_rps": _from_load(
-        ["peak", "throughput_rps"],
-        "median of three bursts",
-        samples_of=lambda s: sum(b["requests"] for b in s["peak"]["bursts"]),
-    ),
-    "memory_usage_mb": _from_load(["memory", "peak_rss_mb"], "peak RSS of the engine process"),
-    "memory_efficiency": _from_load(["memory", "pool_reuse_ratio"], "pool buffer reuse ratio"),
+    "sustained_throughput_rps": (_sustained, "stages/load/summary.json"),
+    "peak_throughput_rps": (_peak, "stages/load/summary.json"),
+    "memory_usage_mb": (_memory, "stages/load/summary.json"),
+    "memory_efficiency": (_reuse, "stages/load/summary.json"),
     "success_rate": _success(error=False),
     "error_rate": _success(error=True),
-    "concurrent_users_supported": _from_load(
-        ["concurrency", "supported_users"],
-        "largest user count with >= 95% success, p95 ok",
-        samples_of=lambda s: len(s["concurrency"]["levels_tested"]),
-    ),
-    "cache_hit_rate": _from_load(
-        ["cache", "hit_rate"],
-        "engine cache hits / Zipf requests",
-        samples_of=lambda s: s["cache"]["requests"],
-    ),
+    "concurrent_users_supported": (_concurrency, "stages/load/summary.json"),
+    "cache_hit_rate": (_cache, "stages/load/summary.json"),
     "routing_accuracy": _integration("model_sla_routing_accuracy", "min"),
     "quality_correlation": _integration("model_sla_quality_correlation", "min"),
     "model_initialization_s": _integration("initialization"),
@@ -191,73 +228,53 @@ MEASURES: dict[str, tuple[Callable[[_Tables], tuple[float, int, bool, str]], str
 }
 
 
-def measure_targets(run_dir: str | Path | RunDir, targets=None) -> list[dict[str, Any]]:
-    """One criterion row per target, measured from the run's tables."""
-    from pipeline.targets import load_targets
-
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.of(run_dir)
-    tables = _Tables(run)
-    targets = targets or load_targets()
-    rows = []
-    for target in targets.values():
-        measure, source = MEASURES.get(target.name, (None, ""))
+def measure_targets(
+    ctx: StageContext | str | Path, targets=None, profile: str = "smoke"
+) -> list[Criterion]:
+    """One criterion per target of the run, measured from this attempt's tables."""
+    if not isinstance(ctx, StageContext):
+        ctx = StageContext.open(ctx, "certify", profile, targets=targets)
+    evidence = Evidence(ctx)
+    criteria = []
+    for target in (targets or ctx.targets).values():
+        measure, source = MEASURES[target.name]
         try:
-            if measure is None:
-                raise _Missing(f"relcert has no measurement for target {target.name!r}")
-            value, samples, valid, detail = measure(tables)
-        except _Missing as exc:
-            value, samples, valid, detail = math.nan, 0, False, str(exc)
-        except (KeyError, TypeError, ValueError) as exc:
-            value, samples, valid, detail = math.nan, 0, False, f"could not measure: {exc!r}"
-        met = bool(valid and target.passes(value))
-        rows.append(
-            {
-                "name": target.name,
-                "category": target.category,
-                "target": target.target,
-                "tolerance": target.tolerance,
-                "direction": target.direction,
-                "threshold": target.threshold,
-                "measured": value,
-                "met": met,
-                "valid": bool(valid),
-                "samples": int(samples),
-                "source": source,
-                "detail": detail,
-                "unit": target.unit,
-            }
-        )
-    return rows
+            criterion = judge(target, source, measure(evidence))
+        except NotRun as exc:
+            criterion = judge(target, source, status=Status.NOT_RUN, detail=str(exc))
+        except NotApplicable as exc:
+            criterion = judge(target, source, status=Status.NOT_APPLICABLE, detail=str(exc))
+        criteria.append(criterion)
+    return criteria
 
 
-def run_certify(
-    run_dir: str | Path,
-    targets=None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Measure every target, write stages/certify/criteria.csv and summary.json."""
-    run = RunDir.of(run_dir)
-    say = progress or (lambda _: None)
-    rows = measure_targets(run, targets)
-    write_table(rows, run.stage(STAGE) / "criteria.csv")
-    unmet = [r["name"] for r in rows if not r["met"]]
-    for r in rows:
-        mark = "met" if r["met"] else ("INVALID" if not r["valid"] else "NOT MET")
-        say(
-            f"certify: {r['name']:30s} {r['measured']:>12.4g} {r['unit']:8s} "
-            f"({r['direction']} {r['threshold']:.4g}) {mark}"
+    criteria = measure_targets(ctx)
+    ctx.write_table("criteria", [c.row() for c in criteria])
+    for c in criteria:
+        mark = (
+            "met" if c.met else str(c.status).upper() if c.status != Status.MEASURED else "NOT MET"
         )
-    summary = {
-        "host": host_facts(),
-        "criteria": len(rows),
-        "met": len(rows) - len(unmet),
-        "unmet": unmet,
-        "certification_passed": not unmet,
-        "by_category": {},
-    }
-    for r in rows:
-        cat = summary["by_category"].setdefault(r["category"], {"met": 0, "total": 0})
+        ctx.say(
+            f"certify: {c.name:30s} {c.measured:>12.4g} {c.unit:8s} "
+            f"({c.direction} {c.threshold:.4g}) {mark}"
+        )
+    unmet = [c.name for c in criteria if c.blocks_approval]
+    by_category: dict[str, dict[str, int]] = {}
+    by_status: dict[str, int] = {}
+    for c in criteria:
+        cat = by_category.setdefault(c.category, {"met": 0, "total": 0})
         cat["total"] += 1
-        cat["met"] += r["met"]
-    run.write_summary(STAGE, summary)
-    return summary
+        cat["met"] += c.met
+        by_status[str(c.status)] = by_status.get(str(c.status), 0) + 1
+    return ctx.write_summary(
+        {
+            "criteria": len(criteria),
+            "met": sum(c.met for c in criteria),
+            "unmet": unmet,
+            "certification_passed": not unmet,
+            "by_category": by_category,
+            "by_status": by_status,
+        }
+    )

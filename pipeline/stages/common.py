@@ -1,10 +1,14 @@
-"""What every stage shares: the run folder's layout, atomic table writes, request inputs."""
+"""What every stage shares: the run folder's layout and attempts, atomic table writes,
+request inputs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import platform
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +16,13 @@ from typing import Any
 import numpy as np
 
 from pipeline._io import atomic_write_json, atomic_write_text
+from pipeline.stages.contracts import ATTEMPT_COLUMN, ContractError
 
 __all__ = [
+    "ATTEMPT_FILE",
     "RunDir",
     "StageError",
+    "StaleAttempt",
     "check_row",
     "input_pool",
     "model_names",
@@ -29,6 +36,22 @@ SERVING_FORMAT = "onnx"
 
 class StageError(RuntimeError):
     """A stage could not run (missing inputs, a model that does not load, ...)."""
+
+
+class StaleAttempt(StageError):
+    """Evidence or a task belongs to another attempt of the run than the current one."""
+
+
+#: the run folder's record of its current attempt
+ATTEMPT_FILE = "attempt.json"
+#: where earlier attempts' evidence is moved (never deleted)
+ATTEMPTS_DIR = "attempts"
+
+
+def new_attempt_id() -> str:
+    """A fresh attempt id: UTC time (sortable) and random bits (unique)."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{now}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -56,8 +79,99 @@ class RunDir:
             raise StageError(f"{path} is missing: run the build stage first")
         return json.loads(path.read_text())
 
+    # ------------------------------------------------------------------ attempts
+    def attempt_id(self, create: bool = True) -> str | None:
+        """The run's current attempt (`attempt.json`); a folder without one gets one now
+        (unless `create` is False: then None)."""
+        path = self.root / ATTEMPT_FILE
+        try:
+            return str(json.loads(path.read_text())[ATTEMPT_COLUMN])
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError):
+            raise StageError(f"{path} is not a relcert attempt record") from None
+        if not create:
+            return None
+        return self._write_attempt(new_attempt_id())
+
+    def start_attempt(self, attempt_id: str | None = None) -> str:
+        """Begin a new attempt of this run: everything an earlier attempt left in the folder
+        moves to `attempts/<its id>/` (evidence is kept, never read as this attempt's)."""
+        old = self.attempt_id(create=False)
+        leftovers = (
+            [p for p in self.root.iterdir() if p.name != ATTEMPTS_DIR] if self.root.is_dir() else []
+        )
+        if leftovers:
+            aside = self.root / ATTEMPTS_DIR / (old or f"unrecorded-{new_attempt_id()}")
+            aside.mkdir(parents=True, exist_ok=True)
+            for path in leftovers:
+                shutil.move(str(path), str(aside / path.name))
+        return self._write_attempt(attempt_id or new_attempt_id())
+
+    def _write_attempt(self, attempt_id: str) -> str:
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        atomic_write_json(
+            self.root / ATTEMPT_FILE, {ATTEMPT_COLUMN: attempt_id, "started_at": started}
+        )
+        return attempt_id
+
+    # ------------------------------------------------------------------ failures
+    def record_stage_error(self, stage: str, message: str, attempt_id: str | None = None) -> Path:
+        """Record why a stage failed (stages/<stage>/error.json), so certification, the
+        report and the view can say what failed instead of "did not run"."""
+        return atomic_write_json(
+            self.stage(stage) / "error.json",
+            {
+                "stage": stage,
+                ATTEMPT_COLUMN: attempt_id or self.attempt_id(),
+                "error": message,
+            },
+        )
+
+    def stage_error(self, stage: str) -> str | None:
+        """The message of this attempt's failure of `stage`, if it recorded one."""
+        path = self.root / "stages" / stage / "error.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get(ATTEMPT_COLUMN) != self.attempt_id(create=False):
+            return None
+        return str(data.get("error") or "") or None
+
+    # ------------------------------------------------------------------ summaries
     def write_summary(self, stage: str, summary: dict[str, Any]) -> Path:
-        return atomic_write_json(self.stage(stage) / "summary.json", _jsonable(summary))
+        """Write a stage's summary.json after checking it against the stage's contract."""
+        from pipeline.stages.registry import summary_contract
+
+        data = _jsonable(summary)
+        summary_contract(stage).check(data)
+        return atomic_write_json(self.stage(stage) / "summary.json", data)
+
+    def read_summary(self, stage: str, attempt_id: str | None = None) -> dict[str, Any] | None:
+        """A stage's summary.json when it exists, follows its contract and belongs to
+        `attempt_id` (default: the current attempt); None when the stage left none.
+        Raises StageError for a summary that breaks its contract or is another attempt's."""
+        from pipeline.stages.registry import summary_contract
+
+        path = self.root / "stages" / stage / "summary.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StageError(f"{path} is not valid JSON: {exc}") from None
+        try:
+            summary_contract(stage).check(data)
+        except ContractError as exc:
+            raise StageError(str(exc)) from None
+        wanted = attempt_id or self.attempt_id(create=False)
+        if data[ATTEMPT_COLUMN] != wanted:
+            raise StaleAttempt(
+                f"stages/{stage}/summary.json is from attempt {data[ATTEMPT_COLUMN]}, not the "
+                f"current attempt {wanted}"
+            )
+        return data
 
 
 def host_facts() -> dict[str, Any]:
@@ -96,12 +210,20 @@ def check_row(
     unit: str = "",
     limit: float = float("nan"),
     detail: str = "",
+    status: str = "measured",
 ) -> dict[str, Any]:
-    """One row of a checks table (integration, infra): the gates' contract columns."""
+    """One row of a checks table (integration, infra): the gates' contract columns.
+
+    `status` (pipeline.names.Status): a not-applicable check records why in `detail` and
+    is written with passed False; it neither passes nor fails the gate."""
+    from pipeline.names import Status
+
+    status = Status(status)
     return {
         "check": check,
         "model": model,
-        "passed": bool(passed),
+        "status": str(status),
+        "passed": bool(passed) and status == Status.MEASURED,
         "measured": float(measured),
         "unit": unit,
         "limit": float(limit),

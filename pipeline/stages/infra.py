@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,12 @@ import numpy as np
 from pipeline._io import atomic_write_text
 from pipeline._proc import stop_process_group
 from pipeline.loadgen import run_open_loop, summarize
-from pipeline.profiles import Profile, load_profile
-from pipeline.stages.common import (
-    RunDir,
-    StageError,
-    check_row,
-    host_facts,
-    input_pool,
-    write_table,
-)
+from pipeline.stages.common import StageError, check_row, input_pool
+from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import ResourceSampler
 
-__all__ = ["ServerProcess", "run_infra"]
+__all__ = ["ServerProcess", "run"]
 
-STAGE = "infra"
 ENDPOINTS = {
     "quality_predictor": "/api/v1/predict/quality",
     "routing_classifier": "/api/v1/predict/routing",
@@ -120,14 +111,9 @@ class ServerProcess:
         return "\n".join(self._hidden(text).splitlines()[-lines:])
 
 
-def run_infra(
-    run_dir: str | Path,
-    profile: Profile | str = "smoke",
-    targets: Any = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Run the infra stage; returns its summary (also stages/infra/summary.json)."""
-    return asyncio.run(_run(RunDir.of(run_dir), profile, targets, progress or (lambda _: None)))
+    return asyncio.run(_run(ctx))
 
 
 async def _wait_ready(client, server: ServerProcess, timeout_s: float) -> tuple[bool, float, str]:
@@ -146,23 +132,20 @@ async def _wait_ready(client, server: ServerProcess, timeout_s: float) -> tuple[
     return False, time.perf_counter() - started, f"not ready after {timeout_s:g} s: {last}"
 
 
-async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str], None]) -> dict:
+async def _run(ctx: StageContext) -> dict:
     from pipeline.inference import ProductionInferenceEngine, ProductionModelManager
     from pipeline.serve.client import HttpLoadClient
-    from pipeline.targets import load_targets
 
-    profile = load_profile(profile) if isinstance(profile, str) else profile
-    targets = targets or load_targets()
-    cfg = profile.get("infra") or {"rates": [100, 200], "duration_s": 3.0, "warmup_s": 0.5}
+    run, profile, targets, say = ctx.run, ctx.profile, ctx.targets, ctx.say
+    cfg = profile.infra
     info = run.model_info()
     served = {
         n: e for n, e in sorted(info.items()) if n in ENDPOINTS and "onnx" in (e.get("files") or {})
     }
-    folder = run.stage(STAGE)
+    folder = ctx.folder
     rows: list[dict[str, Any]] = []
     load_rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"profile": profile.name, "host": host_facts()}
-    started = time.perf_counter()
+    summary: dict[str, Any] = {}
     if not served:
         rows.append(
             check_row(
@@ -173,9 +156,8 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
                 "endpoint (quality_predictor / routing_classifier in ONNX)",
             )
         )
-        write_table(rows, folder / "checks.csv")
-        run.write_summary(STAGE, summary)
-        return summary
+        ctx.write_table("checks", rows)
+        return ctx.write_summary({"checks": len(rows), "failed": ["service:all"]})
 
     # golden inputs and the in-process engine's outputs for them
     manager = ProductionModelManager(run.models)
@@ -192,7 +174,7 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
                 )
             )
             continue
-        xs = input_pool(run, info, name, 8, seed=41)
+        xs = input_pool(run, info, name, 8, seed=profile.seeds.infra)
         outs = [r.output for r in await engine.predict_batch(f"{name}_onnx", xs)]
         golden[name] = [
             (dict(zip(entry["feature_names"], map(float, x), strict=True)), o)
@@ -245,11 +227,10 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
             "peak RSS of the service process during the stage",
         )
     )
-    write_table(rows, folder / "checks.csv")
-    write_table(load_rows, folder / "load.csv")
-    write_table(
-        [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in sampler.samples],
-        folder / "resources.csv",
+    ctx.write_table("checks", rows)
+    ctx.write_table("load", load_rows)
+    ctx.write_table(
+        "resources", [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in sampler.samples]
     )
     failed = [f"{r['check']}:{r['model']}" for r in rows if not r["passed"]]
     summary.update(
@@ -261,10 +242,9 @@ async def _run(run: RunDir, profile: Profile | str, targets, say: Callable[[str]
             "peak_rss_mb": peak,
             "mean_cpu_percent": sampler.mean_cpu_percent(),
             "load": load_rows,
-            "seconds": time.perf_counter() - started,
         }
     )
-    run.write_summary(STAGE, summary)
+    summary = ctx.write_summary(summary)
     say(
         f"infra: {len(rows) - len(failed)}/{len(rows)} checks passed"
         + (f"; failed: {', '.join(failed)}" if failed else "")
@@ -371,7 +351,7 @@ async def _load(client, served, golden, cfg, targets, claim, say) -> tuple[list,
     paths = [ENDPOINTS[n] for n in names]
     p99_bound = targets["p99_latency_ms"].threshold
     rows, checks = [], []
-    for rate in cfg["rates"]:
+    for rate in cfg.rates:
 
         def send(i: int, rate=rate):
             m = i % len(names)
@@ -380,8 +360,8 @@ async def _load(client, served, golden, cfg, targets, claim, say) -> tuple[list,
         record = await run_open_loop(
             send,
             float(rate),
-            float(cfg["duration_s"]),
-            warmup_s=float(cfg["warmup_s"]),
+            cfg.duration_s,
+            warmup_s=cfg.warmup_s,
             seed=int(rate),
         )
         s = summarize(record, percentile=claim, max_issue_delay_ms=10.0)

@@ -1,8 +1,9 @@
 """Integration stage: the original plan's end-to-end checks, on the real engine.
 
-One row per check in `stages/integration/checks.csv` (check, model, passed, measured, unit,
-limit, detail). Nothing is mocked: every step of the cross-model workflow is a real
-inference, and the validation call measures the engine it validates.
+One row per check in `stages/integration/checks.csv` (check, model, status, passed,
+measured, unit, limit, detail). Nothing is mocked: every step of the cross-model workflow
+is a real inference, and the validation call measures the engine it validates. Each check
+is a named step below, run in order by `run`.
 """
 
 from __future__ import annotations
@@ -10,23 +11,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.profiles import Profile, load_profile
-from pipeline.stages.common import RunDir, check_row, host_facts, input_pool, write_table
+from pipeline.loadgen import percentiles, run_users
+from pipeline.stages.common import check_row, input_pool
+from pipeline.stages.context import StageContext
 
-__all__ = ["run_integration", "validate_performance"]
+__all__ = ["run", "validate_performance"]
 
-STAGE = "integration"
 PARITY_PROBES = 256
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+#: requests per model for the end-to-end check, and per model for the batching check
+END_TO_END_REQUESTS = 50
+BATCH_PROBE = 8
+#: the plan's memory-check bounds: pool size, RSS growth and buffer reuse
+POOL_LIMIT_MB = 400.0
+RSS_GROWTH_LIMIT_MB = 100.0
+MIN_REUSE = 0.3
 
 
 async def validate_performance(
@@ -62,57 +65,64 @@ async def validate_performance(
         engine_mb += engine.memory_pool.get_memory_stats().current_pool_size_mb
     if engine.cache is not None:
         engine_mb += engine.cache.memory_bytes() / 2**20
+    p = percentiles(latencies)
     return {
         "requests": len(latencies),
         "success_rate": ok / len(latencies) if latencies else 0.0,
-        "mean_latency_ms": float(np.mean(latencies)) if latencies else float("nan"),
-        "p95_latency_ms": _pct(latencies, 95),
+        "mean_latency_ms": p.mean_ms,
+        "p95_latency_ms": p.p95_ms,
         "throughput_rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
         "memory_mb": engine_mb,
         "process_rss_mb": psutil.Process().memory_info().rss / 2**20,
     }
 
 
-def run_integration(
-    run_dir: str | Path,
-    profile: Profile | str = "smoke",
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run every integration check; write checks.csv and summary.json; return the summary."""
-    return asyncio.run(_run(RunDir.of(run_dir), profile, progress or (lambda _: None)))
+@dataclass
+class Bench:
+    """What the checks share: the engine under test, its parts and the probe inputs."""
+
+    ctx: StageContext
+    info: dict[str, Any]
+    manager: Any
+    engine: Any
+    pool: Any
+    probes: dict[str, np.ndarray]
+
+    @property
+    def loaded(self) -> list[str]:
+        return self.manager.loaded_models
+
+    @property
+    def serving(self) -> dict[str, str]:
+        """model name -> the engine key its load/stress/infra traffic uses (ONNX when the
+        model has it, else the format it has)."""
+        keys: dict[str, str] = {}
+        for key in self.loaded:
+            name = self.manager.model_info[key].name
+            if name not in keys or key.endswith("_onnx"):
+                keys[name] = key
+        return keys
+
+    def name_of(self, key: str) -> str:
+        return self.manager.model_info[key].name
 
 
-async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) -> dict:
-    import psutil
-
-    from pipeline.inference import (
-        MemoryPoolManager,
-        ProductionInferenceEngine,
-        ProductionModelManager,
-        RealTimePerformanceMonitor,
-        ResultCache,
-    )
-    from pipeline.targets import load_targets
-
-    profile = load_profile(profile) if isinstance(profile, str) else profile
-    cfg = profile["integration"]
-    targets = load_targets()
-    info = run.model_info()
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-
-    # ---- initialisation: every model in every format loads, verifies and warms up
+# --------------------------------------------------------------------------- the checks
+def initialisation(ctx: StageContext, manager) -> tuple[list[dict[str, Any]], float]:
+    """Every model file loads, verifies and warms up; the whole initialisation's time."""
     import onnxruntime  # noqa: F401  (imports are not model initialisation)
 
+    info = ctx.run.model_info()
     if any("torchscript" in (e.get("files") or {}) for e in info.values()):
         import torch  # noqa: F401
 
-    manager = ProductionModelManager(run.models, max_memory_mb=500)
-    init_started = time.perf_counter()
+    rows = []
+    started = time.perf_counter()
     for key in manager.available_models:
         loaded = manager.load_model(key)
         mi = manager.model_info[key]
         seconds = ((mi.load_time_ms or 0) + (mi.warmup_time_ms or 0)) / 1000.0
+        detail = "loaded, sha256 verified, warmed up" if loaded else manager.load_errors.get(key)
         rows.append(
             check_row(
                 "model_load",
@@ -120,77 +130,68 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
                 loaded and mi.warmup_complete,
                 seconds,
                 "s",
-                detail=(
-                    "loaded, sha256 verified, warmed up"
-                    if loaded
-                    else manager.load_errors.get(key, "failed")
-                ),
+                detail=detail or "failed",
             )
         )
-    init_s = time.perf_counter() - init_started
-    init_target = targets["model_initialization_s"]
+    init_s = time.perf_counter() - started
+    target = ctx.targets["model_initialization_s"]
     all_loaded = all(manager.is_loaded(k) for k in manager.available_models)
     rows.append(
         check_row(
             "initialization",
             "all",
-            all_loaded and init_target.passes(init_s),
+            all_loaded and target.passes(init_s),
             init_s,
             "s",
-            init_target.threshold,
+            target.threshold,
             f"{len(manager.available_models)} model files loaded and warmed up in "
             f"{init_s:.2f} s after imports",
         )
     )
-    say(
+    ctx.say(
         f"integration: initialization {init_s:.2f} s for {len(manager.available_models)} "
         f"model files ({'all loaded' if all_loaded else 'LOAD FAILURES'})"
     )
+    return rows, init_s
 
-    if not manager.loaded_models:
-        rows.append(check_row("serving", "all", False, detail="no model loaded: nothing to serve"))
-        return _finish(run, profile, rows, manager, None, init_s, started, say)
-    pool = MemoryPoolManager(400)
-    monitor = RealTimePerformanceMonitor()
-    engine = ProductionInferenceEngine(
-        manager, max_batch_size=32, memory_pool=pool, cache=ResultCache(10_000), monitor=monitor
-    )
-    loaded_keys = manager.loaded_models
-    probes = {name: input_pool(run, info, name, PARITY_PROBES, seed=21) for name in info}
-    gc.collect()
 
-    # ---- end to end per model: shapes, finiteness, per-request latency
-    avg_target = targets["average_inference_latency_ms"]
-    for key in loaded_keys:
-        name = manager.model_info[key].name
-        expected = tuple(int(d) for d in (info[name].get("output_shape") or [None, 1])[1:])
+async def end_to_end(b: Bench) -> list[dict[str, Any]]:
+    """Per model file: requests one at a time; output shape, success and mean latency."""
+    target = b.ctx.targets["average_inference_latency_ms"]
+    rows = []
+    for key in b.loaded:
+        name = b.name_of(key)
+        expected = tuple(int(d) for d in (b.info[name].get("output_shape") or [None, 1])[1:])
         latencies, shapes_ok, ok = [], True, 0
-        for x in probes[name][:50]:
+        for x in b.probes[name][:END_TO_END_REQUESTS]:
             t = time.perf_counter()
-            result = await engine.predict(key, x, use_cache=False)
+            result = await b.engine.predict(key, x, use_cache=False)
             latencies.append((time.perf_counter() - t) * 1000.0)
             ok += result.success
             shapes_ok &= result.success and tuple(result.output.shape) == expected
-        mean = float(np.mean(latencies))
+        p = percentiles(latencies)
         rows.append(
             check_row(
                 "end_to_end",
                 key,
-                shapes_ok and ok == 50 and avg_target.passes(mean),
-                mean,
+                shapes_ok and ok == END_TO_END_REQUESTS and target.passes(p.mean_ms),
+                p.mean_ms,
                 "ms",
-                avg_target.threshold,
-                f"{ok}/50 succeeded, output shape {list(expected)}: "
-                f"{'all correct' if shapes_ok else 'WRONG or failed'}, "
-                f"p95 {_pct(latencies, 95):.2f} ms",
+                target.threshold,
+                f"{ok}/{END_TO_END_REQUESTS} succeeded, output shape {list(expected)}: "
+                f"{'all correct' if shapes_ok else 'WRONG or failed'}, p95 {p.p95_ms:.2f} ms",
             )
         )
+    return rows
 
-    # ---- batching: requests submitted together form batches larger than 1
-    for key in loaded_keys:
-        name = manager.model_info[key].name
+
+async def batching(b: Bench) -> list[dict[str, Any]]:
+    """Requests submitted together form batches larger than 1."""
+    rows = []
+    for key in b.loaded:
+        name = b.name_of(key)
         results = await asyncio.gather(
-            *(engine.predict(key, x, use_cache=False) for x in probes[name][:8])
+            *(b.engine.predict(key, x, use_cache=False) for x in b.probes[name][:BATCH_PROBE])
         )
         largest = max(r.batch_size for r in results)
         rows.append(
@@ -201,123 +202,93 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
                 largest,
                 "requests",
                 1,
-                "8 requests submitted together; largest batch",
+                f"{BATCH_PROBE} requests submitted together; largest batch",
             )
         )
+    return rows
 
-    # ---- memory: 100 requests alternating between the models
+
+async def memory_management(b: Bench) -> dict[str, Any]:
+    """Requests alternating between the models: all succeed, the pool stays under its
+    limit, buffers are reused and the process barely grows."""
+    import psutil
+
+    count = b.ctx.profile.integration.memory_requests
+    serving = sorted(b.serving.values())
     rss_before = psutil.Process().memory_info().rss / 2**20
-    before = pool.get_memory_stats()
-    serving = [k for k in loaded_keys if k.endswith("_onnx")] or loaded_keys
+    before = b.pool.get_memory_stats()
     ok = 0
-    for i in range(int(cfg["memory_requests"])):
+    for i in range(count):
         key = serving[i % len(serving)]
-        name = manager.model_info[key].name
-        ok += (await engine.predict(key, probes[name][i % PARITY_PROBES], use_cache=False)).success
-    stats = pool.get_memory_stats()
+        x = b.probes[b.name_of(key)][i % PARITY_PROBES]
+        ok += (await b.engine.predict(key, x, use_cache=False)).success
+    stats = b.pool.get_memory_stats()
     growth = psutil.Process().memory_info().rss / 2**20 - rss_before
     new_allocs = stats.allocations - before.allocations
     reuse = (stats.cache_hits - before.cache_hits) / new_allocs if new_allocs else 0.0
-    mem_ok = (
-        ok == int(cfg["memory_requests"])
-        and stats.current_pool_size_mb <= 400
-        and reuse > 0.3
-        and growth < 100
+    passed = (
+        ok == count
+        and stats.current_pool_size_mb <= POOL_LIMIT_MB
+        and reuse > MIN_REUSE
+        and growth < RSS_GROWTH_LIMIT_MB
     )
-    rows.append(
-        check_row(
-            "memory_management",
-            "+".join(serving),
-            mem_ok,
-            reuse,
-            "reuse ratio",
-            0.3,
-            f"{ok}/{cfg['memory_requests']} succeeded; pool {stats.current_pool_size_mb:.3f}"
-            f" MB (limit 400); RSS growth {growth:.1f} MB (limit 100)",
-        )
+    return check_row(
+        "memory_management",
+        "+".join(serving),
+        passed,
+        reuse,
+        "reuse ratio",
+        MIN_REUSE,
+        f"{ok}/{count} succeeded; pool {stats.current_pool_size_mb:.3f} MB (limit "
+        f"{POOL_LIMIT_MB:g}); RSS growth {growth:.1f} MB (limit {RSS_GROWTH_LIMIT_MB:g})",
     )
 
-    # ---- concurrent load: clients x requests with think time, 1/3 quality 2/3 routing
-    lat: list[float] = []
-    successes = 0
-    names = sorted(info)
 
-    async def client(c: int) -> None:
-        nonlocal successes
-        rng = np.random.default_rng(c)
-        for r in range(int(cfg["requests_per_client"])):
-            if len(names) > 1 and "quality_predictor" in names and "routing_classifier" in names:
-                name = "quality_predictor" if rng.random() < 1 / 3 else "routing_classifier"
-            else:
-                name = names[(c + r) % len(names)]
-            key = next(k for k in serving if manager.model_info[k].name == name)
-            t = time.perf_counter()
-            result = await engine.predict(key, probes[name][(c * 31 + r) % PARITY_PROBES])
-            lat.append((time.perf_counter() - t) * 1000.0)
-            successes += result.success
-            await asyncio.sleep(float(cfg["think_ms"]) / 1000.0)
+async def concurrent_clients(b: Bench) -> dict[str, Any]:
+    """Closed-loop clients with think time (the plan: 1/3 quality, 2/3 routing; other
+    model sets spread evenly): success >= 95%, mean < 100 ms, p95 < 300 ms."""
+    cfg = b.ctx.profile.integration
+    serving = b.serving
+    names = sorted(serving)
+    if {"quality_predictor", "routing_classifier"} <= set(names):
+        names, shares = ["quality_predictor", "routing_classifier"], [1 / 3, 2 / 3]
+    else:
+        shares = [1 / len(names)] * len(names)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in range(int(cfg["concurrent_clients"]))))
-    elapsed = time.perf_counter() - t0
-    total = int(cfg["concurrent_clients"]) * int(cfg["requests_per_client"])
+    def send(client: int, i: int, rng: np.random.Generator):
+        name = names[int(rng.choice(len(names), p=shares))]
+        return b.engine.predict(serving[name], b.probes[name][(client * 31 + i) % PARITY_PROBES])
+
+    started = time.perf_counter()
+    turns = await run_users(
+        send,
+        cfg.concurrent_clients,
+        requests_per_user=cfg.requests_per_client,
+        think_s=cfg.think_ms / 1000.0,
+        seed=b.ctx.profile.seeds.integration,
+        timeout_s=120.0,
+    )
+    elapsed = time.perf_counter() - started
+    total = cfg.concurrent_clients * cfg.requests_per_client
+    successes = sum(1 for t in turns if not t.lost and t.result.success)
+    p = percentiles([t.latency_ms for t in turns])
     rate = successes / total
-    conc_ok = rate >= 0.95 and np.mean(lat) < 100 and _pct(lat, 95) < 300
-    rows.append(
-        check_row(
-            "concurrent_load",
-            "mixed",
-            conc_ok,
-            rate,
-            "success rate",
-            0.95,
-            f"{cfg['concurrent_clients']} clients x {cfg['requests_per_client']} requests,"
-            f" {cfg['think_ms']} ms think: mean {np.mean(lat):.2f} ms (limit 100), p95 "
-            f"{_pct(lat, 95):.2f} ms (limit 300), {total / elapsed:.0f} req/s",
-        )
+    return check_row(
+        "concurrent_load",
+        "mixed",
+        rate >= 0.95 and p.mean_ms < 100 and p.p95_ms < 300,
+        rate,
+        "success rate",
+        0.95,
+        f"{cfg.concurrent_clients} clients x {cfg.requests_per_client} requests, "
+        f"{cfg.think_ms:g} ms think: mean {p.mean_ms:.2f} ms (limit 100), p95 "
+        f"{p.p95_ms:.2f} ms (limit 300), {total / elapsed:.0f} req/s",
     )
 
-    # ---- the cross-model workflow: routing -> quality -> conversion request -> validation
-    rows.append(await _workflow(engine, manager, info, probes, serving, targets))
 
-    # ---- parity: TorchScript vs ONNX, batched vs single vs cached, and eager (from build)
-    rows += await _parity(engine, manager, info, probes, targets)
-
-    # ---- model SLAs on the held-out split, recomputed through the engine
-    rows += await _slas(run, engine, manager, info, serving, targets)
-
-    return _finish(run, profile, rows, manager, engine, init_s, started, say)
-
-
-def _finish(run, profile, rows, manager, engine, init_s, started, say) -> dict[str, Any]:
-    folder = run.stage(STAGE)
-    write_table(rows, folder / "checks.csv")
-    failed = [f"{r['check']}:{r['model']}" for r in rows if not r["passed"]]
-    summary = {
-        "profile": profile.name,
-        "host": host_facts(),
-        "checks": len(rows),
-        "passed": len(rows) - len(failed),
-        "failed": failed,
-        "initialization_s": init_s,
-        "engine_stats": engine.get_stats() if engine is not None else {},
-        "seconds": time.perf_counter() - started,
-        "models": {
-            k: {"version": manager.model_info[k].version, "sha256": manager.model_info[k].sha256}
-            for k in manager.available_models
-        },
-    }
-    run.write_summary(STAGE, summary)
-    say(
-        f"integration: {summary['passed']}/{len(rows)} checks passed"
-        + (f"; failed: {', '.join(failed)}" if failed else "")
-    )
-    return summary
-
-
-async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str, Any]:
+async def workflow(b: Bench) -> dict[str, Any]:
     """features -> routing decision -> quality prediction -> conversion request -> validation."""
-    names = {manager.model_info[k].name: k for k in serving}
+    names = b.serving
     if not {"routing_classifier", "quality_predictor"} <= set(names):
         return check_row(
             "cross_model_workflow",
@@ -325,12 +296,13 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
             True,
             detail="skipped: the run has no routing_classifier + quality_predictor pair",
         )
-    classes = info["routing_classifier"].get("class_names") or []
+    classes = b.info["routing_classifier"].get("class_names") or []
     started = time.perf_counter()
     problems, requests = [], []
     for i in range(10):
-        features = probes["routing_classifier"][i]
-        routing = await engine.predict(names["routing_classifier"], features)
+        routing = await b.engine.predict(
+            names["routing_classifier"], b.probes["routing_classifier"][i]
+        )
         if not routing.success:
             problems.append(f"routing failed: {routing.error}")
             continue
@@ -338,13 +310,12 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
         method = classes[int(np.argmax(probs))] if classes else str(int(np.argmax(probs)))
         if abs(float(probs.sum()) - 1.0) > 1e-4:
             problems.append(f"routing probabilities sum to {probs.sum():.4f}")
-        params = probes["quality_predictor"][i]
-        quality = await engine.predict(names["quality_predictor"], params)
+        params = b.probes["quality_predictor"][i]
+        quality = await b.engine.predict(names["quality_predictor"], params)
         if not quality.success or not 0.0 <= float(quality.output[0]) <= 1.0:
             problems.append(f"quality prediction invalid: {quality.error or quality.output}")
             continue
         predicted = float(quality.output[0])
-        latency = routing.total_time_ms + quality.total_time_ms
         requests.append(
             {
                 "method": method,
@@ -352,12 +323,12 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
                 "parameters": params.tolist(),
                 "predicted_quality": predicted,
                 "status": "accepted" if predicted >= 0.5 else "queued",
-                "estimated_completion_ms": latency,
+                "estimated_completion_ms": routing.total_time_ms + quality.total_time_ms,
             }
         )
-    validation = await validate_performance(
-        engine, {n: names[n] for n in ("routing_classifier", "quality_predictor")}, probes
-    )
+    pair = {n: names[n] for n in ("routing_classifier", "quality_predictor")}
+    validation = await validate_performance(b.engine, pair, b.probes)
+    targets = b.ctx.targets
     checks = {
         "latency": targets["average_inference_latency_ms"].passes(validation["mean_latency_ms"]),
         "throughput": targets["sustained_throughput_rps"].passes(validation["throughput_rps"]),
@@ -381,42 +352,46 @@ async def _workflow(engine, manager, info, probes, serving, targets) -> dict[str
     )
 
 
-async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]]:
+async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[dict, Any]:
+    x = b.probes[b.name_of(key)][:64]
+    single = [await b.engine.predict(key, row, use_cache=False) for row in x]
+    batched = await asyncio.gather(*(b.engine.predict(key, row) for row in x))
+    cached = await asyncio.gather(*(b.engine.predict(key, row) for row in x))
+    if not all(r.success for r in single + list(batched) + list(cached)):
+        row = check_row("parity_batched_single_cached", key, False, detail="some requests failed")
+        return row, None
+    s = np.stack([r.output for r in single])
+    diff = float(
+        max(
+            np.abs(s - np.stack([r.output for r in batched])).max(),
+            np.abs(s - np.stack([r.output for r in cached])).max(),
+        )
+    )
+    hits = sum(r.cache_hit for r in cached)
+    row = check_row(
+        "parity_batched_single_cached",
+        key,
+        diff <= tolerance and hits == len(x),
+        diff,
+        "max abs diff",
+        tolerance,
+        f"64 probes alone vs batched (largest batch {max(r.batch_size for r in batched)}) "
+        f"vs cached ({hits} hits)",
+    )
+    return row, s
+
+
+async def parity(b: Bench) -> list[dict[str, Any]]:
+    """TorchScript vs ONNX, alone vs batched vs cached, and the build's eager parity."""
     rows = []
-    tolerance = targets["parity_max_abs_diff"].threshold
-    for name in sorted(info):
-        keys = [k for k in manager.loaded_models if manager.model_info[k].name == name]
+    tolerance = b.ctx.targets["parity_max_abs_diff"].threshold
+    for name in sorted(b.info):
         outputs = {}
-        for key in keys:
-            x = probes[name][:64]
-            single = [await engine.predict(key, row, use_cache=False) for row in x]
-            batched = await asyncio.gather(*(engine.predict(key, row) for row in x))
-            cached = await asyncio.gather(*(engine.predict(key, row) for row in x))
-            if not all(r.success for r in single + list(batched) + list(cached)):
-                rows.append(
-                    check_row(
-                        "parity_batched_single_cached", key, False, detail="some requests failed"
-                    )
-                )
-                continue
-            s = np.stack([r.output for r in single])
-            b = np.stack([r.output for r in batched])
-            c = np.stack([r.output for r in cached])
-            diff = float(max(np.abs(s - b).max(), np.abs(s - c).max()))
-            hits = sum(r.cache_hit for r in cached)
-            rows.append(
-                check_row(
-                    "parity_batched_single_cached",
-                    key,
-                    diff <= tolerance and hits == len(x),
-                    diff,
-                    "max abs diff",
-                    tolerance,
-                    f"64 probes alone vs batched (largest batch "
-                    f"{max(r.batch_size for r in batched)}) vs cached ({hits} hits)",
-                )
-            )
-            outputs[manager.model_info[key].format] = s
+        for key in [k for k in b.loaded if b.name_of(k) == name]:
+            row, alone = await _alone_batched_cached(b, key, tolerance)
+            rows.append(row)
+            if alone is not None:
+                outputs[b.manager.model_info[key].format] = alone
         if len(outputs) == 2:
             diff = float(np.abs(outputs["torchscript"] - outputs["onnx"]).max())
             rows.append(
@@ -430,7 +405,7 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
                     "64 probes through the engine",
                 )
             )
-        recorded = (info[name].get("parity") or {}).get("max_abs_diff") or {}
+        recorded = (b.info[name].get("parity") or {}).get("max_abs_diff") or {}
         if recorded:
             worst = max(float(v) for v in recorded.values())
             rows.append(
@@ -447,20 +422,20 @@ async def _parity(engine, manager, info, probes, targets) -> list[dict[str, Any]
     return rows
 
 
-async def _slas(run, engine, manager, info, serving, targets) -> list[dict[str, Any]]:
+async def model_slas(b: Bench) -> list[dict[str, Any]]:
+    """The hold-out SLAs, recomputed through the engine."""
     rows = []
-    for key in serving:
-        name = manager.model_info[key].name
-        entry = info[name]
+    for name, key in sorted(b.serving.items()):
+        entry = b.info[name]
         holdout = entry.get("holdout_file")
-        if not holdout or not (run.models / holdout).exists():
+        if not holdout or not (b.ctx.run.models / holdout).exists():
             continue
-        with np.load(run.models / holdout) as data:
+        with np.load(b.ctx.run.models / holdout) as data:
             x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
         results = []
         for start in range(0, len(x), 512):
             results += await asyncio.gather(
-                *(engine.predict(key, row, use_cache=False) for row in x[start : start + 512])
+                *(b.engine.predict(key, row, use_cache=False) for row in x[start : start + 512])
             )
         if not all(r.success for r in results):
             failed = sum(not r.success for r in results)
@@ -472,11 +447,11 @@ async def _slas(run, engine, manager, info, serving, targets) -> list[dict[str, 
             continue
         out = np.stack([r.output for r in results])
         if entry.get("model_type") == "classification":
-            target = targets["routing_accuracy"]
+            target = b.ctx.targets["routing_accuracy"]
             measured = float(np.mean(np.argmax(out, axis=1) == y.astype(int)))
             check, unit = "model_sla_routing_accuracy", "accuracy"
         else:
-            target = targets["quality_correlation"]
+            target = b.ctx.targets["quality_correlation"]
             measured = float(np.corrcoef(out.reshape(-1), y.reshape(-1).astype(float))[0, 1])
             check, unit = "model_sla_quality_correlation", "pearson r"
         rows.append(
@@ -491,3 +466,76 @@ async def _slas(run, engine, manager, info, serving, targets) -> list[dict[str, 
             )
         )
     return rows
+
+
+# --------------------------------------------------------------------------- the stage
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Run every integration check; write checks.csv and summary.json; return the summary."""
+    return asyncio.run(_run(ctx))
+
+
+async def _run(ctx: StageContext) -> dict:
+    from pipeline.inference import (
+        MemoryPoolManager,
+        ProductionInferenceEngine,
+        ProductionModelManager,
+        RealTimePerformanceMonitor,
+        ResultCache,
+    )
+
+    info = ctx.run.model_info()
+    manager = ProductionModelManager(ctx.run.models, max_memory_mb=500)
+    rows, init_s = initialisation(ctx, manager)
+    if not manager.loaded_models:
+        rows.append(check_row("serving", "all", False, detail="no model loaded: nothing to serve"))
+        return _finish(ctx, rows, manager, None, init_s)
+    pool = MemoryPoolManager(POOL_LIMIT_MB)
+    engine = ProductionInferenceEngine(
+        manager,
+        max_batch_size=32,
+        memory_pool=pool,
+        cache=ResultCache(10_000),
+        monitor=RealTimePerformanceMonitor(),
+    )
+    seed = ctx.profile.seeds.integration
+    probes = {name: input_pool(ctx.run, info, name, PARITY_PROBES, seed=seed) for name in info}
+    bench = Bench(ctx, info, manager, engine, pool, probes)
+    gc.collect()
+    rows += await end_to_end(bench)
+    rows += await batching(bench)
+    rows.append(await memory_management(bench))
+    rows.append(await concurrent_clients(bench))
+    rows.append(await workflow(bench))
+    rows += await parity(bench)
+    rows += await model_slas(bench)
+    return _finish(ctx, rows, manager, engine, init_s)
+
+
+def _finish(ctx: StageContext, rows, manager, engine, init_s: float) -> dict[str, Any]:
+    ctx.write_table("checks", rows)
+    failed = [
+        f"{r['check']}:{r['model']}"
+        for r in rows
+        if not r["passed"] and r["status"] != "not_applicable"
+    ]
+    summary = ctx.write_summary(
+        {
+            "checks": len(rows),
+            "passed": len(rows) - len(failed),
+            "failed": failed,
+            "initialization_s": init_s,
+            "engine_stats": engine.get_stats() if engine is not None else {},
+            "models": {
+                k: {
+                    "version": manager.model_info[k].version,
+                    "sha256": manager.model_info[k].sha256,
+                }
+                for k in manager.available_models
+            },
+        }
+    )
+    ctx.say(
+        f"integration: {summary['passed']}/{len(rows)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return summary

@@ -1,20 +1,23 @@
 """Load stage: the plan's six closed-loop scenarios, capacity, peak, concurrency, cache.
 
 Everything runs against the engine hosted in its own process (`EngineHost`); the stage's
-process only generates load. Methodology (ARCHITECTURE.md section 6):
+process only generates load. Methodology (ARCHITECTURE.md section 6), one named step each:
 
-- *calibration*: the same harness against a null model gives its own latency floor;
-- *scenarios*: closed-loop users (think time per pattern, ramp-up), latency from the time
-  a user meant to send; the first `warmup_s` of each scenario is discarded; results are cut
-  into windows and a scenario is valid only when consecutive windows agree, the generator
-  kept up, and there are enough samples for every percentile the profile claims;
-- *capacity*: open-loop Poisson at doubling then bisected rates; the highest rate with p99
+- `calibrate`: the same harness against a null model gives its own latency floor;
+- `scenarios`: closed-loop users (think time per pattern, ramp-up), latency from the time
+  a user meant to send; the first `warmup_s` of each scenario is marked `warmup` in
+  requests.csv and never certified; results are cut into windows and a scenario is valid
+  only when consecutive windows agree, the generator kept up, and there are enough
+  samples for every percentile the profile claims; a request still in flight when a
+  scenario's time bound runs out is lost, and counts as an error;
+- `capacity`: open-loop Poisson at doubling then bisected rates; the highest rate with p99
   within the p99 target, success >= 99% and a generator that kept up;
-- *peak*: bursts of requests submitted at once; completed per second;
-- *concurrency*: 1, 6, 11, ... users; the largest count with >= 95% success and p95
+- `peak`: bursts of requests submitted at once; completed per second;
+- `concurrency`: 1, 6, 11, ... users; the largest count with >= 95% success and p95
   within target;
-- *cache*: a Zipf-distributed workload over a fixed set of inputs; the hit rate counts the
-  engine cache's real hits over exactly those requests.
+- `cache`: a Zipf-distributed workload over a fixed set of inputs; the hit rate counts the
+  engine cache's real hits over exactly those requests;
+- `soak` (release profile): the mixed workload held open-loop for `soak_s`.
 
 Outputs in `stages/load/`: requests.csv (per request), windows.csv, scenarios.csv (gated),
 capacity.csv, concurrency.csv, resources.csv, summary.json.
@@ -23,37 +26,56 @@ capacity.csv, concurrency.csv, resources.csv, summary.json.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import itertools
 import time
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.loadgen import find_max_sustained_rate, min_samples_for, run_open_loop, summarize
-from pipeline.profiles import Profile, Scenario, load_profile
-from pipeline.stages.common import (
-    RunDir,
-    StageError,
-    host_facts,
-    input_pool,
-    serving_keys,
-    write_table,
+from pipeline.loadgen import (
+    find_max_sustained_rate,
+    min_samples_for,
+    percentiles,
+    run_open_loop,
+    run_users,
+    summarize,
 )
+from pipeline.profiles import Profile, Scenario
+from pipeline.stages.common import RunDir, StageError, input_pool, serving_keys
+from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, ResourceSampler
 
-__all__ = ["run_load", "run_scenario"]
+__all__ = ["REQUEST_COLUMNS", "run"]
 
 STAGE = "load"
 POOL_SIZE = 4096
 MAX_ISSUE_DELAY_MS = 10.0
+#: the capacity search's and the soak's error allowance (success >= 99%)
+MAX_ERROR_RATE = 0.01
+#: the calibration's offered rate against the null models
+CALIBRATION_RPS = 200.0
+#: a scenario's users are stopped this long after its ramp-up + duration (then lost)
+SCENARIO_GRACE_S = 30.0
+
+REQUEST_COLUMNS = [
+    "scenario",
+    "user",
+    "model",
+    "scheduled_s",
+    "warmup",
+    "latency_ms",
+    "issue_delay_ms",
+    "success",
+    "error",
+    "batch_size",
+    "cache_hit",
+]
 
 
-class _Workload:
-    """Request inputs and model choice for a behaviour (share of requests per model)."""
+class Workload:
+    """Request inputs per model and the choice of model for a behaviour (share per model)."""
 
     def __init__(
         self,
@@ -72,14 +94,16 @@ class _Workload:
         }
         self.cursor = dict.fromkeys(self.names, 0)
 
-    def with_keys(self, keys: dict[str, str]) -> _Workload:
+    def with_keys(self, keys: dict[str, str]) -> Workload:
         """The same inputs sent to other engine keys (e.g. the null models)."""
-        return _Workload(self.run, self.info, keys, 0, pools=self.pools)
+        return Workload(self.run, self.info, keys, 0, pools=self.pools)
 
     def weights(self, behaviour: dict[str, float]) -> tuple[list[str], np.ndarray]:
+        """Models and their shares; models the behaviour does not name share `other`, and
+        a behaviour naming none of this run's models spreads evenly."""
         named = {n: w for n, w in behaviour.items() if n in self.keys}
         others = [n for n in self.names if n not in behaviour]
-        if not named:  # a run without the example models: spread evenly
+        if not named:
             named = dict.fromkeys(self.names, 1.0)
         elif others and behaviour.get("other"):
             for n in others:
@@ -94,47 +118,81 @@ class _Workload:
         return self.pools[name][i % POOL_SIZE]
 
 
+@dataclass
+class LoadRun:
+    """What the steps share: the hosted engine, its sampler, the workload and the mix."""
+
+    ctx: StageContext
+    host: EngineHost
+    sampler: ResourceSampler
+    work: Workload
+    null_keys: dict[str, str]
+    names: list[str]  # models of the mix
+    weights: np.ndarray  # their shares
+
+    @property
+    def profile(self) -> Profile:
+        return self.ctx.profile
+
+
 # --------------------------------------------------------------------------- closed loop
-async def _user(
-    host: EngineHost,
-    work: _Workload,
-    scenario: Scenario,
-    names: list[str],
-    weights: np.ndarray,
-    user: int,
-    t0: float,
-    rows: list[tuple],
+def _pick(rng: np.random.Generator, names: list[str], weights: np.ndarray) -> str:
+    return names[int(rng.choice(len(names), p=weights))] if len(names) > 1 else names[0]
+
+
+async def _closed_loop(
+    lr: LoadRun,
+    label: str,
+    *,
+    users: int,
+    requests_per_user: int,
+    behaviour: dict[str, float],
+    think,
+    ramp_up_s: float = 0.0,
+    duration_s: float,
     seed: int,
-) -> None:
-    rng = np.random.default_rng(seed)
-    start = t0 + scenario.ramp_up_s * user / max(scenario.users, 1)
-    end = t0 + scenario.ramp_up_s + scenario.duration_s
-    clock = time.perf_counter
-    await asyncio.sleep(max(0.0, start - clock()))
-    intended = max(start, clock())
-    for _ in range(scenario.requests_per_user):
-        if intended >= end:
-            break
-        name = names[int(rng.choice(len(names), p=weights))] if len(names) > 1 else names[0]
-        sent = clock()
-        result = await host.predict(work.keys[name], work.next_input(name))
-        done = clock()
+) -> list[tuple]:
+    """Closed-loop users against the engine; one request row per request (REQUEST_COLUMNS
+    without `warmup`), lost requests included as failures."""
+    names, weights = lr.work.weights(behaviour)
+    chosen: dict[tuple[int, int], str] = {}
+
+    def send(user: int, i: int, rng: np.random.Generator):
+        name = _pick(rng, names, weights)
+        chosen[(user, i)] = name
+        return lr.host.predict(lr.work.keys[name], lr.work.next_input(name))
+
+    turns = await run_users(
+        send,
+        users,
+        requests_per_user=requests_per_user,
+        think_s=think,
+        ramp_up_s=ramp_up_s,
+        duration_s=duration_s,
+        seed=seed,
+        timeout_s=ramp_up_s + duration_s + SCENARIO_GRACE_S,
+    )
+    rows = []
+    for t in turns:
+        r = t.result
+        error = (
+            "lost: no answer before the time bound" if t.lost else ("" if r.success else r.error)
+        )
         rows.append(
             (
-                scenario.name,
-                user,
-                name,
-                intended - t0,
-                (done - intended) * 1000.0,
-                (sent - intended) * 1000.0,
-                result.success,
-                "" if result.success else result.error,
-                result.batch_size,
-                result.cache_hit,
+                label,
+                t.user,
+                chosen.get((t.user, t.index), ""),
+                t.scheduled_s,
+                t.latency_ms,
+                t.issue_delay_ms,
+                (not t.lost) and r.success,
+                error,
+                0 if t.lost else r.batch_size,
+                (not t.lost) and r.cache_hit,
             )
         )
-        intended = done + scenario.think_time_s(rng)
-        await asyncio.sleep(max(0.0, intended - clock()))
+    return rows
 
 
 def _windows(frame, window_s: float, scenario: str) -> list[dict[str, Any]]:
@@ -144,16 +202,16 @@ def _windows(frame, window_s: float, scenario: str) -> list[dict[str, Any]]:
     start = frame["scheduled_s"].min()
     index = ((frame["scheduled_s"] - start) // window_s).astype(int)
     for w, part in frame.groupby(index):
-        lat = part["latency_ms"].to_numpy()
+        p = percentiles(part["latency_ms"].to_numpy())
         out.append(
             {
                 "scenario": scenario,
                 "window": int(w),
                 "start_s": float(start + w * window_s),
                 "requests": len(part),
-                "p50_ms": float(np.percentile(lat, 50)),
-                "p95_ms": float(np.percentile(lat, 95)),
-                "p99_ms": float(np.percentile(lat, 99)),
+                "p50_ms": p.p50_ms,
+                "p95_ms": p.p95_ms,
+                "p99_ms": p.p99_ms,
                 "throughput_rps": len(part) / window_s,
                 "error_rate": float(1.0 - part["success"].mean()),
             }
@@ -177,73 +235,73 @@ def _stability(windows: list[dict[str, Any]], tolerance: float, floor_ms: float)
     return None
 
 
-async def run_scenario(
-    host: EngineHost,
-    work: _Workload,
-    scenario: Scenario,
-    profile: Profile,
-    sampler: ResourceSampler,
-    seed: int,
-) -> tuple[list[tuple], dict[str, Any], list[dict[str, Any]]]:
-    """Run one closed-loop scenario: (request rows, summary row, window rows)."""
-    import pandas as pd
-
-    names, weights = work.weights(scenario.behaviour)
-    rows: list[tuple] = []
-    first_sample = len(sampler.samples)
-    t0 = time.perf_counter()
-    users = [
-        _user(host, work, scenario, names, weights, u, t0, rows, seed * 1000 + u)
-        for u in range(scenario.users)
-    ]
-    limit = scenario.ramp_up_s + scenario.duration_s + 30.0
-    # bounded: whatever completed is measured; a shortfall shows in `requests`
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*users), limit)
-    sampler.sample()
-    frame = pd.DataFrame(rows, columns=REQUEST_COLUMNS)
-    measured = frame[frame["scheduled_s"] >= float(profile["warmup_s"])]
-    windows = _windows(measured, float(profile["window_s"]), scenario.name)
+def _validity(measured, windows: list[dict[str, Any]], profile: Profile) -> list[str]:
+    """Why a scenario's measurement is not valid (empty: valid)."""
     reasons = []
     n = len(measured)
-    claimed = profile.percentiles_claimed
-    for q in claimed:
+    for q in profile.percentiles_claimed:
         if n < min_samples_for(q):
             reasons.append(f"only {n} samples; p{q:g} needs {min_samples_for(q)}")
-    unstable = _stability(
-        windows, float(profile["stability_tolerance"]), float(profile.get("stability_floor_ms", 0))
-    )
+    unstable = _stability(windows, profile.stability_tolerance, profile.stability_floor_ms)
     if unstable:
         reasons.append(unstable)
     delay_p99 = float(np.percentile(measured["issue_delay_ms"], 99)) if n else float("nan")
     if n and delay_p99 > MAX_ISSUE_DELAY_MS:
         reasons.append(f"generator fell behind: issue delay p99 {delay_p99:.1f} ms")
-    lat = measured["latency_ms"].to_numpy()
+    return reasons
+
+
+async def run_scenario(
+    lr: LoadRun, scenario: Scenario, seed: int
+) -> tuple[list[tuple], dict[str, Any], list[dict[str, Any]]]:
+    """Run one closed-loop scenario: (request rows, scenario row, window rows)."""
+    import pandas as pd
+
+    profile = lr.profile
+    first_sample = len(lr.sampler.samples)
+    rows = await _closed_loop(
+        lr,
+        scenario.name,
+        users=scenario.users,
+        requests_per_user=scenario.requests_per_user,
+        behaviour=scenario.behaviour,
+        think=scenario.think_time_s,
+        ramp_up_s=scenario.ramp_up_s,
+        duration_s=scenario.duration_s,
+        seed=seed,
+    )
+    lr.sampler.sample()
+    rows = [(*r[:4], r[3] < profile.warmup_s, *r[4:]) for r in rows]
+    frame = pd.DataFrame(rows, columns=REQUEST_COLUMNS)
+    measured = frame[~frame["warmup"]]
+    windows = _windows(measured, profile.window_s, scenario.name)
+    reasons = _validity(measured, windows, profile)
+    n = len(measured)
+    p = percentiles(measured["latency_ms"].to_numpy())
+    lost = int((measured["error"].astype(str).str.startswith("lost")).sum())
     span = float(measured["scheduled_s"].max() - measured["scheduled_s"].min()) if n > 1 else 0.0
-    resources = sampler.samples[first_sample:]
-
-    def pct(q: float) -> float:
-        return float(np.percentile(lat, q)) if n else float("nan")
-
+    resources = lr.sampler.samples[first_sample:]
+    batches = measured["batch_size"][measured["batch_size"] > 0]
     summary = {
         "scenario": scenario.name,
         "users": scenario.users,
         "requests": n,
         "succeeded": int(measured["success"].sum()),
+        "lost": lost,
         "error_rate": float(1.0 - measured["success"].mean()) if n else 1.0,
-        "mean_ms": float(lat.mean()) if n else float("nan"),
-        "p50_ms": pct(50),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
+        "mean_ms": p.mean_ms,
+        "p50_ms": p.p50_ms,
+        "p95_ms": p.p95_ms,
+        "p99_ms": p.p99_ms,
         "p99_valid": n >= min_samples_for(99),
         "throughput_rps": n / span if span > 0 else 0.0,
-        "issue_delay_p99_ms": delay_p99,
-        "mean_batch_size": float(measured["batch_size"][measured["batch_size"] > 0].mean())
-        if n and (measured["batch_size"] > 0).any()
-        else 0.0,
+        "issue_delay_p99_ms": float(np.percentile(measured["issue_delay_ms"], 99))
+        if n
+        else float("nan"),
+        "mean_batch_size": float(batches.mean()) if len(batches) else 0.0,
         "valid": not reasons,
         "invalid_reason": "; ".join(reasons),
-        "peak_rss_mb": max((r[1] for r in resources), default=sampler.peak_rss_mb()),
+        "peak_rss_mb": max((r[1] for r in resources), default=lr.sampler.peak_rss_mb()),
         "mean_cpu_percent": float(np.mean([r[2] for r in resources])) if resources else 0.0,
         "pattern": scenario.pattern,
         "warmup_discarded": len(frame) - n,
@@ -251,41 +309,109 @@ async def run_scenario(
     return rows, summary, windows
 
 
-REQUEST_COLUMNS = [
-    "scenario",
-    "user",
-    "model",
-    "scheduled_s",
-    "latency_ms",
-    "issue_delay_ms",
-    "success",
-    "error",
-    "batch_size",
-    "cache_hit",
-]
-
-
 # --------------------------------------------------------------------------- open loop
-async def _open_loop(host, work, names, weights, rate, duration, warmup, seed, percentile):
+async def _open_loop(
+    lr: LoadRun,
+    *,
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    seed: int,
+    percentile: float,
+    null: bool = False,
+):
+    """Open-loop Poisson traffic over the mix at `rate`; its summary (loadgen.summarize)."""
     rng = np.random.default_rng(seed)
-    count = int(rate * (duration + warmup) * 1.5) + 64
-    choice = rng.choice(len(names), size=count, p=weights)
-    keys = [work.keys[n] for n in names]
-    inputs = [work.pools[n] for n in names]
+    count = int(rate * (duration_s + warmup_s) * 1.5) + 64
+    choice = rng.choice(len(lr.names), size=count, p=lr.weights)
+    keys = [(lr.null_keys if null else lr.work.keys)[n] for n in lr.names]
+    inputs = [lr.work.pools[n] for n in lr.names]
 
     def send(i: int):
         m = choice[i % count]
-        return host.predict(keys[m], inputs[m][(i * 7 + m) % POOL_SIZE])
+        return lr.host.predict(keys[m], inputs[m][(i * 7 + m) % POOL_SIZE])
 
-    record = await run_open_loop(send, rate, duration, warmup_s=warmup, seed=seed)
+    record = await run_open_loop(send, rate, duration_s, warmup_s=warmup_s, seed=seed)
     return summarize(record, percentile=percentile, max_issue_delay_ms=MAX_ISSUE_DELAY_MS)
 
 
-async def _burst(host, work, names, weights, count: int, seed: int) -> dict[str, float]:
+# --------------------------------------------------------------------------- the steps
+async def calibrate(lr: LoadRun) -> dict[str, Any]:
+    """The harness against null models: its own latency floor at a modest rate."""
+    calib = await _open_loop(
+        lr,
+        rate=CALIBRATION_RPS,
+        duration_s=lr.profile.calibration_s,
+        warmup_s=0.2,
+        seed=lr.profile.seeds.calibration,
+        percentile=50,
+        null=True,
+    )
+    lr.ctx.say(
+        f"load: calibration (null model, {CALIBRATION_RPS:g} req/s): p50 {calib.p50_ms:.2f} "
+        f"ms, p99 {calib.p99_ms:.2f} ms"
+    )
+    return {
+        "rate_rps": CALIBRATION_RPS,
+        "p50_ms": calib.p50_ms,
+        "p99_ms": calib.p99_ms,
+        "samples": calib.scheduled,
+        "valid": calib.valid,
+    }
+
+
+async def scenarios(lr: LoadRun) -> tuple[list[tuple], list[dict], list[dict]]:
+    """The profile's closed-loop scenarios, one after the other."""
+    request_rows: list[tuple] = []
+    scenario_rows: list[dict] = []
+    window_rows: list[dict] = []
+    for i, scenario in enumerate(lr.profile.scenarios):
+        rows, row, windows = await run_scenario(lr, scenario, lr.profile.seeds.scenarios + i)
+        request_rows += rows
+        scenario_rows.append(row)
+        window_rows += windows
+        verdict = "valid" if row["valid"] else "INVALID: " + row["invalid_reason"]
+        lr.ctx.say(
+            f"load: {scenario.name}: {row['requests']} requests, {scenario.users} users, "
+            f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms, errors "
+            f"{row['error_rate']:.2%} -> {verdict}"
+        )
+    return request_rows, scenario_rows, window_rows
+
+
+async def capacity(lr: LoadRun, p99_bound_ms: float):
+    """The highest open-loop rate sustained with p99 within bound (the search's result)."""
+    cfg = lr.profile.capacity
+
+    async def trial(rate: float):
+        return await _open_loop(
+            lr,
+            rate=rate,
+            duration_s=cfg.trial_s,
+            warmup_s=cfg.warmup_s,
+            seed=lr.profile.seeds.capacity + int(rate),
+            percentile=50,
+        )
+
+    return await find_max_sustained_rate(
+        trial,
+        p99_bound_ms=p99_bound_ms,
+        start_rps=cfg.start_rps,
+        max_rps=cfg.max_rps,
+        refine_steps=cfg.refine_steps,
+        max_error_rate=MAX_ERROR_RATE,
+        require_valid=True,
+        progress=lambda line: lr.ctx.say(f"load: capacity {line.strip()}"),
+    )
+
+
+async def _burst(lr: LoadRun, count: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(names), size=count, p=weights)
+    picks = rng.choice(len(lr.names), size=count, p=lr.weights)
     started = time.perf_counter()
-    futures = [host.predict(work.keys[names[m]], work.next_input(names[m])) for m in picks]
+    futures = [
+        lr.host.predict(lr.work.keys[lr.names[m]], lr.work.next_input(lr.names[m])) for m in picks
+    ]
     results = await asyncio.wait_for(asyncio.gather(*futures), 60)
     elapsed = time.perf_counter() - started
     ok = sum(r.success for r in results)
@@ -297,281 +423,217 @@ async def _burst(host, work, names, weights, count: int, seed: int) -> dict[str,
     }
 
 
-async def _concurrency_level(host, work, users: int, per_user: int, think_ms: float, seed: int):
-    names, weights = work.weights({"quality_predictor": 0.6, "routing_classifier": 0.4})
-    scenario = Scenario(
-        f"concurrency_{users}", users, per_user, 0.0, 60.0, "constant", {"think_ms": think_ms}, {}
-    )
-    rows: list[tuple] = []
-    t0 = time.perf_counter()
-    await asyncio.wait_for(
-        asyncio.gather(
-            *(
-                _user(host, work, scenario, names, weights, u, t0, rows, seed + u)
-                for u in range(users)
-            )
-        ),
-        120,
-    )
-    lat = np.array([r[4] for r in rows])
-    ok = np.array([r[6] for r in rows])
-    total = users * per_user
+async def peak(lr: LoadRun) -> dict[str, Any]:
+    """Three bursts of `burst_requests` submitted at once; the median completion rate."""
+    count = lr.profile.burst_requests
+    bursts = [await _burst(lr, count, lr.profile.seeds.burst + s) for s in range(3)]
     return {
-        "users": users,
-        "requests": total,
-        "completed": len(rows),
-        "success_rate": float(ok.sum()) / total if total else 0.0,
-        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p95_ms": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
+        "throughput_rps": sorted(b["throughput_rps"] for b in bursts)[1],
+        "bursts": bursts,
+        "burst_requests": count,
     }
 
 
-async def _cache_workload(host, work, cfg: dict, seed: int) -> dict[str, Any]:
+async def concurrency(lr: LoadRun, p95_bound_ms: float) -> tuple[dict[str, Any], list[dict]]:
+    """Closed-loop users at each level of the sweep; the largest level that passed."""
+    cfg = lr.profile.concurrency
+    levels = []
+    for users in cfg.users:
+        rows = await _closed_loop(
+            lr,
+            f"concurrency_{users}",
+            users=users,
+            requests_per_user=cfg.requests_per_user,
+            behaviour=lr.profile.mix,
+            think=cfg.think_ms / 1000.0,
+            duration_s=60.0,
+            seed=lr.profile.seeds.concurrency + users,
+        )
+        total = users * cfg.requests_per_user
+        ok = sum(bool(r[6]) for r in rows)
+        p = percentiles([r[4] for r in rows if r[6]])
+        level = {
+            "users": users,
+            "requests": total,
+            "completed": len(rows),
+            "success_rate": ok / total if total else 0.0,
+            "p50_ms": p.p50_ms,
+            "p95_ms": p.p95_ms,
+        }
+        level["passed"] = level["success_rate"] >= 0.95 and level["p95_ms"] <= p95_bound_ms
+        levels.append(level)
+    passing = [lv["users"] for lv in levels if lv["passed"]]
+    summary = {
+        "supported_users": max(passing, default=0),
+        "levels_tested": [lv["users"] for lv in levels],
+        "failed_levels": [lv["users"] for lv in levels if not lv["passed"]],
+        "criterion": f"success >= 95% and p95 <= {p95_bound_ms:g} ms",
+    }
+    lr.ctx.say(
+        f"load: concurrency: supported {summary['supported_users']} users "
+        f"(levels {summary['levels_tested']})"
+    )
+    return summary, levels
+
+
+async def cache(lr: LoadRun) -> dict[str, Any]:
+    """A Zipf workload over a fixed catalogue of inputs; real engine cache hits over it."""
+    cfg = lr.profile.cache
+    seed = lr.profile.seeds.cache
     rng = np.random.default_rng(seed)
+    work = lr.work
     name = "routing_classifier" if "routing_classifier" in work.keys else work.names[0]
-    distinct = int(cfg["distinct_inputs"])
-    catalog = input_pool(work.run, work.info, name, distinct, seed + 99)
-    ranks = np.arange(1, distinct + 1)
-    p = 1.0 / ranks ** float(cfg["zipf_a"])
-    picks = rng.choice(distinct, size=int(cfg["requests"]), p=p / p.sum())
+    catalog = input_pool(work.run, work.info, name, cfg.distinct_inputs, seed + 99)
+    ranks = np.arange(1, cfg.distinct_inputs + 1)
+    p = 1.0 / ranks**cfg.zipf_a
+    picks = rng.choice(cfg.distinct_inputs, size=cfg.requests, p=p / p.sum())
     queue = list(picks)
-    hits = 0
-    done = 0
-    failed = 0
+    counts = {"hits": 0, "done": 0, "failed": 0}
 
     async def client() -> None:
-        nonlocal hits, done, failed
         while queue:
             item = queue.pop()
-            result = await host.predict(work.keys[name], catalog[item])
-            done += 1
-            hits += bool(result.cache_hit)
-            failed += not result.success
+            result = await lr.host.predict(work.keys[name], catalog[item])
+            counts["done"] += 1
+            counts["hits"] += bool(result.cache_hit)
+            counts["failed"] += not result.success
 
-    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(int(cfg["concurrency"])))), 120)
-    return {
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(cfg.concurrency))), 120)
+    done = counts["done"]
+    unique = len(np.unique(picks))
+    result = {
         "model": name,
         "requests": done,
-        "distinct_inputs": distinct,
-        "zipf_a": float(cfg["zipf_a"]),
-        "hits": hits,
-        "failed": failed,
-        "hit_rate": hits / done if done else 0.0,
-        "unique_in_workload": len(np.unique(picks)),
-        "best_possible_hit_rate": 1.0 - len(np.unique(picks)) / len(picks),
+        "distinct_inputs": cfg.distinct_inputs,
+        "zipf_a": cfg.zipf_a,
+        "hits": counts["hits"],
+        "failed": counts["failed"],
+        "hit_rate": counts["hits"] / done if done else 0.0,
+        "unique_in_workload": unique,
+        "best_possible_hit_rate": 1.0 - unique / len(picks),
         "definition": "engine cache hits / requests of this Zipf workload (other stages' "
         "requests excluded)",
     }
+    lr.ctx.say(f"load: cache: hit rate {result['hit_rate']:.1%} over {done} Zipf requests")
+    return result
+
+
+async def soak(lr: LoadRun, sustained_rps: float) -> dict[str, Any]:
+    """The mix held open-loop at half the sustained rate (50..500 req/s) for `soak_s`."""
+    result = await _open_loop(
+        lr,
+        rate=max(50.0, min(500.0, sustained_rps / 2)),
+        duration_s=lr.profile.soak_s,
+        warmup_s=1.0,
+        seed=lr.profile.seeds.soak,
+        percentile=99,
+    )
+    return result.to_dict()
+
+
+async def memory(lr: LoadRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine process's peak RSS and pool reuse; (memory summary, engine stats)."""
+    stats = await lr.host.stats()
+    lr.sampler.sample()
+    pool = stats["engine"].get("memory_pool", {})
+    return {
+        "peak_rss_mb": lr.sampler.peak_rss_mb(),
+        "pool_reuse_ratio": pool.get("reuse_ratio"),
+        "pool_allocations": pool.get("allocations"),
+        "definition": "peak RSS of the engine process (sampled every 0.5 s and after "
+        "each scenario); reuse = pool buffer hits / allocations",
+    }, stats
 
 
 # --------------------------------------------------------------------------- the stage
-def run_load(
-    run_dir: str | Path,
-    profile: Profile | str = "smoke",
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Run the load stage; returns its summary (also written to stages/load/summary.json)."""
-    return asyncio.run(_run_load(RunDir.of(run_dir), profile, progress or (lambda _: None)))
+    return asyncio.run(_run(ctx))
 
 
-async def _run_load(run: RunDir, profile: Profile | str, say: Callable[[str], None]) -> dict:
-    import pandas as pd
-
-    from pipeline.targets import load_targets
-
-    profile = load_profile(profile) if isinstance(profile, str) else profile
-    targets = load_targets()
-    p95_bound = targets["p95_latency_ms"].threshold
-    p99_bound = targets["p99_latency_ms"].threshold
-    info = run.model_info()
+async def _start(ctx: StageContext) -> LoadRun:
+    info = ctx.run.model_info()
     keys = serving_keys(info)
-    work = _Workload(run, info, keys, seed=11)
+    work = Workload(ctx.run, info, keys, seed=ctx.profile.seeds.workload)
     null_keys = {n: f"{n}_null" for n in keys}
-    config = HostConfig(models=(*keys.values(), *null_keys.values()))
-    folder = run.stage(STAGE)
-    started = time.perf_counter()
-    host = EngineHost(run.models, config)
+    host = EngineHost(ctx.run.models, HostConfig(models=(*keys.values(), *null_keys.values())))
     await host.start()
-    say(f"load: engine process {host.pid} serving {', '.join(keys.values())}")
+    ctx.say(f"load: engine process {host.pid} serving {', '.join(keys.values())}")
     if host.load_errors:
         await host.stop()
         raise StageError(f"load: models failed to load in the engine process: {host.load_errors}")
     sampler = ResourceSampler(host.pid, interval_s=0.5)
     sampler.start()
-    gc.collect()
-    gc.freeze()
+    names, weights = work.weights(ctx.profile.mix)
+    return LoadRun(ctx, host, sampler, work, null_keys, names, weights)
+
+
+async def _run(ctx: StageContext) -> dict:
+    import pandas as pd
+
+    p95_bound = ctx.targets["p95_latency_ms"].threshold
+    p99_bound = ctx.targets["p99_latency_ms"].threshold
+    lr = await _start(ctx)
+    config = lr.host.config
     summary: dict[str, Any] = {
-        "profile": profile.name,
-        "host": host_facts(),
         "engine_config": config.__dict__ | {"models": list(config.models)},
         "targets": {"p95_bound_ms": p95_bound, "p99_bound_ms": p99_bound},
+        "warmup_s": ctx.profile.warmup_s,
     }
+    gc.collect()
+    gc.freeze()
     try:
-        # calibration: the harness against null models
-        null_work = work.with_keys(null_keys)
-        names, weights = work.weights({"quality_predictor": 0.6, "routing_classifier": 0.4})
-        calib = await _open_loop(
-            host, null_work, names, weights, 200.0, float(profile["calibration_s"]), 0.2, 3, 50
-        )
-        summary["calibration"] = {
-            "rate_rps": 200.0,
-            "p50_ms": calib.p50_ms,
-            "p99_ms": calib.p99_ms,
-            "samples": calib.scheduled,
-            "valid": calib.valid,
-        }
-        say(
-            f"load: calibration (null model, 200 req/s): p50 {calib.p50_ms:.2f} ms, "
-            f"p99 {calib.p99_ms:.2f} ms"
-        )
-
-        request_rows: list[tuple] = []
-        scenario_rows, window_rows = [], []
-        for i, scenario in enumerate(profile.scenarios):
-            rows, row, windows = await run_scenario(host, work, scenario, profile, sampler, i)
-            request_rows += rows
-            scenario_rows.append(row)
-            window_rows += windows
-            verdict = "valid" if row["valid"] else "INVALID: " + row["invalid_reason"]
-            say(
-                f"load: {scenario.name}: {row['requests']} requests, {scenario.users} users, "
-                f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms, errors "
-                f"{row['error_rate']:.2%} -> {verdict}"
-            )
-
-        cap_cfg = profile["capacity"]
-
-        async def trial(rate: float):
-            return await _open_loop(
-                host,
-                work,
-                names,
-                weights,
-                rate,
-                float(cap_cfg["trial_s"]),
-                float(cap_cfg["warmup_s"]),
-                int(rate),
-                50,
-            )
-
-        capacity = await find_max_sustained_rate(
-            trial,
-            p99_bound_ms=p99_bound,
-            start_rps=float(cap_cfg["start_rps"]),
-            max_rps=float(cap_cfg["max_rps"]),
-            refine_steps=int(cap_cfg["refine_steps"]),
-            max_error_rate=0.01,
-            require_valid=True,
-            progress=lambda line: say(f"load: capacity {line.strip()}"),
-        )
-        best = capacity.best
+        summary["calibration"] = await calibrate(lr)
+        request_rows, scenario_rows, window_rows = await scenarios(lr)
+        search = await capacity(lr, p99_bound)
+        best = search.best
         summary["capacity"] = {
-            "max_sustained_rps": capacity.max_sustained_rps,
-            "capped": capacity.capped,
+            "max_sustained_rps": search.max_sustained_rps,
+            "capped": search.capped,
             "p99_bound_ms": p99_bound,
-            "max_error_rate": 0.01,
+            "max_error_rate": MAX_ERROR_RATE,
             "best_p99_ms": best.p99_ms if best else None,
             "best_samples": best.scheduled if best else 0,
-            "trials": len(capacity.trials),
+            "trials": len(search.trials),
         }
-        bursts = [
-            await _burst(host, work, names, weights, int(profile["burst_requests"]), s)
-            for s in range(3)
-        ]
-        peak = sorted(b["throughput_rps"] for b in bursts)[1]
-        summary["peak"] = {
-            "throughput_rps": peak,
-            "bursts": bursts,
-            "burst_requests": int(profile["burst_requests"]),
-        }
-        say(
-            f"load: capacity {capacity.max_sustained_rps:.0f} req/s"
-            f"{' (search cap reached)' if capacity.capped else ''}; peak burst {peak:.0f} req/s"
+        summary["peak"] = await peak(lr)
+        ctx.say(
+            f"load: capacity {search.max_sustained_rps:.0f} req/s"
+            f"{' (search cap reached)' if search.capped else ''}; peak burst "
+            f"{summary['peak']['throughput_rps']:.0f} req/s"
         )
-
-        conc_cfg = profile["concurrency"]
-        levels = []
-        for users in conc_cfg["users"]:
-            level = await _concurrency_level(
-                host,
-                work,
-                int(users),
-                int(conc_cfg["requests_per_user"]),
-                float(conc_cfg["think_ms"]),
-                100 + int(users),
-            )
-            level["passed"] = level["success_rate"] >= 0.95 and level["p95_ms"] <= p95_bound
-            levels.append(level)
-        passing = [lv["users"] for lv in levels if lv["passed"]]
-        supported = max(passing, default=0)
-        summary["concurrency"] = {
-            "supported_users": supported,
-            "levels_tested": [lv["users"] for lv in levels],
-            "failed_levels": [lv["users"] for lv in levels if not lv["passed"]],
-            "criterion": f"success >= 95% and p95 <= {p95_bound:g} ms",
-        }
-        say(
-            f"load: concurrency: supported {supported} users "
-            f"(levels {summary['concurrency']['levels_tested']})"
-        )
-
-        summary["cache"] = await _cache_workload(host, work, profile["cache"], 77)
-        say(
-            f"load: cache: hit rate {summary['cache']['hit_rate']:.1%} over "
-            f"{summary['cache']['requests']} Zipf requests"
-        )
-
-        if profile.get("soak_s"):
-            soak = await _open_loop(
-                host,
-                work,
-                names,
-                weights,
-                max(50.0, min(500.0, capacity.max_sustained_rps / 2)),
-                float(profile["soak_s"]),
-                1.0,
-                99,
-                99,
-            )
-            summary["soak"] = soak.to_dict()
-
-        stats = await host.stats()
-        sampler.sample()
-        pool = stats["engine"].get("memory_pool", {})
-        summary["memory"] = {
-            "peak_rss_mb": sampler.peak_rss_mb(),
-            "pool_reuse_ratio": pool.get("reuse_ratio"),
-            "pool_allocations": pool.get("allocations"),
-            "definition": "peak RSS of the engine process (sampled every 0.5 s and after "
-            "each scenario); reuse = pool buffer hits / allocations",
-        }
+        summary["concurrency"], levels = await concurrency(lr, p95_bound)
+        summary["cache"] = await cache(lr)
+        if ctx.profile.soak_s:
+            summary["soak"] = await soak(lr, search.max_sustained_rps)
+        summary["memory"], stats = await memory(lr)
         summary["engine_stats"] = stats["engine"]
         summary["models"] = stats["models"]
         summary["engine_init_s"] = stats["init_s"]
     finally:
-        await sampler.stop()
-        await host.stop()
+        await lr.sampler.stop()
+        await lr.host.stop()
         gc.unfreeze()
 
     requests = pd.DataFrame(request_rows, columns=REQUEST_COLUMNS)
-    write_table(requests, folder / "requests.csv")
-    write_table(window_rows, folder / "windows.csv")
-    write_table(scenario_rows, folder / "scenarios.csv")
-    write_table(capacity.trial_table(), folder / "capacity.csv")
-    write_table(levels, folder / "concurrency.csv")
-    write_table(
-        [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in sampler.samples],
-        folder / "resources.csv",
+    ctx.write_table("requests", requests)
+    ctx.write_table("windows", window_rows)
+    ctx.write_table("scenarios", scenario_rows)
+    ctx.write_table("capacity", search.trial_table())
+    ctx.write_table("concurrency", levels)
+    ctx.write_table(
+        "resources",
+        [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in lr.sampler.samples],
     )
-    measured = requests[requests["scheduled_s"] >= float(profile["warmup_s"])]
+    measured = requests[~requests["warmup"]]
+    p = percentiles(measured["latency_ms"].to_numpy())
     summary["overall"] = {
         "requests": len(measured),
         "success_rate": float(measured["success"].mean()) if len(measured) else 0.0,
-        "mean_ms": float(measured["latency_ms"].mean()) if len(measured) else float("nan"),
-        "p95_ms": float(np.percentile(measured["latency_ms"], 95)) if len(measured) else None,
-        "p99_ms": float(np.percentile(measured["latency_ms"], 99)) if len(measured) else None,
+        "mean_ms": p.mean_ms,
+        "p95_ms": p.p95_ms,
+        "p99_ms": p.p99_ms,
     }
-    summary["seconds"] = time.perf_counter() - started
-    run.write_summary(STAGE, summary)
-    say(f"load: done in {summary['seconds']:.1f} s")
-    return summary
+    written = ctx.write_summary(summary)
+    ctx.say(f"load: done in {written['seconds']:.1f} s")
+    return written

@@ -88,7 +88,7 @@ def test_the_shape_follows_the_architecture(dag) -> None:
         "gate_stress"
     )
     assert "certify" in downstream("gate_infra")
-    assert "final_report" in downstream("gate_certification")
+    assert "final_report" in downstream("gate_certify")
     assert "deployment_package" in downstream("final_report")
     assert str(dag.get_task("final_report").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert (

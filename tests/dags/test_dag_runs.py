@@ -74,7 +74,7 @@ def test_an_impossible_target_gives_not_approved_and_no_package(
     assert report["package"] is None and not (run_dir / "package").exists()
     failed = [c["name"] for c in report["criteria"] if not c["met"]]
     assert failed == ["p99_latency_ms"]
-    assert report["gates"]["certification"]["success"] is False
+    assert report["gates"]["certify"]["success"] is False
     assert report["gates"]["load"]["success"] is False  # the load gate checks p99 too
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.targets import Targets, load_targets
-from tests.gates.helpers import good_table
+from tests.gates.helpers import good_table, stamp
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +25,6 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stage_table(targets: Targets) -> Callable[[str], pd.DataFrame]:
-    return lambda stage: good_table(stage, targets)
+def stage_table(targets: Targets, run_dir: Path) -> Callable[[str], pd.DataFrame]:
+    """Passing tables of the run folder's current attempt."""
+    return lambda stage: stamp(good_table(stage, targets), run_dir)

@@ -25,6 +25,7 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 "parity_max_abs_diff": [0.0, 2e-7, 0.0, 3e-6],
                 "parity_passed": [True, True, True, True],
                 "outputs_finite": [True, True, True, True],
+                "detail": ["", "", "", ""],
             }
         )
     if stage in ("integration", "infra"):
@@ -40,9 +41,11 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 ("health_ready", "", True, 200.0, "status", NAN, "GET /health/ready"),
                 ("predict_routing", "routing", True, 12.5, "ms", 25.0, "POST"),
             ]
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             rows, columns=["check", "model", "passed", "measured", "unit", "limit", "detail"]
         )
+        frame.insert(2, "status", "measured")
+        return frame
     if stage == "load":
         return pd.DataFrame(
             {
@@ -77,11 +80,12 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 "detail": ["", "queue full: rejected, not lost", ""],
             }
         )
-    if stage == "certification":
+    if stage == "certify":
         rows = [
             {
                 "name": t.name,
                 "category": t.category,
+                "status": "measured",
                 "target": t.target,
                 "tolerance": t.tolerance,
                 "direction": t.direction,
@@ -90,8 +94,10 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 "met": True,
                 "valid": True,
                 "samples": 500,
+                "min_samples": 100,
                 "source": "stages/load/scenarios.csv",
                 "detail": "",
+                "unit": t.unit,
             }
             for t in targets.values()
         ]
@@ -99,7 +105,16 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
     raise ValueError(stage)
 
 
+def stamp(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """`table` with every row stamped with the run folder's current attempt."""
+    from pipeline.stages.common import RunDir
+
+    return table.assign(attempt_id=RunDir(run_dir).attempt_id())
+
+
 def write_table(run_dir: Path, stage: str, table: pd.DataFrame) -> Path:
+    if "attempt_id" not in table.columns:
+        table = stamp(table, run_dir)
     path = run_dir / TABLES[stage].path
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)

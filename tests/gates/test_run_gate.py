@@ -53,7 +53,8 @@ VIOLATIONS = [
     ("build", 3, "parity_max_abs_diff", 1e-3, "parity max |diff| of every exported model"),
     ("build", 3, "parity_max_abs_diff", -1.0, "parity max |diff| of every exported model"),
     ("build", 0, "version", math.nan, "version is present for every exported model"),
-    ("integration", 0, "passed", False, "passed is True for every check"),
+    ("integration", 0, "passed", False, "passed is True for every measured check"),
+    ("integration", 0, "status", "invalid", "every check was measured or is not applicable"),
     ("integration", 1, "measured", 0.9, "routing accuracy of every model_sla_routing_accuracy"),
     ("integration", 2, "measured", 0.8, "quality correlation of every model_sla_quality_corr"),
     ("integration", 4, "measured", 3.5, "initialisation time of every initialization check"),
@@ -62,7 +63,7 @@ VIOLATIONS = [
     ("stress", 1, "lost", 1, "no request is lost in any stress test"),
     ("stress", 0, "survived", False, "survived is True for every stress test"),
     ("stress", 2, "recovered", False, "recovered is True for every stress test"),
-    ("infra", 1, "passed", False, "passed is True for every check"),
+    ("infra", 1, "passed", False, "passed is True for every measured check"),
 ]
 
 
@@ -107,6 +108,7 @@ def test_gate_json_records_observed_values_and_offending_rows(
 
     assert set(written) == {
         "stage",
+        "attempt_id",
         "success",
         "table",
         "row_count",
@@ -146,12 +148,12 @@ def test_gate_json_is_deterministic_and_strict_json(
 def test_certification_rechecks_measurements_independently_of_met(
     run_dir: Path, stage_table: TableFactory
 ) -> None:
-    table = stage_table("certification")
+    table = stage_table("certify")
     p99 = table.index[table["name"] == "p99_latency_ms"][0]
     table.loc[p99, "measured"] = 361.0  # over 360, while `met` still claims True
-    write_table(run_dir, "certification", table)
+    write_table(run_dir, "certify", table)
 
-    result = run_gate("certification", run_dir)
+    result = run_gate("certify", run_dir)
 
     assert result.failed == ("measured p99_latency_ms <= 360 ms (target 300 ms +20%)",)
     assert record(result, "measured p99_latency_ms")["observed_value"] == 361.0
@@ -160,26 +162,63 @@ def test_certification_rechecks_measurements_independently_of_met(
 def test_certification_passes_and_needs_one_row_per_target(
     run_dir: Path, stage_table: TableFactory, targets: Targets
 ) -> None:
-    table = stage_table("certification")
-    write_table(run_dir, "certification", table)
-    assert run_gate("certification", run_dir).success
+    table = stage_table("certify")
+    write_table(run_dir, "certify", table)
+    assert run_gate("certify", run_dir).success
 
-    write_table(run_dir, "certification", table[table["name"] != "cache_hit_rate"])
-    result = run_gate("certification", run_dir)
+    write_table(run_dir, "certify", table[table["name"] != "cache_hit_rate"])
+    result = run_gate("certify", run_dir)
     assert result.failed == (
         f"stages/certify/criteria.csv has one row per declared target ({len(targets)} rows)",
         f"the criteria are exactly the {len(targets)} targets declared in {targets.source}",
     )
 
 
-@pytest.mark.parametrize("column", ["met", "valid"])
-def test_certification_fails_when_a_criterion_is_not_met_or_invalid(
-    column: str, run_dir: Path, stage_table: TableFactory
+@pytest.mark.parametrize(
+    "column,value,failed",
+    [
+        ("met", False, "met is True for every measured criterion"),
+        (
+            "status",
+            "invalid",
+            "every criterion was measured or is not applicable (none invalid or not run)",
+        ),
+        (
+            "status",
+            "not_run",
+            "every criterion was measured or is not applicable (none invalid or not run)",
+        ),
+    ],
+)
+def test_certification_fails_when_a_criterion_is_not_met_invalid_or_not_run(
+    column: str, value, failed: str, run_dir: Path, stage_table: TableFactory
 ) -> None:
-    table = stage_table("certification")
-    table.loc[0, column] = False
-    result = run_gate("certification", run_dir, table=table)
-    assert result.failed == (f"{column} is True for every criterion",)
+    table = stage_table("certify")
+    table.loc[0, column] = value
+    result = run_gate("certify", run_dir, table=table)
+    assert result.failed == (failed,)
+
+
+def test_a_not_applicable_criterion_neither_passes_nor_fails_the_gate(
+    run_dir: Path, stage_table: TableFactory
+) -> None:
+    table = stage_table("certify")
+    table.loc[0, ["status", "measured", "met"]] = ["not_applicable", float("nan"), False]
+    assert run_gate("certify", run_dir, table=table).success
+
+
+def test_rows_of_another_attempt_fail_the_gate(run_dir: Path, stage_table: TableFactory) -> None:
+    from pipeline.stages.common import RunDir
+
+    write_table(run_dir, "stress", stage_table("stress"))
+    assert run_gate("stress", run_dir).success
+    RunDir(run_dir).start_attempt()  # the run restarts; the old table moves aside
+    (run_dir / "stages/stress").mkdir(parents=True)
+    old = (run_dir / "attempts").glob("*/stages/stress/tests.csv")
+    (run_dir / "stages/stress/tests.csv").write_bytes(next(old).read_bytes())
+    result = run_gate("stress", run_dir)
+    assert not result.success
+    assert any("is from this attempt" in f for f in result.failed)
 
 
 def test_tightened_target_fails_a_previously_passing_table(
@@ -225,7 +264,13 @@ def test_nothing_is_written_outside_the_run_folder(
 
     assert list(cwd.iterdir()) == []  # in particular no gx/ folder
     assert {p for p in tmp_path.rglob("*") if run_dir not in p.parents} == before
-    assert sorted(p.name for p in run_dir.iterdir()) == [".gx", "data_docs", "gates", "stages"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".gx",
+        "attempt.json",
+        "data_docs",
+        "gates",
+        "stages",
+    ]
 
 
 def test_in_memory_table_is_validated_without_a_file(

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.gates import STAGES, TABLES, ExpectationSpec, suite_name, suite_spec
+from pipeline.gates.suites import row_condition_pairs
 from pipeline.targets import Targets, load_targets
 
 
@@ -21,7 +22,7 @@ def by_meaning(specs: list[ExpectationSpec], text: str) -> ExpectationSpec:
 
 
 def test_every_stage_has_a_suite_with_unique_json_ready_expectations(targets: Targets) -> None:
-    assert STAGES == ("build", "integration", "load", "stress", "infra", "certification")
+    assert STAGES == ("build", "integration", "load", "stress", "infra", "certify")
     for stage in STAGES:
         specs = suite_spec(stage, targets)
         meanings = [spec.meaning for spec in specs]
@@ -59,10 +60,21 @@ def test_min_targets_are_lower_bounds_on_filtered_rows(targets: Targets) -> None
     assert routing.kwargs == {
         "column": "measured",
         "row_condition": {
-            "type": "comparison",
-            "column": {"name": "check"},
-            "operator": "==",
-            "parameter": "model_sla_routing_accuracy",
+            "type": "and",
+            "conditions": [
+                {
+                    "type": "comparison",
+                    "column": {"name": "check"},
+                    "operator": "==",
+                    "parameter": "model_sla_routing_accuracy",
+                },
+                {
+                    "type": "comparison",
+                    "column": {"name": "status"},
+                    "operator": "==",
+                    "parameter": "measured",
+                },
+            ],
         },
         "min_value": 0.95,
     }
@@ -78,12 +90,13 @@ def test_build_parity_is_between_zero_and_its_threshold(targets: Targets) -> Non
 
 
 def test_certification_rechecks_every_target_on_its_own_row(targets: Targets) -> None:
-    specs = suite_spec("certification", targets)
+    specs = suite_spec("certify", targets)
     assert specs[0].kwargs == {"value": len(targets)}
     rechecks = [spec for spec in specs if spec.target is not None]
     assert [spec.target for spec in rechecks] == list(targets)
     for spec, target in zip(rechecks, targets.values(), strict=True):
-        assert spec.kwargs["row_condition"]["parameter"] == target.name
+        pairs = row_condition_pairs(spec.kwargs["row_condition"])
+        assert pairs == [("name", target.name), ("status", "measured")]
         bound = "max_value" if target.direction == "max" else "min_value"
         assert spec.kwargs[bound] == target.threshold
     success = by_meaning(specs, "measured success_rate")
@@ -111,12 +124,12 @@ def test_undeclared_targets_are_not_gated(tmp_path: Path) -> None:
     subset = load_targets(path)
     load = suite_spec("load", subset)
     assert [spec.target for spec in load if spec.target] == ["p99_latency_ms"]
-    certification = suite_spec("certification", subset)
+    certification = suite_spec("certify", subset)
     assert certification[0].kwargs == {"value": 1}
 
 
 def test_contract_paths_are_inside_the_run_folder() -> None:
-    assert TABLES["certification"].path == "stages/certify/criteria.csv"
+    assert TABLES["certify"].path == "stages/certify/criteria.csv"
     for contract in TABLES.values():
         assert not Path(contract.path).is_absolute() and ".." not in contract.path
 

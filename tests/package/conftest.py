@@ -58,7 +58,7 @@ def make_report(
         "decision": decision,
         "readiness_score": 1.0 if decision == "APPROVED" else 0.85,
         "criteria": criteria,
-        "gates": {"build": True, "integration": True, "load": True, "certification": True},
+        "gates": {"build": True, "integration": True, "load": True, "certify": True},
         "models": models,
         "risks": [],
         "recommendations": [

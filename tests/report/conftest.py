@@ -69,7 +69,7 @@ def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -
     from pipeline.gates import run_gate
     from pipeline.stages import run_stage
     from pipeline.stages.build import record_build
-    from pipeline.stages.common import RunDir
+    from pipeline.stages.context import StageContext
 
     folder = tmp_path_factory.mktemp("report-run")
     profiles = folder / "profiles.yaml"
@@ -78,7 +78,7 @@ def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(built_models, run / "models")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RELCERT_PROFILES_FILE", str(profiles))
-        RunDir.of(run).write_summary("build", record_build(run))
+        record_build(StageContext.open(run, "build", "report"))
         assert run_gate("build", run).success
         for stage in STAGES_RUN[1:]:
             gate = run_stage(stage, run, "report")["gate"]

@@ -78,7 +78,7 @@ def test_a_healthy_run_is_approved(approved_report) -> None:
     assert data["confidence"] == "HIGH" and approved_report.readiness_score == 1.0
     assert all(c["met"] and c["valid"] for c in data["criteria"])
     assert all(g["success"] for g in data["gates"].values())
-    assert set(data["gates"]) == {"build", "integration", "load", "stress", "certification"}
+    assert set(data["gates"]) == {"build", "integration", "load", "stress", "certify"}
     assert not [r for r in data["risks"] if r["level"] == "high"]
     assert data["summary"]["deployment_allowed"] and data["run_id"] == "nightly-1"
     assert data["profile"] == "report"
@@ -123,12 +123,12 @@ def test_a_failed_certification_gate_is_not_approved(failed_certification_report
     p99 = criteria["p99_latency_ms"]
     assert not p99["met"] and p99["valid"] and p99["threshold"] == pytest.approx(0.0012)
     assert [c for c in data["criteria"] if not c["met"]] == [p99]
-    assert not data["gates"]["certification"]["success"]
-    assert any("p99_latency_ms" in f for f in data["gates"]["certification"]["failed"])
+    assert not data["gates"]["certify"]["success"]
+    assert any("p99_latency_ms" in f for f in data["gates"]["certify"]["failed"])
     reasons = " ".join(data["reasons"])
-    assert "Gate 'certification' failed" in reasons and "p99_latency_ms: not met" in reasons
+    assert "Gate 'certify' failed" in reasons and "p99_latency_ms: not met" in reasons
     high = [(r["gate"] or r["criterion"]) for r in data["risks"] if r["level"] == "high"]
-    assert high == ["certification", "p99_latency_ms"]
+    assert high == ["certify", "p99_latency_ms"]
     assert "cache results of repeated inputs (latency)" in data["recommendations"]
     assert data["next_steps"][0].startswith("Do not deploy")
     page = parse(report.path_html)
@@ -262,7 +262,7 @@ def test_report_html_is_self_contained_and_links_into_the_run(approved_report) -
     for href in page.hrefs:
         assert "://" not in href and not href.startswith("/"), href
         assert (run / href).is_file(), href
-    for wanted in ("data_docs/index.html", "gates/certification.json", "stages/load/requests.csv"):
+    for wanted in ("data_docs/index.html", "gates/certify.json", "stages/load/requests.csv"):
         assert wanted in page.hrefs
     for gate in approved_report.data["gates"].values():
         assert gate["data_docs_validation"] in page.hrefs

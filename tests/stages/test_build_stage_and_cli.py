@@ -61,7 +61,7 @@ def test_relcert_stage_exit_codes(run_dir: Path, tmp_path: Path) -> None:
     assert "gate integration passed" in ok.stdout
     # certify without load/stress results: the certification gate fails -> exit 3
     failed = _relcert("stage", "certify", "--run-dir", str(run_dir))
-    assert failed.returncode == 3 and "gate certification FAILED" in failed.stdout
+    assert failed.returncode == 3 and "gate certify FAILED" in failed.stdout
 
 
 def test_a_malformed_targets_file_is_refused_before_any_stage_runs(

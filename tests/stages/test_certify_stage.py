@@ -39,7 +39,7 @@ def test_too_small_a_sample_is_invalid_not_a_pass(
     run = tmp_path / "mini-run"
     shutil.copytree(built_models, run / "models")
     run_stage("load", run, "mini")
-    rows = {r["name"]: r for r in measure_targets(run)}
+    rows = {c.name: c.row() for c in measure_targets(run, profile="mini")}
     p99 = rows["p99_latency_ms"]
     assert not p99["valid"] and not p99["met"] and "needs >= 1000 samples" in p99["detail"]
     assert not math.isnan(p99["measured"])  # measured, but not claimed
@@ -82,8 +82,9 @@ def test_an_impossible_target_fails_the_certification_gate(measured_run: Path) -
 
 
 def test_a_stage_that_did_not_run_leaves_its_criteria_unmet(run_dir: Path) -> None:
-    rows = {r["name"]: r for r in measure_targets(run_dir)}
+    rows = {c.name: c.row() for c in measure_targets(run_dir)}
     for name in ("p99_latency_ms", "sustained_throughput_rps", "routing_accuracy"):
         assert not rows[name]["met"] and not rows[name]["valid"]
+        assert rows[name]["status"] == "not_run"
         assert math.isnan(rows[name]["measured"])
         assert "did not run" in rows[name]["detail"]

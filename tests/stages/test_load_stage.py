@@ -25,7 +25,7 @@ def test_load_stage_measures_the_engine_process_and_passes_its_gate(
     scenarios = pd.read_csv(folder / "scenarios.csv")
     requests = pd.read_csv(folder / "requests.csv")
     assert result["gate"]["success"], result["gate"]["failed"]
-    assert list(requests.columns) == REQUEST_COLUMNS
+    assert list(requests.columns) == [*REQUEST_COLUMNS, "attempt_id"]
     assert set(requests["model"]) == {"quality_predictor", "routing_classifier"}
     assert scenarios["valid"].all() and (scenarios["error_rate"] == 0).all()
     assert (requests["latency_ms"] > 0).all() and requests["success"].all()

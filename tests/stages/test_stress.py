@@ -11,7 +11,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipeline.stages import stress
+from pipeline.stages import execute_stage, stress
+from pipeline.stages.stress.cpu_saturation import BUSY_PER_CORE, _cores
 
 EXPECTED_TESTS = {
     "memory_pressure",
@@ -47,7 +48,7 @@ def smoke(built_models: Path, tmp_path_factory: pytest.TempPathFactory):
     run = _copy_run(built_models, tmp_path_factory.mktemp("stress"))
     before = _children()
     lines: list[str] = []
-    summary = stress.run_stress(run, "smoke", progress=lines.append)
+    summary = execute_stage("stress", run, "smoke", progress=lines.append)
     return run, summary, lines, before
 
 
@@ -55,7 +56,7 @@ def test_smoke_stage_survives_and_recovers_on_healthy_models(smoke) -> None:
     run, summary, lines, _ = smoke
     folder = run / "stages" / "stress"
     tests = pd.read_csv(folder / "tests.csv")
-    assert list(tests.columns) == list(stress.TEST_COLUMNS)
+    assert list(tests.columns) == [*stress.TEST_COLUMNS, "attempt_id"]
     assert set(tests["test"]) == EXPECTED_TESTS and len(tests) == len(EXPECTED_TESTS)
     failing = tests[~(tests["survived"] & tests["recovered"])]
     assert failing.empty, failing[["test", "detail"]].to_dict("records")
@@ -67,7 +68,7 @@ def test_smoke_stage_survives_and_recovers_on_healthy_models(smoke) -> None:
         assert "criterion" in detail and "survived:" in detail and "recovered:" in detail
 
     levels = pd.read_csv(folder / "levels.csv")
-    assert list(levels.columns) == list(stress.LEVEL_COLUMNS)
+    assert list(levels.columns) == [*stress.LEVEL_COLUMNS, "attempt_id"]
     assert set(levels["test"]) >= EXPECTED_TESTS
     scaling = levels[levels["test"] == "rapid_scaling"]
     steps = scaling[scaling["phase"].str.startswith("step ")]
@@ -77,7 +78,7 @@ def test_smoke_stage_survives_and_recovers_on_healthy_models(smoke) -> None:
     assert memory["freed"] <= memory["baseline"] + 50
 
     resources = pd.read_csv(folder / "resources.csv")
-    assert list(resources.columns) == ["t", "rss_mb", "cpu_percent"]
+    assert list(resources.columns) == ["t_s", "rss_mb", "cpu_percent", "attempt_id"]
     assert len(resources) >= 5 and resources["rss_mb"].max() > 200
 
     written = json.loads((folder / "summary.json").read_text())
@@ -149,7 +150,7 @@ def test_unmeetable_latency_target_fails_cpu_saturation_and_kills_busy_processes
     assert not result.survived
     assert result.counts.succeeded == result.counts.submitted > 0
     assert "p95 under saturation" in result.detail and ": NO" in result.detail
-    assert result.metrics["busy_processes"] == stress._cores() * stress.BUSY_PER_CORE
+    assert result.metrics["busy_processes"] == _cores() * BUSY_PER_CORE
     assert not (_children() - before)
 
 
