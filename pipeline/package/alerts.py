@@ -22,7 +22,7 @@ threshold, which stays silent.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ BYTES_PER_MB = 2**20  # relcert_memory_rss_bytes = memory_usage_mb * 2**20 (moni
 
 LATENCY = "relcert_request_latency_ms"
 REQUESTS = "relcert_requests_total"
+ERRORS = 'relcert_requests_total{outcome="error"}'
 CACHE_HITS = "relcert_engine_cache_hits_total"
 RSS = "relcert_memory_rss_bytes"
 QUEUE = "relcert_queue_depth"
@@ -235,6 +236,30 @@ def _described(summary: str, unit: str, describe: str) -> str:
     )
 
 
+def _crossing(
+    series: Callable[[float], dict[str, float]],
+    threshold: float,
+    fires_above: bool,
+    healthy: float,
+    ceiling: float | None = None,
+    **extra: Any,
+) -> Scenario:
+    """`series` at a healthy level, NEAR past the threshold (the alert's value there) and
+    NEAR inside it; never past `ceiling` (a ratio stays <= 1)."""
+
+    def capped(level: float) -> float:
+        return level if ceiling is None or level <= ceiling else (threshold + ceiling) / 2
+
+    past = capped(_past(threshold, fires_above))
+    return Scenario(
+        healthy=series(healthy),
+        past=series(past),
+        inside=series(capped(_inside(threshold, fires_above))),
+        value=past,
+        **extra,
+    )
+
+
 def _guarding(target: Target, **fields: Any) -> Alert:
     """An alert on a certification target: the target's name, threshold and rule; by default
     a description that shows the value and the rule."""
@@ -249,53 +274,47 @@ def _guarding(target: Target, **fields: Any) -> Alert:
     )
 
 
-def _mean_latency(targets: Targets, service: str, bounds: tuple[float, ...]) -> Alert | None:
-    target = targets.get("average_inference_latency_ms")
-    if target is None:
-        return None
-    t = target.threshold
+def _ratio(numerator: str, denominator: str) -> str:
+    """A service-wide ratio of two counters' rates over the window."""
     by = ", ".join(_SERVICE_WIDE)
-    summary = "Mean request latency above the certified threshold"
-    past = _past(t, True)
-    return _guarding(
-        target,
-        name="RelcertMeanLatencyHigh",
-        expr=(
-            f"sum by ({by}) (rate({LATENCY}_sum[{_WINDOW}]))\n"
-            f"  / sum by ({by}) (rate({LATENCY}_count[{_WINDOW}]))\n"
-            f"  > {promql_number(t)}"
-        ),
-        for_minutes=5,
-        severity="warning",
-        summary=summary,
-        runbook="troubleshooting-high-latency",
-        per_pod=False,
-        scenario=Scenario(
-            healthy=_histogram(service, bounds, {_clean(t / 2): _PER_MINUTE}),
-            past=_histogram(service, bounds, {past: _PER_MINUTE}),
-            inside=_histogram(service, bounds, {_inside(t, True): _PER_MINUTE}),
-            value=past,
-        ),
+    return (
+        f"sum by ({by}) (rate({numerator}[{_WINDOW}]))\n"
+        f"  / sum by ({by}) (rate({denominator}[{_WINDOW}]))"
     )
 
 
-def _percentile_latency(
-    targets: Targets, name: str, service: str, bounds: tuple[float, ...]
-) -> Alert | None:
-    target = targets.get(name)
-    if target is None:
-        return None
-    q = _QUANTILES[name]
+def _mean_latency(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
+    t = target.threshold
+
+    def latency(ms: float) -> dict[str, float]:
+        return _histogram(service, bounds, {ms: _PER_MINUTE})
+
+    return _guarding(
+        target,
+        name="RelcertMeanLatencyHigh",
+        expr=f"{_ratio(f'{LATENCY}_sum', f'{LATENCY}_count')}\n  > {promql_number(t)}",
+        for_minutes=5,
+        severity="warning",
+        summary="Mean request latency above the certified threshold",
+        runbook="troubleshooting-high-latency",
+        per_pod=False,
+        scenario=_crossing(latency, t, True, healthy=_clean(t / 2)),
+    )
+
+
+def _percentile_latency(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
+    q = _QUANTILES[target.name]
     t = target.threshold
     if t not in bounds:
-        raise ValueError(f"latency buckets {bounds} lack the {name} threshold {t:g}")
+        raise ValueError(f"latency buckets {bounds} lack the {target.name} threshold {t:g}")
     i = bounds.index(t)
     below, above = (bounds[i - 1] if i else 0.0), bounds[i + 1]
     fast = _clean(t / 4)
 
-    def mix(start: float, end: float, aim: float) -> tuple[dict[float, float], float]:
+    def mix(start: float, end: float, aim: float) -> tuple[dict[str, float], float]:
         """Fast requests plus enough slow ones in the bucket (start, end] that the
-        histogram's percentile reads `aim` (or the bucket's middle if `aim` is outside)."""
+        histogram's percentile reads `aim` (or the bucket's middle if `aim` is outside):
+        the histogram's series, and that percentile."""
         if not start < aim < end:
             aim = (start + end) / 2
         share = (aim - start) / (end - start)  # where the rank falls inside the bucket
@@ -304,13 +323,12 @@ def _percentile_latency(
             observations = {fast: _PER_MINUTE - slow, _clean((start + end) / 2): slow}
             value = _histogram_quantile(q, bounds, observations)
             if _shown(value * (1 - 1e-9)) == _shown(value * (1 + 1e-9)):  # no rounding edge
-                return observations, value
+                return _histogram(service, bounds, observations), value
             slow += 1
 
     past, value = mix(t, above, _past(t, True))
     inside, _ = mix(below, t, _inside(t, True))
-    label = name.split("_")[0]  # p95
-    summary = f"{label} request latency above the certified threshold"
+    label = target.name.split("_")[0]  # p95
     by = ", ".join((*_SERVICE_WIDE, "le"))
     return _guarding(
         target,
@@ -321,26 +339,20 @@ def _percentile_latency(
         ),
         for_minutes=5,
         severity="critical" if q >= 0.99 else "warning",
-        summary=summary,
+        summary=f"{label} request latency above the certified threshold",
         runbook="troubleshooting-high-latency",
         per_pod=False,
         scenario=Scenario(
             healthy=_histogram(service, bounds, {fast: _PER_MINUTE}),
-            past=_histogram(service, bounds, past),
-            inside=_histogram(service, bounds, inside),
+            past=past,
+            inside=inside,
             value=value,
         ),
     )
 
 
-def _error_rate(targets: Targets, service: str) -> Alert | None:
-    target = targets.get("error_rate")
-    if target is None:
-        return None
+def _error_rate(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
     t = target.threshold
-    by = ", ".join(_SERVICE_WIDE)
-    summary = "Share of failed requests above the certified threshold"
-    past = min(_past(t, True), (t + 1) / 2)
 
     def traffic(share: float) -> dict[str, float]:
         return _requests(service, _PER_MINUTE, share * _PER_MINUTE)
@@ -348,67 +360,46 @@ def _error_rate(targets: Targets, service: str) -> Alert | None:
     return _guarding(
         target,
         name="RelcertErrorRateHigh",
-        expr=(
-            f'sum by ({by}) (rate({REQUESTS}{{outcome="error"}}[{_WINDOW}]))\n'
-            f"  / sum by ({by}) (rate({REQUESTS}[{_WINDOW}]))\n"
-            f"  > {promql_number(t)}"
-        ),
+        expr=f"{_ratio(ERRORS, REQUESTS)}\n  > {promql_number(t)}",
         for_minutes=5,
         severity="critical",
-        summary=summary,
+        summary="Share of failed requests above the certified threshold",
         runbook="troubleshooting-integration-failures-model-loading",
         per_pod=False,
-        scenario=Scenario(
-            healthy=traffic(_clean(t / 5)),
-            past=traffic(past),
-            inside=traffic(_inside(t, True)),
-            value=past,
-        ),
+        scenario=_crossing(traffic, t, True, healthy=_clean(t / 5), ceiling=1.0),
     )
 
 
-def _memory(targets: Targets, service: str) -> Alert | None:
-    target = targets.get("memory_usage_mb")
-    if target is None:
-        return None
+def _memory(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
     t = target.threshold
-    summary = "Resident memory of a replica above the certified threshold"
     rss = _selector(RSS, _pod(service))
-    past = _past(t, True)
     return _guarding(
         target,
         name="RelcertMemoryHigh",
         expr=f"{RSS} / {BYTES_PER_MB} > {promql_number(t)}",
         for_minutes=10,
         severity="warning",
-        summary=summary,
+        summary="Resident memory of a replica above the certified threshold",
         description=(
             f"{{where}}: resident memory {{value}}{format_unit(target.unit)} (process RSS); "
             f"certified target {target.describe()}."
         ),
         runbook="troubleshooting-memory",
         per_pod=True,
-        scenario=Scenario(
-            healthy={rss: _clean(t / 2 * BYTES_PER_MB)},
-            past={rss: _clean(past * BYTES_PER_MB)},
-            inside={rss: _clean(_inside(t, True) * BYTES_PER_MB)},
-            value=past,
+        scenario=_crossing(
+            lambda mb: {rss: _clean(mb * BYTES_PER_MB)}, t, True, healthy=_clean(t / 2)
         ),
     )
 
 
-def _throughput_floor(targets: Targets, service: str) -> Alert | None:
-    target = targets.get("sustained_throughput_rps")
-    if target is None:
-        return None
+def _throughput_floor(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
     t = target.threshold
     queue = _selector(QUEUE, _pod(service))
-    summary = "Throughput below the certified floor while requests are queuing"
-    past = _past(t, False)
 
     def busy(rps: float, waiting: float = 4.0) -> dict[str, float]:
         return {**_requests(service, _clean(rps * 60)), queue: waiting}
 
+    idle = ("an idle replica with an empty queue", busy(_clean(t / 10), 0.0))
     return _guarding(
         target,
         name="RelcertThroughputBelowFloor",
@@ -419,32 +410,20 @@ def _throughput_floor(targets: Targets, service: str) -> Alert | None:
         ),
         for_minutes=10,
         severity="warning",
-        summary=summary,
+        summary="Throughput below the certified floor while requests are queuing",
         description=(
             f"{{where}}: completes {{value}} req/s (over {_WINDOW}) while requests queue; "
             f"certified target {target.describe()}."
         ),
         runbook="horizontal-scaling",
         per_pod=True,
-        scenario=Scenario(
-            healthy=busy(_clean(t * 1.5)),
-            past=busy(past),
-            inside=busy(_inside(t, False)),
-            value=past,
-            also_silent=(("an idle replica with an empty queue", busy(_clean(t / 10), 0.0)),),
-        ),
+        scenario=_crossing(busy, t, False, healthy=_clean(t * 1.5), also_silent=(idle,)),
     )
 
 
-def _cache_hit_rate(targets: Targets, service: str) -> Alert | None:
-    target = targets.get("cache_hit_rate")
-    if target is None:
-        return None
+def _cache_hit_rate(target: Target, service: str, bounds: tuple[float, ...]) -> Alert:
     t = target.threshold
-    by = ", ".join(_SERVICE_WIDE)
     hits = _selector(CACHE_HITS, _pod(service))
-    summary = "Result-cache hit rate below the certified threshold"
-    past = _past(t, False)
 
     def traffic(share: float) -> dict[str, float]:
         return {**_requests(service, _PER_MINUTE), hits: _clean(share * _PER_MINUTE)}
@@ -453,33 +432,30 @@ def _cache_hit_rate(targets: Targets, service: str) -> Alert | None:
         target,
         name="RelcertCacheHitRateLow",
         # no traffic gives NaN, which compares false: an idle service does not alert
-        expr=(
-            f"sum by ({by}) (rate({CACHE_HITS}[{_WINDOW}]))\n"
-            f"  / sum by ({by}) (rate({REQUESTS}[{_WINDOW}]))\n"
-            f"  < {promql_number(t)}"
-        ),
+        expr=f"{_ratio(CACHE_HITS, REQUESTS)}\n  < {promql_number(t)}",
         for_minutes=15,
         severity="info",
-        summary=summary,
+        summary="Result-cache hit rate below the certified threshold",
         runbook="troubleshooting-high-latency",
         per_pod=False,
-        scenario=Scenario(
-            healthy=traffic(min(1.0, float(f"{(1 + t) / 2:.3g}"))),
-            past=traffic(past),
-            inside=traffic(min(_inside(t, False), (1 + t) / 2)),
-            value=past,
-        ),
+        scenario=_crossing(traffic, t, False, healthy=_clean((1 + t) / 2), ceiling=1.0),
     )
+
+
+#: certification target -> its alert, in the order the rules list them
+_TARGET_ALERTS: dict[str, Callable[[Target, str, tuple[float, ...]], Alert]] = {
+    "average_inference_latency_ms": _mean_latency,
+    "p95_latency_ms": _percentile_latency,
+    "p99_latency_ms": _percentile_latency,
+    "error_rate": _error_rate,
+    "memory_usage_mb": _memory,
+    "sustained_throughput_rps": _throughput_floor,
+    "cache_hit_rate": _cache_hit_rate,
+}
 
 
 def _capacity(service: str, certified_rps: float) -> Alert:
     t = _clean(certified_rps * CAPACITY_SAFETY_FACTOR)
-    summary = "Traffic per replica above half its certified capacity"
-    past = _past(t, True)
-
-    def traffic(rps: float) -> dict[str, float]:
-        return _requests(service, _clean(rps * 60))
-
     rule = (
         f"traffic per replica <= {format_number(CAPACITY_SAFETY_FACTOR)} x certified "
         f"max sustained {format_number(certified_rps)} req/s"
@@ -491,7 +467,7 @@ def _capacity(service: str, certified_rps: float) -> Alert:
         expr=f"sum without (outcome) (rate({REQUESTS}[{_WINDOW}])) > {promql_number(t)}",
         for_minutes=10,
         severity="warning",
-        summary=summary,
+        summary="Traffic per replica above half its certified capacity",
         description=(
             f"{{where}}: receives {{value}} req/s (over {_WINDOW}); the run certified "
             f"{format_number(certified_rps)} req/s per replica (stages/load/summary.json "
@@ -501,11 +477,8 @@ def _capacity(service: str, certified_rps: float) -> Alert:
         rule_text=rule,
         threshold_text=f"{format_number(t)} req/s",
         per_pod=True,
-        scenario=Scenario(
-            healthy=traffic(_clean(t / 2)),
-            past=traffic(past),
-            inside=traffic(_inside(t, True)),
-            value=past,
+        scenario=_crossing(
+            lambda rps: _requests(service, _clean(rps * 60)), t, True, healthy=_clean(t / 2)
         ),
     )
 
@@ -578,19 +551,15 @@ def build_alerts(
             f"certified capacity must be a finite rate > 0 req/s, got {certified_capacity_rps!r}"
         )
     bounds = latency_buckets_ms(targets)
-    candidates = (
-        _mean_latency(targets, service, bounds),
-        _percentile_latency(targets, "p95_latency_ms", service, bounds),
-        _percentile_latency(targets, "p99_latency_ms", service, bounds),
-        _error_rate(targets, service),
-        _memory(targets, service),
-        _throughput_floor(targets, service),
-        _cache_hit_rate(targets, service),
-        _capacity(service, certified_capacity_rps) if certified_capacity_rps else None,
-        _queue_saturated(settings, service),
-        _service_down(service),
-    )
-    return tuple(alert for alert in candidates if alert is not None)
+    alerts = [
+        build(targets[name], service, bounds)
+        for name, build in _TARGET_ALERTS.items()
+        if name in targets
+    ]
+    if certified_capacity_rps is not None:
+        alerts.append(_capacity(service, certified_capacity_rps))
+    alerts += [_queue_saturated(settings, service), _service_down(service)]
+    return tuple(alerts)
 
 
 # ----------------------------------------------------------------------------- documents
