@@ -2,22 +2,61 @@
 
 Per-request recording writes into preallocated ring buffers (no object per request), so the
 monitor adds no garbage-collector pressure under load.
+
+The Prometheus exposition holds what alert rules compute over a window of their own:
+counters since the process started (`relcert_requests_total{outcome}`) and a latency
+histogram (`relcert_request_latency_ms_bucket{le}`, `_sum`, `_count`), so
+`rate(...[5m])` ratios and `histogram_quantile` work; the sliding-window figures are
+exported as gauges for dashboards.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from pipeline.inference._records import RecordMixin
 
-__all__ = ["PerformanceMetrics", "RealTimePerformanceMonitor"]
+__all__ = [
+    "DEFAULT_LATENCY_BUCKETS_MS",
+    "PerformanceMetrics",
+    "RealTimePerformanceMonitor",
+    "check_latency_buckets",
+]
+
+#: Upper bounds (ms) of the latency histogram: a ladder from 1 ms to 10 s that holds the
+#: default targets' alert thresholds (mean 33, p95 115, p99 360 ms) as bounds, so
+#: `histogram_quantile` is exact at each threshold. A deployment whose thresholds differ
+#: passes its own (the package sets LATENCY_BUCKETS_MS from its targets).
+DEFAULT_LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    1.0, 2.5, 5.0, 10.0, 25.0, 33.0, 50.0, 75.0, 100.0, 115.0, 150.0, 200.0, 250.0,
+    300.0, 360.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 10000.0,
+)  # fmt: skip
+
+
+def check_latency_buckets(bounds: Sequence[float], what: str = "latency buckets") -> tuple:
+    """`bounds` as a tuple of floats, or ValueError unless finite, > 0 and increasing."""
+    try:
+        values = tuple(float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected numbers, got {bounds!r}") from None
+    if not values:
+        raise ValueError(f"{what}: expected at least one bucket bound")
+    for value in values:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what}: bounds must be finite numbers > 0, got {value:g}")
+    if any(b <= a for a, b in pairwise(values)):
+        raise ValueError(f"{what}: bounds must be strictly increasing, got {values}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -59,9 +98,16 @@ class RealTimePerformanceMonitor:
         capacity: int = 1 << 16,
         *,
         memory_limit_mb: float | None = None,
+        latency_buckets_ms: Sequence[float] | None = None,
     ) -> None:
         import psutil
 
+        self.latency_buckets_ms = check_latency_buckets(
+            DEFAULT_LATENCY_BUCKETS_MS if latency_buckets_ms is None else latency_buckets_ms
+        )
+        # per-bucket (not cumulative) counts since start; the last one is +Inf
+        self._bucket_counts = [0] * (len(self.latency_buckets_ms) + 1)
+        self._latency_sum_ms = 0.0
         self.window_seconds = float(window_seconds)
         self.memory_limit_mb = memory_limit_mb
         self._capacity = int(capacity)
@@ -103,6 +149,9 @@ class RealTimePerformanceMonitor:
         self._ok[i] = success
         self._hit[i] = cache_hit
         self._n += 1
+        # a latency equal to a bound counts in that bucket (Prometheus `le`)
+        self._bucket_counts[bisect_left(self.latency_buckets_ms, latency_ms)] += 1
+        self._latency_sum_ms += latency_ms
         if not success:
             self._errors_total += 1
 
@@ -122,6 +171,16 @@ class RealTimePerformanceMonitor:
         t, lat, ok, hit = self._t[:count], self._lat[:count], self._ok[:count], self._hit[:count]
         mask = t >= time.perf_counter() - self.window_seconds
         return t[mask], lat[mask], ok[mask], hit[mask]
+
+    def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
+        """Cumulative counts per upper bound since start (the last bound is +inf) and the
+        sum of every latency (ms): the Prometheus histogram of request latency."""
+        counts = list(self._bucket_counts)  # one snapshot: the buckets agree with each other
+        cumulative, total = [], 0
+        for bound, count in zip((*self.latency_buckets_ms, math.inf), counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        return cumulative, self._latency_sum_ms
 
     def memory_usage_mb(self) -> float:
         return self._process.memory_info().rss / 2**20
@@ -198,19 +257,28 @@ class _MonitorCollector:
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
-            SummaryMetricFamily,
+            HistogramMetricFamily,
         )
+        from prometheus_client.utils import floatToGoString
 
-        m = self._monitor.get_current_metrics()
+        monitor = self._monitor
+        m = monitor.get_current_metrics()
         requests = CounterMetricFamily(
             "relcert_requests", "Inference requests completed", labels=["outcome"]
         )
         requests.add_metric(["success"], m.requests_total - m.errors_total)
         requests.add_metric(["error"], m.errors_total)
         yield requests
-        summary = SummaryMetricFamily(
+        buckets, latency_sum = monitor.latency_histogram()
+        yield HistogramMetricFamily(
             "relcert_request_latency_ms",
-            f"Request latency over the last {m.window_seconds:g} s (ms)",
+            "Request latency since the process started (ms), from submission to result",
+            buckets=[(floatToGoString(bound), count) for bound, count in buckets],
+            sum_value=latency_sum,
+        )
+        quantiles = GaugeMetricFamily(
+            "relcert_window_latency_ms",
+            f"Request latency percentiles over the last {m.window_seconds:g} s (ms)",
             labels=["quantile"],
         )
         for q, v in (
@@ -218,10 +286,8 @@ class _MonitorCollector:
             ("0.95", m.p95_latency_ms),
             ("0.99", m.p99_latency_ms),
         ):
-            summary.add_sample("relcert_request_latency_ms", {"quantile": q}, v)
-        summary.add_sample("relcert_request_latency_ms_count", {}, m.sample_count)
-        summary.add_sample("relcert_request_latency_ms_sum", {}, m.latency_ms * m.sample_count)
-        yield summary
+            quantiles.add_metric([q], v)
+        yield quantiles
         for name, help_text, value in (
             (
                 "relcert_throughput_rps",

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline._io import atomic_write_bytes
 from pipeline.names import ALLOWS_PACKAGE
+from pipeline.package.alerts import CAPACITY_SAFETY_FACTOR, build_alerts
 from pipeline.package.archive import EPOCH, sha256sums_text, zip_bytes
 from pipeline.package.docs import render
 from pipeline.package.errors import PackageError, PackageRefused
@@ -29,13 +30,21 @@ from pipeline.package.manifests import (
     CONTAINER_PORT,
     SERVICE_NAME,
     ManifestContext,
-    alert_rules,
     kubernetes_manifests,
     monitoring_files,
+    service_env,
 )
 from pipeline.package.requirements import repo_root, service_requirements
-from pipeline.package.settings import EngineSettings, engine_settings_for_run
-from pipeline.package.validate import check_kubernetes_version, validate_documents
+from pipeline.package.settings import (
+    EngineSettings,
+    certified_capacity_for_run,
+    engine_settings_for_run,
+)
+from pipeline.package.validate import (
+    check_kubernetes_version,
+    is_manifest_path,
+    validate_documents,
+)
 from pipeline.targets import Target, Targets, format_number, format_unit, load_targets
 
 __all__ = ["ALLOWED_DECISIONS", "PACKAGE_NAME", "PackageResult", "build_package", "label_safe"]
@@ -342,8 +351,12 @@ def build_package(
     out_dir: str | os.PathLike[str] | None = None,
     engine_settings: Mapping[str, Any] | None = None,
     kubernetes_version: str = "1.31.0",
+    certified_capacity_rps: float | None = None,
 ) -> PackageResult:
     """Build `<run>/package/relcert-service-<version>.zip` for an approved run.
+
+    `certified_capacity_rps` (default: the load stage's capacity.max_sustained_rps, if it
+    recorded one) adds an alert on traffic per replica above half of it, with its tests.
 
     Raises PackageRefused unless report["decision"] is APPROVED or CONDITIONAL_APPROVAL,
     PackageError for anything else unusable (missing models, checksum mismatches, an
@@ -356,12 +369,24 @@ def build_package(
     report = dict(report) if report is not None else _load_report(run)
     decision = _check_decision(report)
     check_kubernetes_version(kubernetes_version)  # before any work
+    if certified_capacity_rps is not None and (
+        isinstance(certified_capacity_rps, bool)
+        or not isinstance(certified_capacity_rps, int | float)
+        or not math.isfinite(certified_capacity_rps)
+        or certified_capacity_rps <= 0
+    ):
+        raise PackageError(
+            "certified_capacity_rps must be a finite rate > 0 req/s, got "
+            f"{certified_capacity_rps!r}"
+        )
     targets = _targets(targets)
     out = _inside(run, Path(out_dir) if out_dir is not None else run / "package", "out_dir")
 
     models_dir = run / "models"
     info = _read_model_info(models_dir)
     settings, settings_source = engine_settings_for_run(run, engine_settings, report)
+    if certified_capacity_rps is None:
+        certified_capacity_rps = certified_capacity_for_run(run)
     version = str(version).strip() if version is not None else _default_version(info)
     if not _VERSION.match(version):
         raise PackageError(
@@ -376,8 +401,8 @@ def build_package(
     golden = golden_requests(models_dir, model_files, info, settings)
     models_sums = sha256sums_text(model_files)
 
-    env = settings.env()
-    service_env = (
+    env = service_env(settings, targets)
+    env_text = (
         "# relcert-service configuration: the engine settings the run certified.\n"
         f"# Source: {settings_source}.\n" + "".join(f"{k}={v}\n" for k, v in env.items())
     )
@@ -387,8 +412,9 @@ def build_package(
         image=f"{PACKAGE_NAME}:{label_version}",
         settings=settings,
         targets=targets,
-        config_sha256=hashlib.sha256(service_env.encode()).hexdigest(),
+        config_sha256=hashlib.sha256(env_text.encode()).hexdigest(),
         models_sha256=hashlib.sha256(models_sums.encode()).hexdigest(),
+        certified_capacity_rps=certified_capacity_rps,
     )
     kube = kubernetes_manifests(ctx)
     monitoring = monitoring_files(ctx)
@@ -400,7 +426,7 @@ def build_package(
     files: dict[str, bytes] = {}
     files.update({f"kubernetes/{n}": t.encode() for n, t in kube.items()})
     files.update({f"monitoring/{n}": t.encode() for n, t in monitoring.items()})
-    files["config/service.env"] = service_env.encode()
+    files["config/service.env"] = env_text.encode()
     files["config/service.json"] = _json(
         {
             "service": PACKAGE_NAME,
@@ -438,15 +464,23 @@ def build_package(
         "env": env,
         "alerts": [
             {
-                "alert": r["alert"],
-                "severity": r["labels"]["severity"],
-                "target": r["annotations"]["target"],
-                "threshold": r["annotations"]["threshold_text"],
-                "expr": r["expr"],
+                "alert": a.name,
+                "severity": a.severity,
+                "target": a.target,
+                "threshold": a.threshold_text,
+                "expr": a.expr,
             }
-            for r in alert_rules(targets, settings)
+            for a in build_alerts(targets, settings, PACKAGE_NAME, certified_capacity_rps)
         ],
         "thresholds": {t.name: _show(t.threshold, t.unit) for t in targets.values()},
+        "capacity": (
+            {
+                "certified": _show(certified_capacity_rps, "req/s"),
+                "threshold": _show(certified_capacity_rps * CAPACITY_SAFETY_FACTOR, "req/s"),
+            }
+            if certified_capacity_rps
+            else None
+        ),
         "golden_cases": len(golden["cases"]),
         "port": CONTAINER_PORT,
     }
@@ -455,11 +489,7 @@ def build_package(
     files["deployment_checklist.md"] = render("deployment_checklist.md.j2", context).encode()
     files["Dockerfile"] = render("Dockerfile.j2", context).encode()
 
-    manifests = {
-        f"{top}/{name}": data
-        for name, data in files.items()
-        if name.split("/")[0] in ("kubernetes", "monitoring") and name.endswith(".yaml")
-    }
+    manifests = {f"{top}/{name}": data for name, data in files.items() if is_manifest_path(name)}
     validated = validate_documents(manifests, kubernetes_version)
     files["SHA256SUMS"] = sha256sums_text(files).encode()
 

@@ -19,7 +19,12 @@ from pipeline.package.errors import PackageError
 from pipeline.stages.common import SERVING_FORMAT
 from pipeline.stages.engine_host import HostConfig
 
-__all__ = ["MODEL_FORMATS", "EngineSettings", "engine_settings_for_run"]
+__all__ = [
+    "MODEL_FORMATS",
+    "EngineSettings",
+    "certified_capacity_for_run",
+    "engine_settings_for_run",
+]
 
 MODEL_FORMATS = ("onnx", "torchscript")
 #: the engine configuration the load stage certifies with when nothing else is recorded
@@ -99,6 +104,29 @@ def _format_of_models(models: Any) -> str | None:
     return formats.pop() if len(formats) == 1 else None
 
 
+def _load_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The load stage's summary.json, or None when the run has none."""
+    path = run_dir / "stages" / "load" / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{path}: not a readable JSON file: {exc}") from None
+    return summary if isinstance(summary, dict) else {}
+
+
+def certified_capacity_for_run(run_dir: Path) -> float | None:
+    """The load stage's capacity.max_sustained_rps (req/s per replica), when it recorded a
+    finite rate > 0; None otherwise."""
+    summary = _load_summary(run_dir) or {}
+    capacity = summary.get("capacity")
+    rate = capacity.get("max_sustained_rps") if isinstance(capacity, dict) else None
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        return None
+    return float(rate) if math.isfinite(rate) and rate > 0 else None
+
+
 def engine_settings_for_run(
     run_dir: Path, overrides: Mapping[str, Any] | None = None, report: Mapping | None = None
 ) -> tuple[EngineSettings, str]:
@@ -110,13 +138,9 @@ def engine_settings_for_run(
     known = {f.name for f in fields(EngineSettings)}
     values: dict[str, Any] = {}
     sources = []
-    summary_path = run_dir / "stages" / "load" / "summary.json"
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PackageError(f"{summary_path}: not a readable JSON file: {exc}") from None
-        config = summary.get("engine_config") if isinstance(summary, dict) else None
+    summary = _load_summary(run_dir)
+    if summary is not None:
+        config = summary.get("engine_config")
         if isinstance(config, dict):
             values.update({k: v for k, v in config.items() if k in known})
             fmt = _format_of_models(config.get("models"))

@@ -19,7 +19,13 @@ import yaml
 
 from pipeline.package.errors import ManifestValidationError
 
-__all__ = ["CRD_KINDS", "check_kubernetes_version", "validate_documents", "validate_manifests"]
+__all__ = [
+    "CRD_KINDS",
+    "check_kubernetes_version",
+    "is_manifest_path",
+    "validate_documents",
+    "validate_manifests",
+]
 
 CRD_KINDS = frozenset({"PrometheusRule", "ServiceMonitor"})
 _MANIFEST_DIRS = ("kubernetes", "monitoring")
@@ -134,8 +140,12 @@ def validate_documents(
     return tuple(passed)
 
 
-def _is_manifest(path: str) -> bool:
+def is_manifest_path(path: str) -> bool:
+    """A package file kubernetes-validate checks: YAML in kubernetes/ or monitoring/, except
+    the plain Prometheus rules file (promtool checks it; its tests live in monitoring/tests/)."""
     pure = PurePosixPath(path)
+    if pure.parts[-2:] == ("monitoring", "rules.yaml"):
+        return False
     return pure.suffix in (".yaml", ".yml") and pure.parent.name in _MANIFEST_DIRS
 
 
@@ -158,12 +168,12 @@ def validate_manifests(
         if root.is_file() and zipfile.is_zipfile(root):
             with zipfile.ZipFile(root) as archive:
                 for name in archive.namelist():
-                    if _is_manifest(name):
+                    if is_manifest_path(name):
                         files[name] = archive.read(name)
         elif root.is_dir():
             for file in sorted(root.rglob("*")):
                 relative = file.relative_to(root.parent).as_posix()  # keeps "kubernetes/"
-                if file.is_file() and _is_manifest(relative):
+                if file.is_file() and is_manifest_path(relative):
                     files[relative] = file.read_bytes()
         elif root.is_file():
             on_disk.append(root)

@@ -28,7 +28,11 @@ Endpoints
     200 whenever the event loop runs.
 ``GET /metrics``
     Prometheus text (``text/plain; version=0.0.4``): the engine monitor's metrics plus
-    ``relcert_http_requests_total{endpoint, status}`` and request durations.
+    ``relcert_http_requests_total{endpoint, status}`` and request durations. What the
+    package's alert rules use: counters ``relcert_requests_total{outcome}``,
+    ``relcert_engine_cache_hits_total``; the histogram ``relcert_request_latency_ms``
+    (``_bucket{le}``, ``_sum``, ``_count``); gauges ``relcert_memory_rss_bytes`` (process
+    RSS) and ``relcert_queue_depth``.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
 
@@ -61,6 +65,9 @@ variable                     default   meaning
 ``VALIDATE_MAX_REQUESTS``    2000      cap on ``requests`` of ``/api/v1/validate/performance``
 ``VALIDATE_MAX_SECONDS``     10        cap on its ``duration_s``
 ``STARTUP_DELAY_S``          0         wait before loading models (tests observe ``loading``)
+``LATENCY_BUCKETS_MS``       ladder    upper bounds (ms, comma-separated, increasing) of the
+                                       ``relcert_request_latency_ms`` histogram; default 1 ms
+                                       to 10 s with the default alert thresholds as bounds
 ===========================  ========  ========================================================
 
 Every value is validated at start-up; an error names the variable and what was expected.

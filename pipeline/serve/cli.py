@@ -19,8 +19,8 @@ DESCRIPTION = (
     "Serve the certified models over HTTP (Starlette on uvicorn, one engine per worker "
     "process). Settings other than the flags come from environment variables: MODEL_FORMAT, "
     "MAX_BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_QUEUE, MAX_MEMORY_MB, POOL_MB, CACHE_ENTRIES, "
-    "MAX_BODY_BYTES, VALIDATE_MAX_REQUESTS, VALIDATE_MAX_SECONDS. Models load after the "
-    "server starts listening; GET /health/ready answers 200 once they are warm."
+    "MAX_BODY_BYTES, VALIDATE_MAX_REQUESTS, VALIDATE_MAX_SECONDS, LATENCY_BUCKETS_MS. Models "
+    "load after the server starts listening; GET /health/ready answers 200 once they are warm."
 )
 
 

@@ -79,7 +79,9 @@ class Service:
             str(c) for c in routing.get("class_names") or [f"class_{i}" for i in range(outputs)]
         )
         self.monitor = RealTimePerformanceMonitor(
-            window_seconds=60.0, memory_limit_mb=settings.max_memory_mb
+            window_seconds=60.0,
+            memory_limit_mb=settings.max_memory_mb,
+            latency_buckets_ms=settings.latency_buckets_ms,
         )
         self.engine = ProductionInferenceEngine(
             self.manager,

@@ -39,6 +39,8 @@ class ServeSettings:
     validate_max_requests: int = 2000
     validate_max_seconds: float = 10.0
     startup_delay_s: float = 0.0
+    #: upper bounds (ms) of the latency histogram; None: the monitor's default ladder
+    latency_buckets_ms: tuple[float, ...] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
@@ -71,7 +73,17 @@ class ServeSettings:
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (for worker processes)."""
-        return {f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        return {
+            f.name.upper(): _env_text(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, tuple):  # LATENCY_BUCKETS_MS=1,2.5,5
+        return ",".join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in value)
+    return str(value)
 
 
 _REQUIRED = object()
@@ -128,6 +140,18 @@ def _float(minimum: float, *, strict: bool) -> Callable[[str, Any], float]:
     return parse
 
 
+def _buckets(var: str, raw: Any) -> tuple[float, ...]:
+    from pipeline.inference.monitor import check_latency_buckets
+
+    parts = raw.split(",") if isinstance(raw, str) else raw
+    try:
+        return check_latency_buckets([p.strip() if isinstance(p, str) else p for p in parts], var)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{exc}; expected comma-separated upper bounds in ms, e.g. 5,10,25,50"
+        ) from None
+
+
 _SPEC: dict[str, tuple[Callable[[str, Any], Any], Any]] = {
     "model_dir": (_model_dir, _REQUIRED),
     "model_format": (_format, "onnx"),
@@ -141,4 +165,5 @@ _SPEC: dict[str, tuple[Callable[[str, Any], Any], Any]] = {
     "validate_max_requests": (_int(1), 2000),
     "validate_max_seconds": (_float(0.0, strict=True), 10.0),
     "startup_delay_s": (_float(0.0, strict=False), 0.0),
+    "latency_buckets_ms": (_buckets, None),
 }

@@ -59,6 +59,32 @@ def test_monitor_metrics_come_from_recorded_requests(built_models) -> None:
     assert "relcert_request_latency_ms" in families
 
 
+def test_monitor_exports_a_latency_histogram_and_counters_since_start() -> None:
+    """What rate() and histogram_quantile need: cumulative buckets (a latency equal to a
+    bound counts in it), _count and _sum over every request, counters typed as counters."""
+    monitor = RealTimePerformanceMonitor(latency_buckets_ms=(10, 33, 100))
+    for latency_ms in (1.0, 10.0, 10.5, 33.0, 250.0):
+        monitor.record(latency_ms, success=True, cache_hit=False)
+    monitor.record(5.0, success=False)
+    text = monitor.prometheus_exposition().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "# TYPE relcert_request_latency_ms histogram" in text
+    latency = families["relcert_request_latency_ms"]
+    assert latency.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in latency.samples if s.name.endswith("_bucket")}
+    assert buckets == {"10.0": 3, "33.0": 5, "100.0": 5, "+Inf": 6}
+    by_name = {s.name: s.value for s in latency.samples if not s.name.endswith("_bucket")}
+    assert by_name == {
+        "relcert_request_latency_ms_count": 6,
+        "relcert_request_latency_ms_sum": 309.5,
+    }
+    assert families["relcert_requests"].type == "counter"
+    for gauge in ("relcert_memory_rss_bytes", "relcert_queue_depth", "relcert_window_latency_ms"):
+        assert families[gauge].type == "gauge", gauge
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RealTimePerformanceMonitor(latency_buckets_ms=(10, 5))
+
+
 def test_monitor_start_and_completion_api() -> None:
     monitor = RealTimePerformanceMonitor()
     monitor.record_request_start("a")

@@ -173,3 +173,39 @@ def engine_outputs(model_dir: Path, fmt: str, model: str, inputs) -> list:
         return [r.output for r in results]
 
     return asyncio.run(run())
+
+
+#: how a metric name in a PromQL expression maps to the exposition's family and its type
+_SUFFIX_TYPES = (("_bucket", "histogram"), ("_sum", "histogram"), ("_count", "histogram"))
+
+
+def rule_metrics(rules: dict) -> set[str]:
+    """Every relcert_* metric name the expressions of a rules file (`groups:`) use."""
+    import re
+
+    return {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\b(relcert_[a-z_]+)\b", rule["expr"])
+    }
+
+
+def missing_for_rules(families: dict, rules: dict) -> list[str]:
+    """What a scraped exposition ({family name: Metric}) lacks for the rules: each metric a
+    rule uses must be exported with the type the rule assumes (rate() of a counter,
+    histogram_quantile of a histogram's buckets, a gauge compared as it is)."""
+    problems = []
+    for name in sorted(rule_metrics(rules)):
+        family, expected = name, "gauge"
+        for suffix, kind in _SUFFIX_TYPES:
+            if name.endswith(suffix) and name[: -len(suffix)] in families:
+                family, expected = name[: -len(suffix)], kind
+        if name.endswith("_total"):
+            family, expected = name[: -len("_total")], "counter"
+        found = families.get(family)
+        if found is None:
+            problems.append(f"{name}: not exported")
+        elif found.type != expected:
+            problems.append(f"{name}: exported as {found.type}, the rules need a {expected}")
+    return problems

@@ -25,6 +25,12 @@ def test_defaults_and_overrides(built_models: Path) -> None:
     with pytest.raises(AttributeError):
         settings.max_queue = 8  # type: ignore[misc]
     assert ServeSettings.from_env(settings.to_env()) == settings
+    assert settings.latency_buckets_ms is None  # the monitor's default ladder
+    env["LATENCY_BUCKETS_MS"] = "5, 33,92.5"
+    settings = ServeSettings.from_env(env, model_dir=built_models)
+    assert settings.latency_buckets_ms == (5.0, 33.0, 92.5)
+    assert settings.to_env()["LATENCY_BUCKETS_MS"] == "5,33,92.5"
+    assert ServeSettings.from_env(settings.to_env()) == settings
 
 
 @pytest.mark.parametrize(
@@ -41,6 +47,9 @@ def test_defaults_and_overrides(built_models: Path) -> None:
         ("VALIDATE_MAX_REQUESTS", "0", "integer >= 1"),
         ("VALIDATE_MAX_SECONDS", "inf", "finite number > 0"),
         ("MODEL_FORMAT", "pickle", "one of onnx, torchscript"),
+        ("LATENCY_BUCKETS_MS", "50,10", "strictly increasing"),
+        ("LATENCY_BUCKETS_MS", "5,fast", "expected numbers"),
+        ("LATENCY_BUCKETS_MS", "0,5", "finite numbers > 0"),
     ],
 )
 def test_invalid_values_name_the_variable(
