@@ -41,10 +41,12 @@ from pipeline.inference.errors import (
 from pipeline.inference.memory_pool import MemoryPoolManager
 from pipeline.inference.model_manager import LoadedModel, ProductionModelManager
 from pipeline.inference.monitor import RealTimePerformanceMonitor
+from pipeline.inference.settings import EngineSettings
 
 __all__ = ["InferenceResult", "ProductionInferenceEngine"]
 
 _perf = time.perf_counter
+_UNSET: Any = object()  # "not given" (None is a meaningful default_deadline_ms)
 
 
 @dataclass(slots=True)
@@ -93,37 +95,59 @@ class ProductionInferenceEngine:
     def __init__(
         self,
         model_manager: ProductionModelManager,
-        max_batch_size: int = 32,
-        batch_timeout_ms: float = 0.0,
+        max_batch_size: int | None = None,
+        batch_timeout_ms: float | None = None,
         memory_pool: MemoryPoolManager | None = None,
         cache: ResultCache | None = None,
         monitor: RealTimePerformanceMonitor | None = None,
         *,
-        max_queue_size: int = 1024,
-        default_deadline_ms: float | None = None,
+        settings: EngineSettings | None = None,
+        max_queue_size: int | None = None,
+        default_deadline_ms: float | object | None = _UNSET,
         auto_load: bool = True,
-        recovery_failure_threshold: int = 5,
-        recovery_cooldown_s: float = 5.0,
-        memory_check_interval_s: float = 1.0,
+        recovery_failure_threshold: int | None = None,
+        recovery_cooldown_s: float | None = None,
+        memory_check_interval_s: float | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
-        if batch_timeout_ms < 0:
-            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        """`settings` configures every knob at once; the keyword arguments (the original
+        API) override single knobs. With `settings`, the memory pool and result cache are
+        built from it unless given; without, there is none unless given (as before)."""
+        base = settings if settings is not None else EngineSettings()
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_batch_size", max_batch_size),
+                ("batch_timeout_ms", batch_timeout_ms),
+                ("max_queue_size", max_queue_size),
+                ("recovery_failure_threshold", recovery_failure_threshold),
+                ("recovery_cooldown_s", recovery_cooldown_s),
+                ("memory_check_interval_s", memory_check_interval_s),
+            )
+            if value is not None
+        }
+        if default_deadline_ms is not _UNSET:
+            changes["default_deadline_ms"] = default_deadline_ms
+        if settings is not None:
+            memory_pool = memory_pool if memory_pool is not None else settings.memory_pool()
+            cache = cache if cache is not None else settings.result_cache()
+        # the settings describe the engine as built: its pool, cache and manager included
+        changes["pool_mb"] = memory_pool.max_pool_size_mb if memory_pool is not None else 0.0
+        changes["cache_entries"] = cache.max_entries if cache is not None else 0
+        changes["max_memory_mb"] = model_manager.max_memory_mb
+        threads = getattr(model_manager, "num_threads", None)
+        if threads:
+            changes["intra_op_threads"] = int(threads)
+        self.settings: EngineSettings = base.replace(**changes)
         self.model_manager = model_manager
-        self.max_batch_size = int(max_batch_size)
-        self.batch_timeout_ms = float(batch_timeout_ms)
         self.memory_pool = memory_pool
         self.cache = cache
         self.monitor = monitor
-        self.max_queue_size = int(max_queue_size)
-        self.default_deadline_ms = default_deadline_ms
         self.auto_load = auto_load
-        self.recovery_failure_threshold = recovery_failure_threshold
-        self.recovery_cooldown_s = recovery_cooldown_s
-        self.memory_check_interval_s = memory_check_interval_s
+        memory_check_interval_s = self.settings.memory_check_interval_s
+        # hot-path copies of frozen settings (plain attribute reads per request)
+        self._max_batch = self.settings.max_batch_size
+        self._max_queue = self.settings.max_queue_size
+        self._wait_s = self.settings.batch_timeout_ms / 1000.0
 
         self._queues: dict[str, deque[_Request]] = {}
         self._queued = 0
@@ -210,11 +234,11 @@ class ProductionInferenceEngine:
                     ),
                 )
                 return future
-        if self._queued >= self.max_queue_size:
+        if self._queued >= self._max_queue:
             self._stats["rejected"] += 1
             exc = QueueFullError(
                 f"queue full: {self._queued} requests waiting (max_queue_size="
-                f"{self.max_queue_size}); request for {model_name!r} rejected"
+                f"{self._max_queue}); request for {model_name!r} rejected"
             )
             self._fail_now(future, model_name, exc, now, request_id, rejected=True)
             return future
@@ -250,6 +274,35 @@ class ProductionInferenceEngine:
     @property
     def queue_depth(self) -> int:
         return self._queued
+
+    # The original API's attributes, read from the settings (one source).
+    @property
+    def max_batch_size(self) -> int:
+        return self.settings.max_batch_size
+
+    @property
+    def batch_timeout_ms(self) -> float:
+        return self.settings.batch_timeout_ms
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.settings.max_queue_size
+
+    @property
+    def default_deadline_ms(self) -> float | None:
+        return self.settings.default_deadline_ms
+
+    @property
+    def recovery_failure_threshold(self) -> int:
+        return self.settings.recovery_failure_threshold
+
+    @property
+    def recovery_cooldown_s(self) -> float:
+        return self.settings.recovery_cooldown_s
+
+    @property
+    def memory_check_interval_s(self) -> float:
+        return self.settings.memory_check_interval_s
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve from a new event loop; requests stranded on a closed loop are dropped."""
@@ -318,17 +371,18 @@ class ProductionInferenceEngine:
     def _dispatch(self) -> None:
         self._dispatch_handle = None
         now = _perf()
-        wait_s = self.batch_timeout_ms / 1000.0
+        wait_s = self._wait_s
+        max_batch = self._max_batch
         pending = False
         for key, queue in self._queues.items():
             if not queue:
                 continue
-            if wait_s > 0 and len(queue) < self.max_batch_size:
+            if wait_s > 0 and len(queue) < max_batch:
                 due = queue[0].submitted + wait_s
                 if due > now:
                     self._arm_timer(due, now)
                     continue
-            count = min(len(queue), self.max_batch_size)
+            count = min(len(queue), max_batch)
             batch = [queue.popleft() for _ in range(count)]
             self._queued -= count
             self._run_batch(key, batch)
@@ -389,7 +443,7 @@ class ProductionInferenceEngine:
         pool = self.memory_pool
         if pool is not None:
             try:
-                base = pool.allocate_tensor((_bucket(n, self.max_batch_size), *model.feature_shape))
+                base = pool.allocate_tensor((_bucket(n, self._max_batch), *model.feature_shape))
                 inputs = base[:n]
             except PoolExhaustedError:
                 self._stats["unpooled_batches"] += 1

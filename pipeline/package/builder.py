@@ -33,7 +33,7 @@ from pipeline.package.manifests import (
     monitoring_files,
 )
 from pipeline.package.requirements import repo_root, service_requirements
-from pipeline.package.settings import EngineSettings, engine_settings_for_run
+from pipeline.package.settings import DeploymentSettings, engine_settings_for_run
 from pipeline.package.validate import check_kubernetes_version, validate_documents
 from pipeline.targets import Target, Targets, format_number, format_unit, load_targets
 
@@ -269,7 +269,7 @@ def _certification_report(
     decision: str,
     criteria: list[dict[str, Any]],
     models: list[dict[str, Any]],
-    settings: EngineSettings,
+    settings: DeploymentSettings,
     settings_source: str,
     version: str,
     kubernetes_version: str,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.package.settings import EngineSettings
+from pipeline.package.settings import DeploymentSettings
 from pipeline.targets import Target, Targets, format_number, format_unit
 
 __all__ = [
@@ -49,7 +49,7 @@ class ManifestContext:
     version: str
     label_version: str
     image: str
-    settings: EngineSettings
+    settings: DeploymentSettings
     targets: Targets
     config_sha256: str
     models_sha256: str
@@ -375,7 +375,7 @@ _ALERTS = (
 
 
 def alert_rules(
-    targets: Targets, settings: EngineSettings, name: str = SERVICE_NAME
+    targets: Targets, settings: DeploymentSettings, name: str = SERVICE_NAME
 ) -> list[dict[str, Any]]:
     """One alert per monitored target declared in `targets`, plus two operational ones."""
     rules: list[dict[str, Any]] = []
@@ -409,7 +409,8 @@ def alert_rules(
                 },
             }
         )
-    queue_limit = int(settings.max_queue_size * 0.8)
+    max_queue = settings.engine.max_queue_size
+    queue_limit = int(max_queue * 0.8)
     rules.append(
         {
             "alert": "RelcertQueueSaturated",
@@ -420,11 +421,11 @@ def alert_rules(
                 "summary": "Batching queue above 80% of MAX_QUEUE",
                 "description": (
                     "{{ $labels.pod }}: {{ $value }} requests waiting; requests are rejected at "
-                    f"MAX_QUEUE={settings.max_queue_size}."
+                    f"MAX_QUEUE={max_queue}."
                 ),
                 "target": "max_queue_size",
                 "threshold": str(queue_limit),
-                "threshold_text": f"{queue_limit} requests (80% of {settings.max_queue_size})",
+                "threshold_text": f"{queue_limit} requests (80% of {max_queue})",
                 "rule": f"relcert_queue_depth <= {queue_limit}",
                 "runbook": "docs/runbook.md#horizontal-scaling",
             },
@@ -584,7 +585,7 @@ def grafana_dashboard(ctx: ManifestContext) -> dict[str, Any]:
             [("relcert_queue_depth", "{{pod}}")],
             "short",
             (12, 16),
-            float(ctx.settings.max_queue_size),
+            float(ctx.settings.engine.max_queue_size),
         ),
     ]
     return {

@@ -21,11 +21,9 @@ import numpy as np
 
 from pipeline.inference import (
     InferenceError,
-    MemoryPoolManager,
     ProductionInferenceEngine,
     ProductionModelManager,
     RealTimePerformanceMonitor,
-    ResultCache,
 )
 from pipeline.serve.features import FeatureSpec
 from pipeline.serve.settings import ServeSettings, SettingsError
@@ -49,9 +47,12 @@ class Service:
         self.settings = settings
         self.started = time.monotonic()
         info = _read_model_info(settings.model_dir)
+        engine_settings = settings.engine
         try:
             self.manager = ProductionModelManager(
-                settings.model_dir, max_memory_mb=settings.max_memory_mb
+                settings.model_dir,
+                max_memory_mb=engine_settings.max_memory_mb,
+                num_threads=engine_settings.intra_op_threads,
             )
         except (OSError, InferenceError) as exc:
             raise SettingsError(f"MODEL_DIR: {exc}") from None
@@ -79,16 +80,12 @@ class Service:
             str(c) for c in routing.get("class_names") or [f"class_{i}" for i in range(outputs)]
         )
         self.monitor = RealTimePerformanceMonitor(
-            window_seconds=60.0, memory_limit_mb=settings.max_memory_mb
+            window_seconds=60.0, memory_limit_mb=engine_settings.max_memory_mb
         )
         self.engine = ProductionInferenceEngine(
             self.manager,
-            max_batch_size=settings.max_batch_size,
-            batch_timeout_ms=settings.batch_timeout_ms,
-            memory_pool=MemoryPoolManager(settings.pool_mb) if settings.pool_mb > 0 else None,
-            cache=ResultCache(settings.cache_entries) if settings.cache_entries > 0 else None,
+            settings=engine_settings,
             monitor=self.monitor,
-            max_queue_size=settings.max_queue,
             auto_load=False,  # never load a model on the event loop in a request
         )
         self.status = LOADING

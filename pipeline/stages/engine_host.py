@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.inference.settings import EngineSettings
+
 __all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler"]
 
 OP_PREDICT, OP_STATS, OP_RELOAD, OP_CONFIG = 0, 1, 2, 3
@@ -53,15 +55,31 @@ class HostConfig:
     """How the hosted engine is configured (the settings a certification applies to)."""
 
     models: tuple[str, ...]  # engine keys, e.g. ("quality_predictor_onnx", ...)
-    max_batch_size: int = 32
-    batch_timeout_ms: float = 0.0
-    max_queue_size: int = 1024
-    pool_mb: float = 400.0
-    cache_entries: int = 10_000
-    max_memory_mb: float = 500.0
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready form: {"models": [...], <every EngineSettings field>}. The load
+        stage records it as `engine_config`; the deployment package reads it back."""
+        return {"models": list(self.models), **self.engine.to_dict()}
 
     def to_json(self) -> str:
-        return json.dumps({**self.__dict__, "models": list(self.models)})
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HostConfig:
+        """The inverse of `to_dict` (a nested {"engine": {...}} is accepted too)."""
+        raw = dict(values)
+        models = raw.pop("models", None)
+        if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
+            raise ValueError(f"HostConfig: models must be a list of engine keys, got {models!r}")
+        engine = raw.pop("engine", None)
+        if isinstance(engine, dict):
+            raw = {**engine, **raw}
+        return cls(models=tuple(models), engine=EngineSettings.from_dict(raw))
+
+    @classmethod
+    def from_json(cls, text: str) -> HostConfig:
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass
@@ -81,14 +99,15 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
     import gc
 
     from pipeline.inference import (
-        MemoryPoolManager,
         ProductionInferenceEngine,
         ProductionModelManager,
         RealTimePerformanceMonitor,
-        ResultCache,
     )
 
-    manager = ProductionModelManager(model_dir, max_memory_mb=config.max_memory_mb)
+    settings = config.engine
+    manager = ProductionModelManager(
+        model_dir, max_memory_mb=settings.max_memory_mb, num_threads=settings.intra_op_threads
+    )
     init_started = time.perf_counter()
     load_errors = {}
     for key in config.models:
@@ -104,13 +123,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
             load_errors[key] = manager.load_errors.get(key, "unknown error")
     init_s = time.perf_counter() - init_started
     engine = ProductionInferenceEngine(
-        manager,
-        max_batch_size=config.max_batch_size,
-        batch_timeout_ms=config.batch_timeout_ms,
-        max_queue_size=config.max_queue_size,
-        memory_pool=MemoryPoolManager(config.pool_mb),
-        cache=ResultCache(config.cache_entries) if config.cache_entries else None,
-        monitor=RealTimePerformanceMonitor(window_seconds=60),
+        manager, settings=settings, monitor=RealTimePerformanceMonitor(window_seconds=60)
     )
     keys = list(config.models)
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
@@ -264,9 +277,7 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="HostConfig as JSON")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    raw = json.loads(args.config)
-    raw["models"] = tuple(raw["models"])
-    asyncio.run(_serve(args.model_dir, HostConfig(**raw), args.port))
+    asyncio.run(_serve(args.model_dir, HostConfig.from_json(args.config), args.port))
 
 
 # --------------------------------------------------------------------------- parent side

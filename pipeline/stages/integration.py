@@ -86,11 +86,11 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     import psutil
 
     from pipeline.inference import (
+        EngineSettings,
         MemoryPoolManager,
         ProductionInferenceEngine,
         ProductionModelManager,
         RealTimePerformanceMonitor,
-        ResultCache,
     )
     from pipeline.targets import load_targets
 
@@ -107,7 +107,7 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     if any("torchscript" in (e.get("files") or {}) for e in info.values()):
         import torch  # noqa: F401
 
-    manager = ProductionModelManager(run.models, max_memory_mb=500)
+    manager = ProductionModelManager(run.models, max_memory_mb=EngineSettings().max_memory_mb)
     init_started = time.perf_counter()
     for key in manager.available_models:
         loaded = manager.load_model(key)
@@ -150,10 +150,10 @@ async def _run(run: RunDir, profile: Profile | str, say: Callable[[str], None]) 
     if not manager.loaded_models:
         rows.append(check_row("serving", "all", False, detail="no model loaded: nothing to serve"))
         return _finish(run, profile, rows, manager, None, init_s, started, say)
-    pool = MemoryPoolManager(400)
+    pool = MemoryPoolManager(EngineSettings().pool_mb)
     monitor = RealTimePerformanceMonitor()
     engine = ProductionInferenceEngine(
-        manager, max_batch_size=32, memory_pool=pool, cache=ResultCache(10_000), monitor=monitor
+        manager, settings=EngineSettings(), memory_pool=pool, monitor=monitor
     )
     loaded_keys = manager.loaded_models
     probes = {name: input_pool(run, info, name, PARITY_PROBES, seed=21) for name in info}

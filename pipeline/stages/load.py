@@ -403,7 +403,7 @@ async def _run_load(run: RunDir, profile: Profile | str, say: Callable[[str], No
     summary: dict[str, Any] = {
         "profile": profile.name,
         "host": host_facts(),
-        "engine_config": config.__dict__ | {"models": list(config.models)},
+        "engine_config": config.to_dict(),
         "targets": {"p95_bound_ms": p95_bound, "p99_bound_ms": p99_bound},
     }
     try:

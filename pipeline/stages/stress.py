@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.inference.settings import EngineSettings
 from pipeline.profiles import Profile, load_profile
 from pipeline.stages.common import (
     RunDir,
@@ -348,7 +349,8 @@ async def stress_context(
         for i, n in enumerate(sorted(names))
     }
     sizes = {names[n]: int(np.prod([int(d) for d in info[n]["output_shape"][1:]])) for n in names}
-    config = HostConfig(models=tuple(keys), **{"max_queue_size": QUEUE_SIZE, **host_settings})
+    engine = EngineSettings(**{"max_queue_size": QUEUE_SIZE, **host_settings})
+    config = HostConfig(models=tuple(keys), engine=engine)
     host = EngineHost(run.models, config)
     target, source = _p95_target()
     await host.start()
@@ -945,7 +947,7 @@ async def pool_exhaustion(ctx: StressContext) -> TestResult:
     n = ctx.scaled(100, 50)
     users = 5
     alloc_mb = POOL_ALLOC_SHAPE[0] * POOL_ALLOC_SHAPE[1] * 4 / _MB
-    attempts = max(100, math.ceil(ctx.host.config.pool_mb / alloc_mb) + 5)
+    attempts = max(100, math.ceil(ctx.host.config.engine.pool_mb / alloc_mb) + 5)
     stats0 = (await ctx.host.stats())["engine"]
     held: dict[str, Any] = {}
     released: dict[str, Any] = {}
@@ -1017,7 +1019,7 @@ async def pool_exhaustion(ctx: StressContext) -> TestResult:
         t_during,
         f"{t_during.submitted} requests ({users} closed-loop users) while the pool was exhausted",
         {
-            "pool_mb": ctx.host.config.pool_mb,
+            "pool_mb": ctx.host.config.engine.pool_mb,
             "allocation_attempts": attempts,
             "allocated": allocated,
             "allocation_failures": failed,
@@ -1159,7 +1161,7 @@ async def _run_stress(run: RunDir, profile: Profile | str, say: Callable[[str], 
     async with stress_context(run, profile, progress=say) as ctx:
         say(
             f"stress: engine process {ctx.host.pid} serving {', '.join(ctx.keys)} "
-            f"(scale {ctx.scale:g}, max_queue_size {ctx.host.config.max_queue_size})"
+            f"(scale {ctx.scale:g}, max_queue_size {ctx.host.config.engine.max_queue_size})"
         )
         bound_s = 60.0 + 120.0 * ctx.scale
         for name, test in TESTS:
@@ -1201,7 +1203,7 @@ async def _run_stress(run: RunDir, profile: Profile | str, say: Callable[[str], 
         "profile": profile.name,
         "scale": scale,
         "host": host_facts(),
-        "engine_config": {**config.__dict__, "models": list(config.models)},
+        "engine_config": config.to_dict(),
         "engine_pid": pid,
         "engine_exit_code": ctx.exit_code,
         "engine_peak_rss_mb": sampler.peak_rss_mb(),

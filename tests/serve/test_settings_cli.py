@@ -14,16 +14,16 @@ from pipeline.serve.cli import add_parser, run
 def test_defaults_and_overrides(built_models: Path) -> None:
     settings = ServeSettings.from_env({"MODEL_DIR": str(built_models)})
     assert settings.model_dir == built_models.resolve()
-    assert (settings.model_format, settings.max_batch_size) == ("onnx", 32)
-    assert settings.max_queue == 1024
-    assert settings.batch_timeout_ms == 0.0 and settings.max_body_bytes == 65536
+    assert (settings.model_format, settings.engine.max_batch_size) == ("onnx", 32)
+    assert settings.engine.max_queue_size == 1024
+    assert settings.engine.batch_timeout_ms == 0.0 and settings.max_body_bytes == 65536
     assert (settings.validate_max_requests, settings.validate_max_seconds) == (2000, 10.0)
     env = {"MODEL_DIR": "/nowhere", "MAX_QUEUE": "7", "MODEL_FORMAT": "TorchScript"}
     settings = ServeSettings.from_env(env, model_dir=built_models, startup_delay_s=0.5)
-    assert settings.max_queue == 7 and settings.model_format == "torchscript"
+    assert settings.engine.max_queue_size == 7 and settings.model_format == "torchscript"
     assert settings.startup_delay_s == 0.5
     with pytest.raises(AttributeError):
-        settings.max_queue = 8  # type: ignore[misc]
+        settings.engine.max_queue_size = 8  # type: ignore[misc]
     assert ServeSettings.from_env(settings.to_env()) == settings
 
 
