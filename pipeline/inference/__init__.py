@@ -25,6 +25,7 @@ from pipeline.inference.errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotLoadedError,
+    NonFiniteOutputError,
     PoolExhaustedError,
     QueueFullError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelNotLoadedError",
+    "NonFiniteOutputError",
     "NullRuntime",
     "OnnxRuntime",
     "PerformanceMetrics",

@@ -5,12 +5,18 @@ awaitable (an asyncio future). A dispatcher scheduled with `loop.call_soon` take
 queued for a model (up to `max_batch_size`) and runs it as one batch. That is greedy and
 work-conserving: a lone request runs on the next turn of the event loop, and requests that
 arrive while a batch runs form the next batch. With `batch_timeout_ms > 0` a partial batch
-may instead wait up to that long for company.
+may instead wait up to that long for company. Every knob is a field of `EngineSettings`.
 
 The queue is bounded (`max_queue_size`): past it a request is rejected at once with a
 failed result (`rejected=True`), never queued without bound. Requests may carry deadlines;
-an expired request fails without running. A bad request (wrong shape, NaN) fails alone and
-never fails its batch-mates.
+an expired request fails without running, and a request whose future was cancelled (its
+client went away) is dropped without running. A bad request (wrong shape, NaN) fails alone
+and never fails its batch-mates: if the runtime raises on a batch, the batch is bisected
+(at most as many extra runs as it has requests) to find the request(s) it raised on. A NaN
+or Inf output for one request is that request's error (NonFiniteOutputError), never the
+model's; only runtime faults (raising, a wrong output batch) count toward the automatic
+reload of a model. Outputs that are views of the pooled input buffer are copied before the
+buffer is reused.
 
 Batches run inline on the event loop thread: for small models a thread hand-off costs more
 than the inference itself. An engine may be created outside an event loop and then used from
@@ -35,6 +41,7 @@ from pipeline.inference.errors import (
     InferenceError,
     InvalidInputError,
     ModelNotLoadedError,
+    NonFiniteOutputError,
     PoolExhaustedError,
     QueueFullError,
 )
@@ -175,6 +182,9 @@ class ProductionInferenceEngine:
             "unpooled_batches": 0,
             "abandoned": 0,
             "recoveries": 0,
+            "runtime_calls": 0,
+            "non_finite_outputs": 0,
+            "cancelled": 0,
         }
         model_manager.add_reload_listener(self._on_reload)
         if monitor is not None:
@@ -417,7 +427,8 @@ class ProductionInferenceEngine:
         model.last_used = start = _perf()
         live: list[_Request] = []
         for request in batch:
-            if request.future.done():  # cancelled by its caller
+            if request.future.done():  # cancelled by its caller (e.g. the client went away)
+                self._stats["cancelled"] += 1
                 continue
             if request.deadline is not None and start > request.deadline:
                 self._stats["expired"] += 1
@@ -436,7 +447,16 @@ class ProductionInferenceEngine:
         else:
             self._execute(model, live, start)
 
-    def _execute(self, model: LoadedModel, batch: list[_Request], start: float) -> None:
+    def _execute(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        start: float,
+        budget: list[int] | None = None,
+    ) -> None:
+        """Run one batch. If the runtime raises, bisect it to find the request(s) it raised
+        on, so batch-mates still get answers; `budget` bounds the extra runs per dispatched
+        batch to its size (never more work than re-running every request alone)."""
         n = len(batch)
         key = model.info.key
         base = None
@@ -466,9 +486,14 @@ class ProductionInferenceEngine:
                     return
                 inputs = np.ascontiguousarray(inputs[finite])
                 n = len(batch)
+            self._stats["runtime_calls"] += 1
             began = _perf()
             try:
                 outputs = model.runtime.run(inputs)
+                if base is not None and np.may_share_memory(outputs, base):
+                    # a view of (or the model wrote into) the pooled input buffer: the next
+                    # batch would overwrite these results once the buffer is reused
+                    outputs = outputs.copy()
             except Exception as exc:
                 outputs = None
                 error: Exception = exc
@@ -477,20 +502,7 @@ class ProductionInferenceEngine:
             if base is not None:
                 pool.release_tensor(base)
         if outputs is None:
-            if n > 1:  # isolate the culprit: never fail batch-mates for one bad request
-                for request in batch:
-                    self._execute(model, [request], start)
-                return
-            self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
-            self._fail(
-                batch[0],
-                key,
-                model.version,
-                error,
-                (ended - began) * 1000.0,
-                (began - batch[0].submitted) * 1000.0,
-                1,
-            )
+            self._isolate(model, batch, start, budget, error, began, ended)
             return
         if outputs.shape[0] != n:
             exc = InferenceError(
@@ -500,6 +512,56 @@ class ProductionInferenceEngine:
             for request in batch:
                 self._fail(request, key, model.version, exc, 0.0, 0.0, n)
             return
+        self._failures[key] = 0  # the runtime answered: recovery counts consecutive faults
+        self._deliver(model, batch, outputs, began, ended)
+
+    def _isolate(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        start: float,
+        budget: list[int] | None,
+        error: Exception,
+        began: float,
+        ended: float,
+    ) -> None:
+        """The runtime raised on `batch`: run its halves (bisection) while the budget lasts;
+        a request it raised on alone, or a part the budget cannot split, fails with the
+        runtime's error and counts toward the model's recovery."""
+        n = len(batch)
+        if budget is None:
+            budget = [n]
+        if n > 1 and budget[0] >= 2:
+            budget[0] -= 2
+            half = n // 2
+            self._execute(model, batch[:half], start, budget)
+            self._execute(model, batch[half:], start, budget)
+            return
+        key = model.info.key
+        self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
+        for request in batch:
+            self._fail(
+                request,
+                key,
+                model.version,
+                error,
+                (ended - began) * 1000.0,
+                (began - request.submitted) * 1000.0,
+                n,
+            )
+
+    def _deliver(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        outputs: np.ndarray,
+        began: float,
+        ended: float,
+    ) -> None:
+        """Answer each request of a batch the runtime ran. A non-finite output row is its
+        request's error (the input is outside what the model handles), not the model's."""
+        n = len(batch)
+        key = model.info.key
         out_ok = np.isfinite(outputs.reshape(n, -1)).all(axis=1)
         inference_ms = (ended - began) * 1000.0
         stats = self._stats
@@ -514,8 +576,10 @@ class ProductionInferenceEngine:
         all_ok = bool(out_ok.all())
         for i, request in enumerate(batch):
             if not (all_ok or out_ok[i]):
-                exc = InferenceError(
-                    f"model {key!r}: produced NaN or Inf output for a finite input"
+                stats["non_finite_outputs"] += 1
+                exc = NonFiniteOutputError(
+                    f"model {key!r}: produced NaN or Inf output for this input (finite values "
+                    "outside the range the model handles)"
                 )
                 self._fail(
                     request,
@@ -556,10 +620,6 @@ class ProductionInferenceEngine:
                         batch_id,
                     )
                 )
-        if all_ok:
-            self._failures[key] = 0
-        else:
-            self._model_failed(model, "produced NaN or Inf outputs")
 
     # ----------------------------------------------------------------- outcomes
     def _complete(self, future: asyncio.Future, result: InferenceResult) -> None:
