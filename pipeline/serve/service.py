@@ -247,6 +247,21 @@ class Service:
             ("relcert_engine_rejected", "Requests rejected because the queue was full", "rejected"),
             ("relcert_engine_batches", "Batches run by the engine", "batches"),
             ("relcert_engine_cache_hits", "Requests answered from the result cache", "cache_hits"),
+            (
+                "relcert_engine_expired",
+                "Requests that outwaited their deadline in the queue (not run)",
+                "expired",
+            ),
+            (
+                "relcert_engine_cancelled",
+                "Requests dropped unrun because their client disconnected",
+                "cancelled",
+            ),
+            (
+                "relcert_engine_non_finite_outputs",
+                "Requests whose input made the model answer NaN/Inf (answered 422)",
+                "non_finite_outputs",
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])
         yield GaugeMetricFamily(
