@@ -57,8 +57,11 @@ def load_json_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any
         doc = _loads(body)
     except UnicodeDecodeError as exc:
         raise RequestError(422, f"body: not UTF-8 encoded JSON ({exc.reason})") from None
-    except ValueError as exc:
-        raise RequestError(422, f"body: invalid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise RequestError(422, f"body: invalid JSON ({exc.msg} at {where})") from None
+    except ValueError:  # e.g. an integer with more digits than Python converts
+        raise RequestError(422, "body: invalid JSON (a number too long to read)") from None
     except RecursionError:
         raise RequestError(422, "body: JSON nested too deeply (expected a flat object)") from None
     if type(doc) is not dict:
