@@ -4,6 +4,7 @@ timeouts, a connection cap, malformed bodies, deadlines and disconnected clients
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -263,3 +264,29 @@ def test_a_request_outwaiting_the_default_deadline_is_503(slow_batches: Server) 
     assert "deadline" in response.json()["detail"]
     assert int(response.headers["retry-after"]) >= 1
     assert metric(slow_batches, "relcert_engine_expired_total") >= 1
+
+
+def test_declared_input_ranges_are_enforced(built_models: Path) -> None:
+    """Optional: model_info.json may declare input ranges; values outside are a 422."""
+    from pipeline.serve.features import FeatureSpec, RequestError
+    from tests.serve.conftest import model_info
+
+    entry = dict(model_info(built_models)["quality_predictor"])
+    names = entry["feature_names"]
+    assert FeatureSpec.from_model_info("quality_predictor", entry).ranges is None  # optional
+    entry["input_range"] = [-10.0, 10.0]
+    entry["feature_ranges"] = {names[2]: [0.0, 1.0]}
+    spec = FeatureSpec.from_model_info("quality_predictor", entry)
+    assert (
+        spec.decode(b'{"features": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}') is not None
+    )
+    with pytest.raises(RequestError) as refused:
+        spec.decode(b'{"features": [3e38, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}')
+    assert refused.value.status == 422
+    assert refused.value.detail.startswith("features[0]: expected a number in [-10, 10]")
+    named = dict.fromkeys(names, 0.5) | {names[2]: 2.0}
+    with pytest.raises(RequestError, match=rf"^features\.{names[2]}: .*\[0, 1\]"):
+        spec.decode(json.dumps({"features": named}).encode())
+    entry["feature_ranges"] = {"no_such_feature": [0, 1]}
+    with pytest.raises(ValueError, match="unknown feature"):
+        FeatureSpec.from_model_info("quality_predictor", entry)
