@@ -5,6 +5,11 @@ process (`python -m pipeline.stages.engine_host`), and the stage's load generato
 requests over a loopback TCP connection with a compact binary framing. The child's RSS and
 CPU are sampled from the parent with psutil while it serves.
 
+Authentication: the parent makes a random per-run token and hands it to the child on stdin
+(first line; never on the command line or in the environment). Every connection's first
+frame must be that token: the child answers "OK", or "DENIED" and closes the connection, so
+no other local user can drive (or disturb) the engine under measurement.
+
 Frame: u32 little-endian length, then the body.
   request  body: u32 id, u8 op, then for PREDICT: u8 model index, float32 values
   response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
@@ -25,8 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import os
+import secrets
 import struct
 import subprocess
 import sys
@@ -40,7 +47,7 @@ import numpy as np
 
 from pipeline.inference.settings import EngineSettings
 
-__all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler"]
+__all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler", "connect_authenticated"]
 
 OP_PREDICT, OP_STATS, OP_RELOAD, OP_CONFIG = 0, 1, 2, 3
 OP_BALLAST, OP_POOL = 4, 5
@@ -48,6 +55,9 @@ _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<IBB")
 _CTL = struct.Struct("<IB")
 _RESP = struct.Struct("<IBBH")
+_TOKEN_BYTES = 32
+_AUTH_TIMEOUT_S = 10.0
+_AUTH_OK, _AUTH_DENIED = b"OK", b"DENIED"
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,25 @@ class HostResult:
 
 
 # --------------------------------------------------------------------------- child side
-async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
+async def _authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: bytes
+) -> bool:
+    """The connection's first frame must be the run's token (constant-time compare)."""
+    try:
+        size = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), _AUTH_TIMEOUT_S))[0]
+        given = b""
+        if size == len(token):
+            given = await asyncio.wait_for(reader.readexactly(size), _AUTH_TIMEOUT_S)
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        return False
+    if hmac.compare_digest(given, token):
+        writer.write(_LEN.pack(len(_AUTH_OK)) + _AUTH_OK)
+        return True
+    writer.write(_LEN.pack(len(_AUTH_DENIED)) + _AUTH_DENIED)
+    return False
+
+
+async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -> None:
     import gc
 
     from pipeline.inference import (
@@ -223,6 +251,8 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
             writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
 
         try:
+            if not await _authenticate(reader, writer, token):
+                return  # refused: nothing else is read from this connection
             while True:
                 size = _LEN.unpack(await reader.readexactly(4))[0]
                 body = await reader.readexactly(size)
@@ -277,10 +307,37 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="HostConfig as JSON")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.model_dir, HostConfig.from_json(args.config), args.port))
+    line = sys.stdin.readline().strip()  # the parent's per-run token comes first on stdin
+    try:
+        token = bytes.fromhex(line)
+    except ValueError:
+        token = b""
+    if len(token) != _TOKEN_BYTES:
+        parser.error(f"expected a {_TOKEN_BYTES}-byte hex token as the first line of stdin")
+    asyncio.run(_serve(args.model_dir, HostConfig.from_json(args.config), args.port, token))
 
 
 # --------------------------------------------------------------------------- parent side
+async def connect_authenticated(
+    port: int, token: bytes, timeout_s: float = 30.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the engine host that has sent `token` and been accepted.
+
+    Raises PermissionError when the host refuses the token."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_LEN.pack(len(token)) + token)
+    try:
+        size = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), timeout_s))[0]
+        answer = await asyncio.wait_for(reader.readexactly(min(size, 64)), timeout_s)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        writer.close()
+        raise PermissionError(f"engine host on port {port} closed the connection: {exc}") from None
+    if answer != _AUTH_OK:
+        writer.close()
+        raise PermissionError(f"engine host on port {port} refused the token ({answer!r})")
+    return reader, writer
+
+
 class ResourceSampler:
     """Samples a process's RSS and CPU every `interval_s` in the background (bounded list)."""
 
@@ -347,6 +404,7 @@ class EngineHost:
     _next_id: int = 0
     _index: dict[str, int] = field(default_factory=dict)
     _reader_task: asyncio.Task | None = None
+    _token: bytes = field(default_factory=lambda: secrets.token_bytes(_TOKEN_BYTES), repr=False)
 
     async def start(self) -> EngineHost:
         cmd = [
@@ -365,6 +423,8 @@ class EngineHost:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        self.process.stdin.write(self._token.hex() + "\n")  # never on the command line
+        self.process.stdin.flush()
         loop = asyncio.get_running_loop()
         try:
             line = await asyncio.wait_for(
@@ -383,7 +443,7 @@ class EngineHost:
         self.port = int(port)
         self.load_errors = json.loads(errors)
         self._index = {k: i for i, k in enumerate(self.config.models)}
-        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._reader, self._writer = await connect_authenticated(self.port, self._token)
         self._reader_task = loop.create_task(self._read_loop())
         return self
 
