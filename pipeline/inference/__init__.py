@@ -9,6 +9,10 @@ Public names follow the design relcert grew from (ARCHITECTURE.md section 3)::
                                        cache=ResultCache(10_000),
                                        monitor=RealTimePerformanceMonitor())
     result = await engine.predict("quality_predictor_torchscript", features)
+
+Every knob of the engine is one field of `EngineSettings` (pipeline/inference/settings.py);
+``ProductionInferenceEngine(manager, settings=EngineSettings(max_batch_size=16),
+monitor=...)`` configures them all at once and builds the pool and cache they describe.
 """
 
 from pipeline.inference.cache import CacheStats, ResultCache
@@ -21,6 +25,7 @@ from pipeline.inference.errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotLoadedError,
+    NonFiniteOutputError,
     PoolExhaustedError,
     QueueFullError,
 )
@@ -28,6 +33,7 @@ from pipeline.inference.memory_pool import MemoryPoolManager, MemoryStats
 from pipeline.inference.model_manager import LoadedModel, ModelInfo, ProductionModelManager
 from pipeline.inference.monitor import PerformanceMetrics, RealTimePerformanceMonitor
 from pipeline.inference.runtimes import NullRuntime, OnnxRuntime, TorchScriptRuntime
+from pipeline.inference.settings import EngineSettings
 
 __all__ = [
     "AdmissionRejectedError",
@@ -35,6 +41,7 @@ __all__ = [
     "ConcurrencyStats",
     "ConcurrentProcessingEngine",
     "DeadlineExceededError",
+    "EngineSettings",
     "InferenceError",
     "InferenceResult",
     "InvalidInputError",
@@ -44,6 +51,7 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelNotLoadedError",
+    "NonFiniteOutputError",
     "NullRuntime",
     "OnnxRuntime",
     "PerformanceMetrics",

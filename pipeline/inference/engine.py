@@ -5,12 +5,18 @@ awaitable (an asyncio future). A dispatcher scheduled with `loop.call_soon` take
 queued for a model (up to `max_batch_size`) and runs it as one batch. That is greedy and
 work-conserving: a lone request runs on the next turn of the event loop, and requests that
 arrive while a batch runs form the next batch. With `batch_timeout_ms > 0` a partial batch
-may instead wait up to that long for company.
+may instead wait up to that long for company. Every knob is a field of `EngineSettings`.
 
 The queue is bounded (`max_queue_size`): past it a request is rejected at once with a
 failed result (`rejected=True`), never queued without bound. Requests may carry deadlines;
-an expired request fails without running. A bad request (wrong shape, NaN) fails alone and
-never fails its batch-mates.
+an expired request fails without running, and a request whose future was cancelled (its
+client went away) is dropped without running. A bad request (wrong shape, NaN) fails alone
+and never fails its batch-mates: if the runtime raises on a batch, the batch is bisected
+(at most as many extra runs as it has requests) to find the request(s) it raised on. A NaN
+or Inf output for one request is that request's error (NonFiniteOutputError), never the
+model's; only runtime faults (raising, a wrong output batch) count toward the automatic
+reload of a model. Outputs that are views of the pooled input buffer are copied before the
+buffer is reused.
 
 Batches run inline on the event loop thread: for small models a thread hand-off costs more
 than the inference itself. An engine may be created outside an event loop and then used from
@@ -35,16 +41,19 @@ from pipeline.inference.errors import (
     InferenceError,
     InvalidInputError,
     ModelNotLoadedError,
+    NonFiniteOutputError,
     PoolExhaustedError,
     QueueFullError,
 )
 from pipeline.inference.memory_pool import MemoryPoolManager
 from pipeline.inference.model_manager import LoadedModel, ProductionModelManager
 from pipeline.inference.monitor import RealTimePerformanceMonitor
+from pipeline.inference.settings import EngineSettings
 
 __all__ = ["InferenceResult", "ProductionInferenceEngine"]
 
 _perf = time.perf_counter
+_UNSET: Any = object()  # "not given" (None is a meaningful default_deadline_ms)
 
 
 @dataclass(slots=True)
@@ -93,37 +102,59 @@ class ProductionInferenceEngine:
     def __init__(
         self,
         model_manager: ProductionModelManager,
-        max_batch_size: int = 32,
-        batch_timeout_ms: float = 0.0,
+        max_batch_size: int | None = None,
+        batch_timeout_ms: float | None = None,
         memory_pool: MemoryPoolManager | None = None,
         cache: ResultCache | None = None,
         monitor: RealTimePerformanceMonitor | None = None,
         *,
-        max_queue_size: int = 1024,
-        default_deadline_ms: float | None = None,
+        settings: EngineSettings | None = None,
+        max_queue_size: int | None = None,
+        default_deadline_ms: float | object | None = _UNSET,
         auto_load: bool = True,
-        recovery_failure_threshold: int = 5,
-        recovery_cooldown_s: float = 5.0,
-        memory_check_interval_s: float = 1.0,
+        recovery_failure_threshold: int | None = None,
+        recovery_cooldown_s: float | None = None,
+        memory_check_interval_s: float | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
-        if batch_timeout_ms < 0:
-            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        """`settings` configures every knob at once; the keyword arguments (the original
+        API) override single knobs. With `settings`, the memory pool and result cache are
+        built from it unless given; without, there is none unless given (as before)."""
+        base = settings if settings is not None else EngineSettings()
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_batch_size", max_batch_size),
+                ("batch_timeout_ms", batch_timeout_ms),
+                ("max_queue_size", max_queue_size),
+                ("recovery_failure_threshold", recovery_failure_threshold),
+                ("recovery_cooldown_s", recovery_cooldown_s),
+                ("memory_check_interval_s", memory_check_interval_s),
+            )
+            if value is not None
+        }
+        if default_deadline_ms is not _UNSET:
+            changes["default_deadline_ms"] = default_deadline_ms
+        if settings is not None:
+            memory_pool = memory_pool if memory_pool is not None else settings.memory_pool()
+            cache = cache if cache is not None else settings.result_cache()
+        # the settings describe the engine as built: its pool, cache and manager included
+        changes["pool_mb"] = memory_pool.max_pool_size_mb if memory_pool is not None else 0.0
+        changes["cache_entries"] = cache.max_entries if cache is not None else 0
+        changes["max_memory_mb"] = model_manager.max_memory_mb
+        threads = getattr(model_manager, "num_threads", None)
+        if threads:
+            changes["intra_op_threads"] = int(threads)
+        self.settings: EngineSettings = base.replace(**changes)
         self.model_manager = model_manager
-        self.max_batch_size = int(max_batch_size)
-        self.batch_timeout_ms = float(batch_timeout_ms)
         self.memory_pool = memory_pool
         self.cache = cache
         self.monitor = monitor
-        self.max_queue_size = int(max_queue_size)
-        self.default_deadline_ms = default_deadline_ms
         self.auto_load = auto_load
-        self.recovery_failure_threshold = recovery_failure_threshold
-        self.recovery_cooldown_s = recovery_cooldown_s
-        self.memory_check_interval_s = memory_check_interval_s
+        memory_check_interval_s = self.settings.memory_check_interval_s
+        # hot-path copies of frozen settings (plain attribute reads per request)
+        self._max_batch = self.settings.max_batch_size
+        self._max_queue = self.settings.max_queue_size
+        self._wait_s = self.settings.batch_timeout_ms / 1000.0
 
         self._queues: dict[str, deque[_Request]] = {}
         self._queued = 0
@@ -151,6 +182,9 @@ class ProductionInferenceEngine:
             "unpooled_batches": 0,
             "abandoned": 0,
             "recoveries": 0,
+            "runtime_calls": 0,
+            "non_finite_outputs": 0,
+            "cancelled": 0,
         }
         model_manager.add_reload_listener(self._on_reload)
         if monitor is not None:
@@ -210,11 +244,11 @@ class ProductionInferenceEngine:
                     ),
                 )
                 return future
-        if self._queued >= self.max_queue_size:
+        if self._queued >= self._max_queue:
             self._stats["rejected"] += 1
             exc = QueueFullError(
                 f"queue full: {self._queued} requests waiting (max_queue_size="
-                f"{self.max_queue_size}); request for {model_name!r} rejected"
+                f"{self._max_queue}); request for {model_name!r} rejected"
             )
             self._fail_now(future, model_name, exc, now, request_id, rejected=True)
             return future
@@ -250,6 +284,35 @@ class ProductionInferenceEngine:
     @property
     def queue_depth(self) -> int:
         return self._queued
+
+    # The original API's attributes, read from the settings (one source).
+    @property
+    def max_batch_size(self) -> int:
+        return self.settings.max_batch_size
+
+    @property
+    def batch_timeout_ms(self) -> float:
+        return self.settings.batch_timeout_ms
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.settings.max_queue_size
+
+    @property
+    def default_deadline_ms(self) -> float | None:
+        return self.settings.default_deadline_ms
+
+    @property
+    def recovery_failure_threshold(self) -> int:
+        return self.settings.recovery_failure_threshold
+
+    @property
+    def recovery_cooldown_s(self) -> float:
+        return self.settings.recovery_cooldown_s
+
+    @property
+    def memory_check_interval_s(self) -> float:
+        return self.settings.memory_check_interval_s
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve from a new event loop; requests stranded on a closed loop are dropped."""
@@ -318,17 +381,18 @@ class ProductionInferenceEngine:
     def _dispatch(self) -> None:
         self._dispatch_handle = None
         now = _perf()
-        wait_s = self.batch_timeout_ms / 1000.0
+        wait_s = self._wait_s
+        max_batch = self._max_batch
         pending = False
         for key, queue in self._queues.items():
             if not queue:
                 continue
-            if wait_s > 0 and len(queue) < self.max_batch_size:
+            if wait_s > 0 and len(queue) < max_batch:
                 due = queue[0].submitted + wait_s
                 if due > now:
                     self._arm_timer(due, now)
                     continue
-            count = min(len(queue), self.max_batch_size)
+            count = min(len(queue), max_batch)
             batch = [queue.popleft() for _ in range(count)]
             self._queued -= count
             self._run_batch(key, batch)
@@ -363,7 +427,8 @@ class ProductionInferenceEngine:
         model.last_used = start = _perf()
         live: list[_Request] = []
         for request in batch:
-            if request.future.done():  # cancelled by its caller
+            if request.future.done():  # cancelled by its caller (e.g. the client went away)
+                self._stats["cancelled"] += 1
                 continue
             if request.deadline is not None and start > request.deadline:
                 self._stats["expired"] += 1
@@ -382,14 +447,23 @@ class ProductionInferenceEngine:
         else:
             self._execute(model, live, start)
 
-    def _execute(self, model: LoadedModel, batch: list[_Request], start: float) -> None:
+    def _execute(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        start: float,
+        budget: list[int] | None = None,
+    ) -> None:
+        """Run one batch. If the runtime raises, bisect it to find the request(s) it raised
+        on, so batch-mates still get answers; `budget` bounds the extra runs per dispatched
+        batch to its size (never more work than re-running every request alone)."""
         n = len(batch)
         key = model.info.key
         base = None
         pool = self.memory_pool
         if pool is not None:
             try:
-                base = pool.allocate_tensor((_bucket(n, self.max_batch_size), *model.feature_shape))
+                base = pool.allocate_tensor((_bucket(n, self._max_batch), *model.feature_shape))
                 inputs = base[:n]
             except PoolExhaustedError:
                 self._stats["unpooled_batches"] += 1
@@ -412,9 +486,14 @@ class ProductionInferenceEngine:
                     return
                 inputs = np.ascontiguousarray(inputs[finite])
                 n = len(batch)
+            self._stats["runtime_calls"] += 1
             began = _perf()
             try:
                 outputs = model.runtime.run(inputs)
+                if base is not None and np.may_share_memory(outputs, base):
+                    # a view of (or the model wrote into) the pooled input buffer: the next
+                    # batch would overwrite these results once the buffer is reused
+                    outputs = outputs.copy()
             except Exception as exc:
                 outputs = None
                 error: Exception = exc
@@ -423,20 +502,7 @@ class ProductionInferenceEngine:
             if base is not None:
                 pool.release_tensor(base)
         if outputs is None:
-            if n > 1:  # isolate the culprit: never fail batch-mates for one bad request
-                for request in batch:
-                    self._execute(model, [request], start)
-                return
-            self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
-            self._fail(
-                batch[0],
-                key,
-                model.version,
-                error,
-                (ended - began) * 1000.0,
-                (began - batch[0].submitted) * 1000.0,
-                1,
-            )
+            self._isolate(model, batch, start, budget, error, began, ended)
             return
         if outputs.shape[0] != n:
             exc = InferenceError(
@@ -446,6 +512,56 @@ class ProductionInferenceEngine:
             for request in batch:
                 self._fail(request, key, model.version, exc, 0.0, 0.0, n)
             return
+        self._failures[key] = 0  # the runtime answered: recovery counts consecutive faults
+        self._deliver(model, batch, outputs, began, ended)
+
+    def _isolate(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        start: float,
+        budget: list[int] | None,
+        error: Exception,
+        began: float,
+        ended: float,
+    ) -> None:
+        """The runtime raised on `batch`: run its halves (bisection) while the budget lasts;
+        a request it raised on alone, or a part the budget cannot split, fails with the
+        runtime's error and counts toward the model's recovery."""
+        n = len(batch)
+        if budget is None:
+            budget = [n]
+        if n > 1 and budget[0] >= 2:
+            budget[0] -= 2
+            half = n // 2
+            self._execute(model, batch[:half], start, budget)
+            self._execute(model, batch[half:], start, budget)
+            return
+        key = model.info.key
+        self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
+        for request in batch:
+            self._fail(
+                request,
+                key,
+                model.version,
+                error,
+                (ended - began) * 1000.0,
+                (began - request.submitted) * 1000.0,
+                n,
+            )
+
+    def _deliver(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        outputs: np.ndarray,
+        began: float,
+        ended: float,
+    ) -> None:
+        """Answer each request of a batch the runtime ran. A non-finite output row is its
+        request's error (the input is outside what the model handles), not the model's."""
+        n = len(batch)
+        key = model.info.key
         out_ok = np.isfinite(outputs.reshape(n, -1)).all(axis=1)
         inference_ms = (ended - began) * 1000.0
         stats = self._stats
@@ -460,8 +576,10 @@ class ProductionInferenceEngine:
         all_ok = bool(out_ok.all())
         for i, request in enumerate(batch):
             if not (all_ok or out_ok[i]):
-                exc = InferenceError(
-                    f"model {key!r}: produced NaN or Inf output for a finite input"
+                stats["non_finite_outputs"] += 1
+                exc = NonFiniteOutputError(
+                    f"model {key!r}: produced NaN or Inf output for this input (finite values "
+                    "outside the range the model handles)"
                 )
                 self._fail(
                     request,
@@ -502,10 +620,6 @@ class ProductionInferenceEngine:
                         batch_id,
                     )
                 )
-        if all_ok:
-            self._failures[key] = 0
-        else:
-            self._model_failed(model, "produced NaN or Inf outputs")
 
     # ----------------------------------------------------------------- outcomes
     def _complete(self, future: asyncio.Future, result: InferenceResult) -> None:

@@ -9,6 +9,7 @@ __all__ = [
     "InvalidInputError",
     "ModelLoadError",
     "ModelNotLoadedError",
+    "NonFiniteOutputError",
     "PoolExhaustedError",
     "QueueFullError",
 ]
@@ -28,6 +29,11 @@ class ModelNotLoadedError(InferenceError):
 
 class InvalidInputError(InferenceError):
     """A request's input has the wrong shape, dtype or non-finite values."""
+
+
+class NonFiniteOutputError(InferenceError):
+    """The model answered NaN or Inf for one request's (finite) input: that input is outside
+    the range the model handles. The request's error, never a fault of the model."""
 
 
 class PoolExhaustedError(InferenceError, MemoryError):

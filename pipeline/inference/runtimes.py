@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,17 +43,24 @@ class OnnxSpec:
     output_shape: tuple[int | None, ...]
 
 
+#: per thread: the intra-op thread count a TorchScriptRuntime last set there
+_torch_threads = threading.local()
+
+
 class TorchScriptRuntime:
-    """A TorchScript module run under `torch.inference_mode` on the CPU."""
+    """A TorchScript module run under `torch.inference_mode` on the CPU.
+
+    `num_threads` is applied on every thread that runs the module, the first time it does:
+    torch's intra-op setting belongs to the calling thread, and a service loads its models
+    in an executor thread but runs them on its event loop thread (whose idle intra-op
+    workers would otherwise spin on the second core)."""
 
     format = "torchscript"
 
     def __init__(self, data: bytes, *, num_threads: int | None = 1, label: str = "model") -> None:
         import torch
 
-        if num_threads:
-            # Small models on a shared 2-core machine: one intra-op thread is fastest.
-            torch.set_num_threads(num_threads)
+        self._num_threads = num_threads
         try:
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:  # torch raises RuntimeError with a long C++ trace
@@ -75,6 +83,11 @@ class TorchScriptRuntime:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        wanted = self._num_threads
+        if wanted and getattr(_torch_threads, "count", None) != wanted:
+            # Small models on a shared 2-core machine: one intra-op thread is fastest.
+            torch.set_num_threads(wanted)
+            _torch_threads.count = wanted
         with torch.inference_mode():
             out = self._module(torch.from_numpy(batch))
         return out.numpy()

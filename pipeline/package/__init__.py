@@ -19,12 +19,13 @@ from pipeline.package.builder import (
     label_safe,
 )
 from pipeline.package.errors import ManifestValidationError, PackageError, PackageRefused
-from pipeline.package.settings import EngineSettings
+from pipeline.package.settings import DeploymentSettings, EngineSettings
 from pipeline.package.validate import validate_manifests
 
 __all__ = [
     "ALLOWED_DECISIONS",
     "PACKAGE_NAME",
+    "DeploymentSettings",
     "EngineSettings",
     "ManifestValidationError",
     "PackageError",

@@ -36,7 +36,7 @@ from pipeline.package.manifests import (
 )
 from pipeline.package.requirements import repo_root, service_requirements
 from pipeline.package.settings import (
-    EngineSettings,
+    DeploymentSettings,
     certified_capacity_for_run,
     engine_settings_for_run,
 )
@@ -279,7 +279,7 @@ def _certification_report(
     decision: str,
     criteria: list[dict[str, Any]],
     models: list[dict[str, Any]],
-    settings: EngineSettings,
+    settings: DeploymentSettings,
     settings_source: str,
     version: str,
     kubernetes_version: str,

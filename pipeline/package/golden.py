@@ -74,9 +74,9 @@ async def _run(manager: Any, settings: Any, jobs: list[tuple[str, str, np.ndarra
 
     engine = ProductionInferenceEngine(
         manager,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.engine.max_batch_size,
         batch_timeout_ms=0.0,
-        max_queue_size=max(settings.max_queue_size, 64),
+        max_queue_size=max(settings.engine.max_queue_size, 64),
     )
     results = []
     for name, key, rows in jobs:
@@ -114,7 +114,7 @@ def golden_requests(
         for file_name, data in packaged.items():
             (scratch / file_name).write_bytes(data)
         manager = ProductionModelManager(
-            scratch, max_memory_mb=settings.max_memory_mb, warmup_enabled=False, strict=True
+            scratch, max_memory_mb=settings.engine.max_memory_mb, warmup_enabled=False, strict=True
         )
         for _, key, _ in jobs:
             if not manager.load_model(key):

@@ -21,7 +21,7 @@ from pipeline.package.alerts import (
     latency_buckets_ms,
     promql_number,
 )
-from pipeline.package.settings import EngineSettings
+from pipeline.package.settings import DeploymentSettings
 from pipeline.targets import Targets
 
 __all__ = [
@@ -59,7 +59,7 @@ class ManifestContext:
     version: str
     label_version: str
     image: str
-    settings: EngineSettings
+    settings: DeploymentSettings
     targets: Targets
     config_sha256: str
     models_sha256: str
@@ -102,7 +102,7 @@ def dump_yaml(document: Mapping[str, Any], header: str = _HEADER) -> str:
 
 
 def service_env(
-    settings: EngineSettings, targets: Targets, model_dir: str = MODELS_MOUNT
+    settings: DeploymentSettings, targets: Targets, model_dir: str = MODELS_MOUNT
 ) -> dict[str, str]:
     """The service's environment (the ConfigMap): the certified engine settings, and latency
     histogram bounds that hold the targets' latency thresholds (so the latency alerts'
@@ -461,7 +461,7 @@ def grafana_dashboard(ctx: ManifestContext) -> dict[str, Any]:
             [("relcert_queue_depth", "{{pod}}")],
             "short",
             (12, 16),
-            float(ctx.settings.max_queue_size),
+            float(ctx.settings.engine.max_queue_size),
         ),
     ]
     return {

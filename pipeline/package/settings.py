@@ -3,7 +3,7 @@
 The load stage records the engine configuration it measured under
 (`stages/load/summary.json` "engine_config"); the package deploys exactly that, so the
 certified figures hold for what runs in the cluster. Without a load summary the engine's
-defaults are used (they are the defaults the load stage certifies with).
+defaults are used (`EngineSettings()`: the defaults the load stage certifies with).
 """
 
 from __future__ import annotations
@@ -11,87 +11,93 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.inference.settings import EngineSettings
 from pipeline.package.errors import PackageError
-from pipeline.stages.common import SERVING_FORMAT
-from pipeline.stages.engine_host import HostConfig
+from pipeline.serve.settings import ENGINE_ENV, FORMATS, ServeSettings
 
 __all__ = [
     "MODEL_FORMATS",
+    "DeploymentSettings",
     "EngineSettings",
     "certified_capacity_for_run",
     "engine_settings_for_run",
 ]
 
-MODEL_FORMATS = ("onnx", "torchscript")
-#: the engine configuration the load stage certifies with when nothing else is recorded
-_CERTIFIED = HostConfig(models=())
-_INT_FIELDS = {"max_batch_size": 1, "max_queue_size": 1, "cache_entries": 0, "max_body_bytes": 1}
-_FLOAT_FIELDS = {"batch_timeout_ms": 0.0, "pool_mb": 0.0, "max_memory_mb": 1.0}
+MODEL_FORMATS = FORMATS
+#: the service's own defaults for the two service settings a package fixes
+_SERVICE_DEFAULTS = {f.name: f.default for f in fields(ServeSettings)}
+_FORMAT_DEFAULT: str = _SERVICE_DEFAULTS["model_format"]
+_BODY_DEFAULT: int = _SERVICE_DEFAULTS["max_body_bytes"]
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """Batching, memory and cache settings of the served engine (one meaning per knob)."""
+class DeploymentSettings:
+    """What the package deploys: the engine settings the run certified, plus the two
+    service settings that go with them (which model file to serve, the body limit)."""
 
-    max_batch_size: int = _CERTIFIED.max_batch_size
-    batch_timeout_ms: float = _CERTIFIED.batch_timeout_ms
-    max_queue_size: int = _CERTIFIED.max_queue_size
-    pool_mb: float = _CERTIFIED.pool_mb
-    cache_entries: int = _CERTIFIED.cache_entries
-    max_memory_mb: float = _CERTIFIED.max_memory_mb
-    max_body_bytes: int = 65_536
-    model_format: str = SERVING_FORMAT
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    max_body_bytes: int = _BODY_DEFAULT
+    model_format: str = _FORMAT_DEFAULT
 
     def __post_init__(self) -> None:
-        for name, low in {**_INT_FIELDS, **_FLOAT_FIELDS}.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise PackageError(f"engine setting {name} must be a number, got {value!r}")
-            if name in _INT_FIELDS and float(value) != int(value):
-                raise PackageError(f"engine setting {name} must be an integer, got {value!r}")
-            if not math.isfinite(value) or value < low:
-                raise PackageError(f"engine setting {name} must be >= {low}, got {value!r}")
+        body = self.max_body_bytes
+        if isinstance(body, bool) or not isinstance(body, int) or body < 64:
+            raise PackageError(
+                f"engine setting max_body_bytes must be an integer >= 64, got {body!r}"
+            )
         if self.model_format not in MODEL_FORMATS:
             raise PackageError(
                 f"engine setting model_format must be one of {', '.join(MODEL_FORMATS)}, "
                 f"got {self.model_format!r}"
             )
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DeploymentSettings:
+        """From flat keys: EngineSettings fields plus max_body_bytes and model_format."""
+        own = {"max_body_bytes", "model_format"}
+        known = own | {f.name for f in fields(EngineSettings)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PackageError(
+                f"unknown engine setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        engine_values = {k: v for k, v in values.items() if k not in own}
+        try:
+            engine = EngineSettings.from_dict(engine_values)
+        except ValueError as exc:
+            raise PackageError(str(exc)) from None
+        body = values.get("max_body_bytes", _BODY_DEFAULT)
+        if isinstance(body, float) and body.is_integer():
+            body = int(body)
+        return cls(engine, body, values.get("model_format", _FORMAT_DEFAULT))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Flat: every engine field, max_body_bytes and model_format (the docs read these)."""
+        return {
+            **self.engine.to_dict(),
+            "max_body_bytes": self.max_body_bytes,
+            "model_format": self.model_format,
+        }
 
     def env(self, model_dir: str = "/models") -> dict[str, str]:
         """The service's environment configuration (what the ConfigMap holds)."""
-        return {
-            "MODEL_DIR": model_dir,
-            "MODEL_FORMAT": self.model_format,
-            "MAX_BATCH_SIZE": _text(self.max_batch_size),
-            "BATCH_TIMEOUT_MS": _text(self.batch_timeout_ms),
-            "MAX_QUEUE": _text(self.max_queue_size),
-            "MAX_MEMORY_MB": _text(self.max_memory_mb),
-            "POOL_MB": _text(self.pool_mb),
-            "CACHE_ENTRIES": _text(self.cache_entries),
-            "MAX_BODY_BYTES": _text(self.max_body_bytes),
-        }
+        env = {"MODEL_DIR": model_dir, "MODEL_FORMAT": self.model_format}
+        for name, var in ENGINE_ENV.items():
+            env[var] = _text(getattr(self.engine, name))
+        env["MAX_BODY_BYTES"] = _text(self.max_body_bytes)
+        return env
 
 
-def _text(value: float) -> str:
-    """32 -> "32", 400.0 -> "400", 2.5 -> "2.5" (no float noise in env values)."""
+def _text(value: float | None) -> str:
+    """32 -> "32", 400.0 -> "400", 2.5 -> "2.5", None -> "none" (no float noise in env)."""
+    if value is None:
+        return "none"
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
-
-
-def _normalised(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in _INT_FIELDS and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        out[key] = value
-    return out
 
 
 def _format_of_models(models: Any) -> str | None:
@@ -129,13 +135,13 @@ def certified_capacity_for_run(run_dir: Path) -> float | None:
 
 def engine_settings_for_run(
     run_dir: Path, overrides: Mapping[str, Any] | None = None, report: Mapping | None = None
-) -> tuple[EngineSettings, str]:
+) -> tuple[DeploymentSettings, str]:
     """The settings to deploy and where they came from (for the docs).
 
     Order: `overrides` > the load stage's engine_config > the report's model formats (for
     the model format) > defaults.
     """
-    known = {f.name for f in fields(EngineSettings)}
+    known = {"max_body_bytes", "model_format"} | {f.name for f in fields(EngineSettings)}
     values: dict[str, Any] = {}
     sources = []
     summary = _load_summary(run_dir)
@@ -156,14 +162,8 @@ def engine_settings_for_run(
         if len(formats) == 1:
             values["model_format"] = formats.pop()
     if overrides:
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise PackageError(
-                f"unknown engine setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
         values.update(overrides)
         sources.append("explicit engine_settings")
     if not sources:
         sources.append("engine defaults (no load-stage summary in the run)")
-    settings = replace(EngineSettings(), **_normalised(values))
-    return settings, " + ".join(sources)
+    return DeploymentSettings.from_dict(values), " + ".join(sources)

@@ -17,10 +17,13 @@ Endpoints
     probability, "probabilities": {class: p}, "model": "routing_classifier", "model_version",
     "latency_ms"}``
 ``POST /api/v1/validate/performance``
-    ``{"requests": int, "duration_s": float, "model": name | null, "concurrency": int}`` (all
-    optional) -> a bounded closed-loop measurement through the engine: ``{requests,
-    success_rate, mean_latency_ms, p50_ms, p95_ms, p99_ms, throughput_rps, rss_mb, capped,
-    ...}``; ``capped`` is true when a request was lowered to the limits below.
+    Off unless ``VALIDATE_TOKEN`` is set (404 then). With ``Authorization: Bearer
+    <VALIDATE_TOKEN>`` (else 401): ``{"requests": int, "duration_s": float, "model": name |
+    null, "concurrency": int}`` (all optional) -> a bounded closed-loop measurement through
+    the engine: ``{requests, success_rate, mean_latency_ms, p50_ms, p95_ms, p99_ms,
+    throughput_rps, rss_mb, capped, ...}``; ``capped`` is true when a request was lowered to
+    the limits below. One run at a time (409), at most ``VALIDATE_MAX_CONCURRENCY`` of its
+    requests in the engine's queue.
 ``GET /health/ready``
     200 ``{"status": "ready", "format", "models": {name: version}}`` once every served model
     is loaded and warm; 503 ``{"status": "loading"}`` before (or ``"failed"`` with ``errors``).
@@ -36,16 +39,22 @@ Endpoints
 ``GET /openapi.json``
     The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
 
-Errors are JSON ``{"detail": "..."}`` naming the field: 422 for invalid JSON or a missing,
-extra, non-numeric, non-finite or wrongly counted feature (e.g. ``features.complexity_score:
-expected a finite number, got "abc"``); 413 for a body over ``MAX_BODY_BYTES`` (by
-Content-Length or as streamed); 503 with ``Retry-After`` when the engine's bounded queue is
-full (load shedding: requests are never queued without bound) or models are still loading;
-500 with the engine's message when the model fails; 404 / 405 for unknown paths / methods.
+Errors are JSON ``{"detail": "..."}`` naming the field: 422 for invalid JSON (including too
+deeply nested) or a missing, extra, non-numeric, non-finite or wrongly counted feature (e.g.
+``features.complexity_score: expected a finite number, got "abc"``), a value outside the
+model's declared input range (optional ``input_range`` / ``feature_ranges`` in
+model_info.json), or values for which the model answers NaN/Inf (the request's error: it
+never counts toward reloading the model); 413 for a body over ``MAX_BODY_BYTES`` (by
+Content-Length or as streamed); 431 for headers over ``MAX_HEADER_BYTES``; 408 when a
+request does not arrive within ``BODY_READ_TIMEOUT_S``; 503 with ``Retry-After`` when the
+engine's bounded queue is full, a request outwaited ``DEFAULT_DEADLINE_MS`` in the queue or
+models are still loading (and uvicorn's plain 503 past ``LIMIT_CONCURRENCY``); 500 when the
+model's runtime fails (the body names the endpoint only: exception text, tracebacks and
+file paths go to the server log, never to a client); 404 / 405 for unknown paths / methods.
+A request whose client disconnects while it waits is dropped without running.
 
 Configuration (environment variables; ``ServeSettings.from_env``)
 -----------------------------------------------------------------
-===========================  ========  ========================================================
 variable                     default   meaning
 ===========================  ========  ========================================================
 ``MODEL_DIR``                required  models folder written by ``relcert build`` (with
@@ -69,6 +78,52 @@ variable                     default   meaning
                                        ``relcert_request_latency_ms`` histogram; default 1 ms
                                        to 10 s with the default alert thresholds as bounds
 ===========================  ========  ========================================================
+=======
+==============================  ========  =====================================================
+variable                        default   meaning
+==============================  ========  =====================================================
+``MODEL_DIR``                   required  models folder written by ``relcert build`` (with
+                                          ``model_info.json``); ``--model-dir`` sets it
+``MODEL_FORMAT``                onnx      ``onnx`` or ``torchscript``: which file of each model
+                                          to serve (``--format``); onnx never imports torch
+``MAX_BODY_BYTES``              65536     largest request body accepted (413 beyond)
+``LIMIT_CONCURRENCY``           2048      open connections / requests in progress; beyond,
+                                          uvicorn answers 503
+``TIMEOUT_KEEP_ALIVE_S``        5         an idle connection (or one that never sends) closes
+``MAX_HEADER_BYTES``            16384     request line + headers (431 beyond)
+``BODY_READ_TIMEOUT_S``         10        a request's headers and body must arrive within this
+                                          from its first byte (408 and close otherwise)
+``VALIDATE_TOKEN``              unset     bearer token (>= 16 characters) that turns
+                                          ``/api/v1/validate/performance`` on; unset: off (404)
+``VALIDATE_MAX_REQUESTS``       2000      cap on ``requests`` of the validation run
+``VALIDATE_MAX_SECONDS``        10        cap on its ``duration_s``
+``VALIDATE_MAX_CONCURRENCY``    8         most validation requests in the engine at once
+``STARTUP_DELAY_S``             0         wait before loading models (tests observe ``loading``)
+``LATENCY_BUCKETS_MS``          ladder    upper bounds (ms, comma-separated, increasing) of the
+                                          ``relcert_request_latency_ms`` histogram; default 1 ms
+                                          to 10 s with the default alert thresholds as bounds
+==============================  ========  =====================================================
+
+The engine's knobs are one ``EngineSettings`` (``pipeline.inference.settings``; the service
+keeps it as ``ServeSettings.engine``), each read from its variable (``ENGINE_ENV``):
+
+==============================  ========  =====================================================
+``MAX_BATCH_SIZE``              32        most requests the engine runs as one batch
+``BATCH_TIMEOUT_MS``            0         how long a partial batch may wait for company; 0 is
+                                          greedy (a lone request runs at once)
+``MAX_QUEUE``                   1024      requests waiting in the engine; beyond it a request
+                                          is answered 503 with ``Retry-After`` at once
+``DEFAULT_DEADLINE_MS``         10000     a request still queued this long fails unrun (503);
+                                          ``none`` disables it
+``MAX_MEMORY_MB``               500       model memory budget; also the RSS above which the
+                                          buffer pool and result cache give memory back
+``POOL_MB``                     400       memory pool for batch buffers (0: no pool)
+``CACHE_ENTRIES``               10000     LRU result cache entries (0: no cache)
+``RECOVERY_FAILURE_THRESHOLD``  5         consecutive runtime faults before a model reloads
+``RECOVERY_COOLDOWN_S``         5         shortest time between two reloads of a model
+``MEMORY_CHECK_INTERVAL_S``     1         how often the engine checks memory pressure
+``INTRA_OP_THREADS``            1         intra-op threads per runtime (on the inferring thread)
+==============================  ========  =====================================================
 
 Every value is validated at start-up; an error names the variable and what was expected.
 

@@ -9,8 +9,11 @@ paths of the hot routes are dispatched before Starlette's middleware stack; ever
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
@@ -23,11 +26,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline.serve.features import RequestError, describe_value, load_json_object
+from pipeline.serve.http import LIMITS_KEY, HttpLimits
 from pipeline.serve.openapi import build_openapi
 from pipeline.serve.service import QUALITY, ROUTING, Service
 from pipeline.serve.settings import ServeSettings
 
 __all__ = ["ServeApp", "app_from_env", "create_app"]
+
+log = logging.getLogger("uvicorn.error")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,6 +43,8 @@ _perf = time.perf_counter
 _JSON = b"application/json"
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RETRY_AFTER_S = "1"
+#: a request still waiting for the engine this long starts watching for its client leaving
+_WATCH_DISCONNECT_AFTER_S = 0.002
 
 PREDICT_QUALITY = "/api/v1/predict/quality"
 PREDICT_ROUTING = "/api/v1/predict/routing"
@@ -44,7 +52,48 @@ VALIDATE = "/api/v1/validate/performance"
 
 
 class _Disconnected(Exception):
-    """The client went away before its body arrived."""
+    """The client went away before its answer was ready."""
+
+
+def _internal_error(where: str, exc: BaseException) -> bytes:
+    """A 500 body that names no exception text or file path (those go to the log)."""
+    log.error("relcert serve: %s failed", where, exc_info=exc)
+    return _error_body(f"internal error in {where}; the server log has the details")
+
+
+async def _cancel_on_disconnect(receive: Receive, future: asyncio.Future) -> bool:
+    """Cancel `future` (so the engine drops the request unrun) once the client is gone."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            future.cancel()
+            return True
+
+
+async def _result_unless_gone(future: asyncio.Future, receive: Receive) -> Any:
+    """The engine's result; raises _Disconnected if the client left while it waited.
+
+    Watching costs a task, so it starts only for a request still waiting after a moment
+    (a queue under load, or a batch waiting for company): those are the ones worth
+    dropping."""
+    loop = asyncio.get_running_loop()
+    watcher: list[asyncio.Task] = []
+
+    def watch() -> None:
+        if not future.done():
+            watcher.append(loop.create_task(_cancel_on_disconnect(receive, future)))
+
+    handle = loop.call_later(_WATCH_DISCONNECT_AFTER_S, watch)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if future.cancelled() and watcher and watcher[0].done() and not watcher[0].cancelled():
+            raise _Disconnected from None
+        raise
+    finally:
+        handle.cancel()
+        if watcher and not watcher[0].done():
+            watcher[0].cancel()
 
 
 @lru_cache(maxsize=64)
@@ -143,7 +192,7 @@ class _Endpoint:
             return
         except Exception as exc:  # the answer is a JSON 500, never a dropped connection
             status = 500
-            body = _error_body(f"internal error: {type(exc).__name__}: {exc}")
+            body = _internal_error(self.path, exc)
         await _send(send, status, body, headers)
         self.service.count(self.path, status, _perf() - started)
 
@@ -176,18 +225,41 @@ class _PredictEndpoint(_Endpoint):
         if service.status != "ready":
             raise _not_ready(service)
         x = self.spec.decode(body)
-        result = await service.engine.predict(self.key, x)
+        future = service.engine.predict(self.key, x)
+        result = future.result() if future.done() else await _result_unless_gone(future, receive)
         if result.success:
             return 200, self.encode(result.output, result.model_version, started)
+        raise self.refusal(result)
+
+    def refusal(self, result: Any) -> RequestError:
+        """The HTTP error for a failed engine result: the client's fault (4xx), overload
+        (503) or the model's (500, with no exception text: that goes to the log)."""
+        kind = result.error_type
         if result.rejected:
-            raise RequestError(503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)])
-        if result.error_type == "ModelNotLoadedError":
-            raise RequestError(
-                503, result.error or "model not loaded", [("retry-after", _RETRY_AFTER_S)]
+            return RequestError(
+                503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)]
             )
-        if result.error_type == "InvalidInputError":
-            raise RequestError(422, f"features: {result.error}")
-        raise RequestError(500, result.error or "inference failed")
+        if kind == "ModelNotLoadedError":
+            return RequestError(
+                503, f"{self.model}: model not loaded", [("retry-after", _RETRY_AFTER_S)]
+            )
+        if kind == "DeadlineExceededError":
+            return RequestError(
+                503,
+                f"{self.model}: the request waited longer than its deadline in the queue "
+                "(DEFAULT_DEADLINE_MS); try again later",
+                [("retry-after", _RETRY_AFTER_S)],
+            )
+        if kind == "InvalidInputError":
+            return RequestError(422, f"features: {result.error}")
+        if kind == "NonFiniteOutputError":
+            return RequestError(
+                422,
+                f"features: {self.model} produced a NaN or Inf output for these values: they are "
+                "outside the range the model handles",
+            )
+        log.error("relcert serve: %s inference failed: %s", self.model, result.error)
+        return RequestError(500, f"{self.model}: inference failed; the server log has the details")
 
     def encode(self, row: Any, version: str, started: float) -> bytes:
         raise NotImplementedError
@@ -234,9 +306,32 @@ class RoutingEndpoint(_PredictEndpoint):
 
 
 class ValidateEndpoint(_Endpoint):
+    """A bounded measurement through the engine. Registered only when VALIDATE_TOKEN is set;
+    every request must carry ``Authorization: Bearer <VALIDATE_TOKEN>``; one run at a time,
+    with at most VALIDATE_MAX_CONCURRENCY requests of its own in the engine's queue."""
+
     path = VALIDATE
 
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        self.expected = b"bearer " + service.settings.validate_token.encode()
+
+    def authorize(self, scope: Scope) -> None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                # the scheme is case-insensitive; the token is compared in constant time
+                given = value[:7].lower() + value[7:]
+                if hmac.compare_digest(given, self.expected):
+                    return
+                break
+        raise RequestError(
+            401,
+            "authorization: expected the header Authorization: Bearer <VALIDATE_TOKEN>",
+            [("www-authenticate", 'Bearer realm="relcert-validate"')],
+        )
+
     async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[int, bytes]:
+        self.authorize(scope)
         service = self.service
         settings = service.settings
         doc = load_json_object(
@@ -248,15 +343,18 @@ class ValidateEndpoint(_Endpoint):
                 raise RequestError(422, f"{key}: unexpected field; allowed: {', '.join(allowed)}")
         requests = _positive(doc, "requests", 500, integer=True)
         duration_s = _positive(doc, "duration_s", 5.0, integer=False)
-        concurrency = _positive(doc, "concurrency", 8, integer=True)
-        if concurrency > 256:
+        most = settings.validate_max_concurrency
+        concurrency = _positive(doc, "concurrency", min(8, most), integer=True)
+        if concurrency > most:
             raise RequestError(
-                422, f"concurrency: expected an integer in 1..256, got {concurrency}"
+                422,
+                f"concurrency: expected an integer in 1..{most} (VALIDATE_MAX_CONCURRENCY), "
+                f"got {concurrency}",
             )
         model = doc.get("model")
         if model is None:
             models = list(service.keys)
-        elif model in service.keys:
+        elif type(model) is str and model in service.keys:
             models = [model]
         else:
             raise RequestError(
@@ -285,6 +383,7 @@ class ValidateEndpoint(_Endpoint):
         result["limits"] = {
             "requests": settings.validate_max_requests,
             "duration_s": settings.validate_max_seconds,
+            "concurrency": most,
         }
         return 200, json.dumps(result).encode()
 
@@ -325,7 +424,7 @@ class _JsonGet(_Endpoint):
         try:
             status, body = self.produce()
         except Exception as exc:
-            status, body = 500, _error_body(f"internal error: {type(exc).__name__}: {exc}")
+            status, body = 500, _internal_error(self.path, exc)
         await send(
             {
                 "type": "http.response.start",
@@ -373,9 +472,11 @@ def create_app(settings: ServeSettings) -> ServeApp:
                 "models": service.versions(),
             }
             return 200, json.dumps(doc).encode()
-        doc = {"status": service.status}
-        if service.load_errors:
-            doc["errors"] = dict(service.load_errors)
+        doc: dict[str, Any] = {"status": service.status}
+        if service.load_errors:  # which models, not why: reasons name files (see the log)
+            doc["errors"] = dict.fromkeys(
+                service.load_errors, "failed to load; the server log has the details"
+            )
         return 503, json.dumps(doc).encode()
 
     def live() -> tuple[int, bytes]:
@@ -396,6 +497,8 @@ def create_app(settings: ServeSettings) -> ServeApp:
             max_body_bytes=settings.max_body_bytes,
             validate_max_requests=settings.validate_max_requests,
             validate_max_seconds=settings.validate_max_seconds,
+            validate_max_concurrency=settings.validate_max_concurrency,
+            validate_enabled=settings.validate_enabled,
         )
     ).encode()
 
@@ -404,8 +507,9 @@ def create_app(settings: ServeSettings) -> ServeApp:
         endpoints.append(QualityEndpoint(service))
     if ROUTING in service.keys:
         endpoints.append(RoutingEndpoint(service))
+    if settings.validate_enabled:
+        endpoints.append(ValidateEndpoint(service))
     endpoints += [
-        ValidateEndpoint(service),
         _JsonGet(service, "/health/ready", ready),
         _JsonGet(service, "/health/live", live),
         _JsonGet(service, "/metrics", metrics, _METRICS_TYPE.encode()),
@@ -432,23 +536,22 @@ def create_app(settings: ServeSettings) -> ServeApp:
 
     async def server_error(request: Request, exc: Exception) -> Response:
         service.count("unmatched", 500, None)
-        return Response(
-            _error_body(f"internal error: {type(exc).__name__}: {exc}"),
-            500,
-            media_type="application/json",
-        )
+        return Response(_internal_error(request.url.path, exc), 500, media_type="application/json")
+
+    limits = HttpLimits(settings.max_header_bytes, settings.body_read_timeout_s)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         service.start_loading()  # in the background: the server listens meanwhile
         try:
-            yield
+            # lifespan state reaches every connection (BoundedHttpToolsProtocol reads it)
+            yield {LIMITS_KEY: limits}
         finally:
             await service.stop()
 
     return ServeApp(
         service,
-        {e.path: e for e in endpoints if isinstance(e, _PredictEndpoint)},
+        {e.path: e for e in endpoints if isinstance(e, _PredictEndpoint | ValidateEndpoint)},
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,

@@ -13,14 +13,16 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "configure_parser", "run"]
+__all__ = ["add_parser", "configure_parser", "run", "uvicorn_limits"]
 
 DESCRIPTION = (
     "Serve the certified models over HTTP (Starlette on uvicorn, one engine per worker "
-    "process). Settings other than the flags come from environment variables: MODEL_FORMAT, "
-    "MAX_BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_QUEUE, MAX_MEMORY_MB, POOL_MB, CACHE_ENTRIES, "
-    "MAX_BODY_BYTES, VALIDATE_MAX_REQUESTS, VALIDATE_MAX_SECONDS, LATENCY_BUCKETS_MS. Models "
-    "load after the server starts listening; GET /health/ready answers 200 once they are warm."
+    "process). Settings other than the flags come from environment variables (see "
+    "pipeline/serve/__init__.py): MODEL_FORMAT, MAX_BATCH_SIZE, BATCH_TIMEOUT_MS, MAX_QUEUE, "
+    "DEFAULT_DEADLINE_MS, MAX_MEMORY_MB, POOL_MB, CACHE_ENTRIES, MAX_BODY_BYTES, "
+    "LIMIT_CONCURRENCY, TIMEOUT_KEEP_ALIVE_S, MAX_HEADER_BYTES, BODY_READ_TIMEOUT_S, "
+    "VALIDATE_TOKEN (unset: /api/v1/validate/performance is off), LATENCY_BUCKETS_MS, ... "
+    "Models load after the server starts listening; GET /health/ready answers 200 once they are warm."
 )
 
 
@@ -59,6 +61,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return configure_parser(parser)
 
 
+def uvicorn_limits(settings: Any) -> dict[str, Any]:
+    """uvicorn's own connection bounds from ServeSettings (the header bound and the read
+    timeout are BoundedHttpToolsProtocol's; h11's equivalent is set for an h11 server)."""
+    return {
+        "limit_concurrency": settings.limit_concurrency,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     """Start uvicorn with the parsed arguments; returns the exit status."""
     from pipeline.serve.settings import ServeSettings, SettingsError
@@ -84,15 +96,18 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from pipeline.serve.http import BoundedHttpToolsProtocol
+
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": BoundedHttpToolsProtocol,  # httptools + header bound + read timeout
         "access_log": False,
         "log_level": args.log_level,
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
+        **uvicorn_limits(settings),
     }
     print(
         f"relcert serve: http://{args.host}:{args.port} serving {settings.model_format} models "

@@ -42,15 +42,15 @@ _ERROR_RESPONSES = {
         "The body is larger than MAX_BODY_BYTES (by Content-Length or as streamed)", "Error"
     ),
     "422": _json_response(
-        "Invalid JSON, or a missing, extra, non-numeric or non-finite feature, or a wrong "
-        "number of features; `detail` names the field",
+        "Invalid JSON, or a missing, extra, non-numeric or non-finite feature, a wrong "
+        "number of features, a value outside the model's declared input range, or values "
+        "for which the model answers NaN/Inf; `detail` names the field",
         "Error",
     ),
-    "500": _json_response(
-        "The model failed on this input; `detail` is the engine's message", "Error"
-    ),
+    "500": _json_response("The model's runtime failed; the server log has the details", "Error"),
     "503": _json_response(
-        "Overloaded (the engine's bounded queue is full) or the models are still loading",
+        "Overloaded (the engine's bounded queue is full, or the request outwaited its "
+        "deadline in the queue) or the models are still loading",
         "Error",
         _RETRY_AFTER,
     ),
@@ -111,6 +111,8 @@ def build_openapi(
     max_body_bytes: int,
     validate_max_requests: int,
     validate_max_seconds: float,
+    validate_max_concurrency: int = 8,
+    validate_enabled: bool = True,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an instance serving the models in `specs`."""
     schemas: dict[str, Any] = {
@@ -146,7 +148,8 @@ def build_openapi(
                 "status": {"enum": ["loading", "failed"]},
                 "errors": {
                     "type": "object",
-                    "description": "model -> why it failed to load (status failed)",
+                    "description": "model -> failed to load (status failed; the reason is in "
+                    "the server log)",
                     "additionalProperties": {"type": "string"},
                 },
             },
@@ -176,8 +179,8 @@ def build_openapi(
                 "concurrency": {
                     "type": "integer",
                     "minimum": 1,
-                    "maximum": 256,
-                    "default": 8,
+                    "maximum": validate_max_concurrency,
+                    "default": min(8, validate_max_concurrency),
                     "description": "Closed-loop users (each sends when its last request is done)",
                 },
             },
@@ -279,17 +282,20 @@ def build_openapi(
             "RoutingRequest",
             "RoutingDecision",
         )
-    paths["/api/v1/validate/performance"] = {
+    validate_operation = {
         "post": {
             "operationId": "validate_performance",
             "summary": "Run a bounded closed-loop measurement through the engine",
+            "description": "Present only when VALIDATE_TOKEN is set; send it as a bearer token.",
             "tags": ["validate"],
+            "security": [{"validateToken": []}],
             "requestBody": {
                 "required": False,
                 "content": {JSON: {"schema": _ref("ValidationRequest")}},
             },
             "responses": {
                 "200": _json_response("Measured figures", "ValidationResult"),
+                "401": _json_response("Missing or wrong bearer token", "Error"),
                 "409": _json_response("Another validation run is in progress", "Error"),
                 "413": _ERROR_RESPONSES["413"],
                 "422": _json_response("Invalid body; `detail` names the field", "Error"),
@@ -297,6 +303,8 @@ def build_openapi(
             },
         }
     }
+    if validate_enabled:
+        paths["/api/v1/validate/performance"] = validate_operation
     paths["/health/ready"] = {
         "get": {
             "operationId": "health_ready",
@@ -354,5 +362,8 @@ def build_openapi(
             ),
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"validateToken": {"type": "http", "scheme": "bearer"}},
+        },
     }

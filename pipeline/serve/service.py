@@ -21,11 +21,9 @@ import numpy as np
 
 from pipeline.inference import (
     InferenceError,
-    MemoryPoolManager,
     ProductionInferenceEngine,
     ProductionModelManager,
     RealTimePerformanceMonitor,
-    ResultCache,
 )
 from pipeline.serve.features import FeatureSpec
 from pipeline.serve.settings import ServeSettings, SettingsError
@@ -49,9 +47,12 @@ class Service:
         self.settings = settings
         self.started = time.monotonic()
         info = _read_model_info(settings.model_dir)
+        engine_settings = settings.engine
         try:
             self.manager = ProductionModelManager(
-                settings.model_dir, max_memory_mb=settings.max_memory_mb
+                settings.model_dir,
+                max_memory_mb=engine_settings.max_memory_mb,
+                num_threads=engine_settings.intra_op_threads,
             )
         except (OSError, InferenceError) as exc:
             raise SettingsError(f"MODEL_DIR: {exc}") from None
@@ -80,17 +81,13 @@ class Service:
         )
         self.monitor = RealTimePerformanceMonitor(
             window_seconds=60.0,
-            memory_limit_mb=settings.max_memory_mb,
+            memory_limit_mb=engine_settings.max_memory_mb,
             latency_buckets_ms=settings.latency_buckets_ms,
         )
         self.engine = ProductionInferenceEngine(
             self.manager,
-            max_batch_size=settings.max_batch_size,
-            batch_timeout_ms=settings.batch_timeout_ms,
-            memory_pool=MemoryPoolManager(settings.pool_mb) if settings.pool_mb > 0 else None,
-            cache=ResultCache(settings.cache_entries) if settings.cache_entries > 0 else None,
+            settings=engine_settings,
             monitor=self.monitor,
-            max_queue_size=settings.max_queue,
             auto_load=False,  # never load a model on the event loop in a request
         )
         self.status = LOADING
@@ -252,6 +249,21 @@ class Service:
             ("relcert_engine_rejected", "Requests rejected because the queue was full", "rejected"),
             ("relcert_engine_batches", "Batches run by the engine", "batches"),
             ("relcert_engine_cache_hits", "Requests answered from the result cache", "cache_hits"),
+            (
+                "relcert_engine_expired",
+                "Requests that outwaited their deadline in the queue (not run)",
+                "expired",
+            ),
+            (
+                "relcert_engine_cancelled",
+                "Requests dropped unrun because their client disconnected",
+                "cancelled",
+            ),
+            (
+                "relcert_engine_non_finite_outputs",
+                "Requests whose input made the model answer NaN/Inf (answered 422)",
+                "non_finite_outputs",
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])
         yield GaugeMetricFamily(

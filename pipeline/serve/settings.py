@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "ServeSettings", "SettingsError"]
+from pipeline.inference.settings import EngineSettings
+
+__all__ = ["ENGINE_ENV", "FORMATS", "ServeSettings", "SettingsError"]
 
 FORMATS = ("onnx", "torchscript")
 
@@ -25,59 +27,82 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """How one service process is configured (see the package docstring for each variable)."""
+    """How one service process is configured (see the package docstring for each variable).
+
+    The engine's knobs are one `EngineSettings` (`engine`), read from the same variables
+    as before (``MAX_QUEUE`` is `engine.max_queue_size`, see `ENGINE_ENV`)."""
 
     model_dir: Path
     model_format: str = "onnx"
-    max_batch_size: int = 32
-    batch_timeout_ms: float = 0.0
-    max_queue: int = 1024
-    max_memory_mb: float = 500.0
-    pool_mb: float = 400.0
-    cache_entries: int = 10_000
+    engine: EngineSettings = field(default_factory=EngineSettings)
     max_body_bytes: int = 65_536
+    limit_concurrency: int = 2048
+    timeout_keep_alive_s: float = 5.0
+    max_header_bytes: int = 16_384
+    body_read_timeout_s: float = 10.0
+    validate_token: str = field(default="", repr=False)
     validate_max_requests: int = 2000
     validate_max_seconds: float = 10.0
+    validate_max_concurrency: int = 8
     startup_delay_s: float = 0.0
     #: upper bounds (ms) of the latency histogram; None: the monitor's default ladder
     latency_buckets_ms: tuple[float, ...] | None = None
 
+    @property
+    def validate_enabled(self) -> bool:
+        """/api/v1/validate/performance exists only when a token is configured."""
+        return bool(self.validate_token)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
         """Settings from `environ` (default `os.environ`); keyword overrides (by field name,
-        e.g. ``model_dir=...``) win over the environment and are validated the same way."""
+        e.g. ``model_dir=...`` or an engine field such as ``max_queue_size=...``, or a whole
+        ``engine=EngineSettings(...)``) win over the environment and are validated the same
+        way."""
         environ = os.environ if environ is None else environ
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
+        own = {f.name for f in fields(cls)}
+        engine_fields = set(ENGINE_ENV)
+        unknown = sorted(set(overrides) - own - engine_fields)
         if unknown:
+            known = sorted(own | engine_fields)
             raise SettingsError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
+        base_engine = overrides.get("engine")
+        if base_engine is not None and not isinstance(base_engine, EngineSettings):
+            raise SettingsError(f"engine: expected an EngineSettings, got {base_engine!r}")
         values: dict[str, Any] = {}
-        for name, (parse, default) in _SPEC.items():
-            var = name.upper()
-            if name in overrides and overrides[name] is not None:
-                raw: Any = overrides[name]
-            else:
-                raw = environ.get(var)
-                if raw is None or (isinstance(raw, str) and not raw.strip()):
-                    if default is _REQUIRED:
-                        raise SettingsError(
-                            f"{var}: required (a models folder written by `relcert build`), "
-                            "but it is not set"
-                        )
-                    values[name] = default
-                    continue
-            values[name] = parse(var, raw)
+        for name, parse in _SPEC.items():
+            raw = _raw(name.upper(), name, environ, overrides)
+            if raw is not _MISSING:
+                values[name] = parse(name.upper(), raw)
+            elif name == "model_dir":
+                raise SettingsError(
+                    "MODEL_DIR: required (a models folder written by `relcert build`), "
+                    "but it is not set"
+                )
+        engine_values: dict[str, Any] = {}
+        for name, var in ENGINE_ENV.items():
+            raw = _raw(var, name, environ, overrides)
+            if raw is _MISSING:
+                continue
+            try:
+                engine_values[name] = EngineSettings.parse(name, raw)
+            except ValueError as exc:
+                raise SettingsError(f"{var}: {exc}") from None
+        engine = base_engine if base_engine is not None else EngineSettings()
+        values["engine"] = engine.replace(**engine_values)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings (for worker processes)."""
-        return {
-            f.name.upper(): _env_text(getattr(self, f.name))
-            for f in fields(self)
-            if getattr(self, f.name) is not None
+        env = {
+            name.upper(): _env_text(getattr(self, name))
+            for name in _SPEC
+            if getattr(self, name) is not None
         }
+        env.update({var: str(getattr(self.engine, name)) for name, var in ENGINE_ENV.items()})
+        return env
 
 
 def _env_text(value: Any) -> str:
@@ -86,7 +111,31 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
-_REQUIRED = object()
+#: EngineSettings field -> the environment variable that sets it (documented, deployed names)
+ENGINE_ENV: dict[str, str] = {
+    "max_batch_size": "MAX_BATCH_SIZE",
+    "batch_timeout_ms": "BATCH_TIMEOUT_MS",
+    "max_queue_size": "MAX_QUEUE",
+    "default_deadline_ms": "DEFAULT_DEADLINE_MS",
+    "pool_mb": "POOL_MB",
+    "cache_entries": "CACHE_ENTRIES",
+    "max_memory_mb": "MAX_MEMORY_MB",
+    "recovery_failure_threshold": "RECOVERY_FAILURE_THRESHOLD",
+    "recovery_cooldown_s": "RECOVERY_COOLDOWN_S",
+    "memory_check_interval_s": "MEMORY_CHECK_INTERVAL_S",
+    "intra_op_threads": "INTRA_OP_THREADS",
+}
+_MISSING = object()
+
+
+def _raw(var: str, name: str, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Any:
+    """An override (by field name) or the environment variable; _MISSING when neither."""
+    if name in overrides and overrides[name] is not None:
+        return overrides[name]
+    raw = environ.get(var)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return _MISSING
+    return raw
 
 
 def _model_dir(var: str, raw: Any) -> Path:
@@ -105,6 +154,16 @@ def _format(var: str, raw: Any) -> str:
     value = str(raw).strip().lower()
     if value not in FORMATS:
         raise SettingsError(f"{var}: expected one of {', '.join(FORMATS)}, got {str(raw)!r}")
+    return value
+
+
+def _token(var: str, raw: Any) -> str:
+    value = str(raw).strip()
+    if value and (len(value) < 16 or not all(33 <= ord(c) < 127 for c in value)):
+        raise SettingsError(
+            f"{var}: expected at least 16 printable ASCII characters without spaces (or unset "
+            f"to keep the endpoint off), got a value of {len(value)} characters"
+        )
     return value
 
 
@@ -152,18 +211,20 @@ def _buckets(var: str, raw: Any) -> tuple[float, ...]:
         ) from None
 
 
-_SPEC: dict[str, tuple[Callable[[str, Any], Any], Any]] = {
-    "model_dir": (_model_dir, _REQUIRED),
-    "model_format": (_format, "onnx"),
-    "max_batch_size": (_int(1), 32),
-    "batch_timeout_ms": (_float(0.0, strict=False), 0.0),
-    "max_queue": (_int(1), 1024),
-    "max_memory_mb": (_float(0.0, strict=True), 500.0),
-    "pool_mb": (_float(0.0, strict=False), 400.0),
-    "cache_entries": (_int(0), 10_000),
-    "max_body_bytes": (_int(64), 65_536),
-    "validate_max_requests": (_int(1), 2000),
-    "validate_max_seconds": (_float(0.0, strict=True), 10.0),
-    "startup_delay_s": (_float(0.0, strict=False), 0.0),
-    "latency_buckets_ms": (_buckets, None),
+#: ServeSettings field (its variable is the name in capitals) -> its parser (defaults are the
+#: dataclass's); the engine's variables are ENGINE_ENV, parsed and validated by EngineSettings.
+_SPEC: dict[str, Callable[[str, Any], Any]] = {
+    "model_dir": _model_dir,
+    "model_format": _format,
+    "max_body_bytes": _int(64),
+    "limit_concurrency": _int(1),
+    "timeout_keep_alive_s": _float(0.0, strict=True),
+    "max_header_bytes": _int(1024),
+    "body_read_timeout_s": _float(0.0, strict=True),
+    "validate_token": _token,
+    "validate_max_requests": _int(1),
+    "validate_max_seconds": _float(0.0, strict=True),
+    "validate_max_concurrency": _int(1),
+    "startup_delay_s": _float(0.0, strict=False),
+    "latency_buckets_ms": _buckets,
 }

@@ -5,6 +5,11 @@ process (`python -m pipeline.stages.engine_host`), and the stage's load generato
 requests over a loopback TCP connection with a compact binary framing. The child's RSS and
 CPU are sampled from the parent with psutil while it serves.
 
+Authentication: the parent makes a random per-run token and hands it to the child on stdin
+(first line; never on the command line or in the environment). Every connection's first
+frame must be that token: the child answers "OK", or "DENIED" and closes the connection, so
+no other local user can drive (or disturb) the engine under measurement.
+
 Frame: u32 little-endian length, then the body.
   request  body: u32 id, u8 op, then for PREDICT: u8 model index, float32 values
   response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
@@ -25,8 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import os
+import secrets
 import struct
 import subprocess
 import sys
@@ -38,7 +45,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler"]
+from pipeline.inference.settings import EngineSettings
+
+__all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler", "connect_authenticated"]
 
 OP_PREDICT, OP_STATS, OP_RELOAD, OP_CONFIG = 0, 1, 2, 3
 OP_BALLAST, OP_POOL = 4, 5
@@ -46,6 +55,9 @@ _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<IBB")
 _CTL = struct.Struct("<IB")
 _RESP = struct.Struct("<IBBH")
+_TOKEN_BYTES = 32
+_AUTH_TIMEOUT_S = 10.0
+_AUTH_OK, _AUTH_DENIED = b"OK", b"DENIED"
 
 
 @dataclass(frozen=True)
@@ -53,15 +65,31 @@ class HostConfig:
     """How the hosted engine is configured (the settings a certification applies to)."""
 
     models: tuple[str, ...]  # engine keys, e.g. ("quality_predictor_onnx", ...)
-    max_batch_size: int = 32
-    batch_timeout_ms: float = 0.0
-    max_queue_size: int = 1024
-    pool_mb: float = 400.0
-    cache_entries: int = 10_000
-    max_memory_mb: float = 500.0
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready form: {"models": [...], <every EngineSettings field>}. The load
+        stage records it as `engine_config`; the deployment package reads it back."""
+        return {"models": list(self.models), **self.engine.to_dict()}
 
     def to_json(self) -> str:
-        return json.dumps({**self.__dict__, "models": list(self.models)})
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HostConfig:
+        """The inverse of `to_dict` (a nested {"engine": {...}} is accepted too)."""
+        raw = dict(values)
+        models = raw.pop("models", None)
+        if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
+            raise ValueError(f"HostConfig: models must be a list of engine keys, got {models!r}")
+        engine = raw.pop("engine", None)
+        if isinstance(engine, dict):
+            raw = {**engine, **raw}
+        return cls(models=tuple(models), engine=EngineSettings.from_dict(raw))
+
+    @classmethod
+    def from_json(cls, text: str) -> HostConfig:
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass
@@ -77,18 +105,37 @@ class HostResult:
 
 
 # --------------------------------------------------------------------------- child side
-async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
+async def _authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: bytes
+) -> bool:
+    """The connection's first frame must be the run's token (constant-time compare)."""
+    try:
+        size = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), _AUTH_TIMEOUT_S))[0]
+        given = b""
+        if size == len(token):
+            given = await asyncio.wait_for(reader.readexactly(size), _AUTH_TIMEOUT_S)
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        return False
+    if hmac.compare_digest(given, token):
+        writer.write(_LEN.pack(len(_AUTH_OK)) + _AUTH_OK)
+        return True
+    writer.write(_LEN.pack(len(_AUTH_DENIED)) + _AUTH_DENIED)
+    return False
+
+
+async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -> None:
     import gc
 
     from pipeline.inference import (
-        MemoryPoolManager,
         ProductionInferenceEngine,
         ProductionModelManager,
         RealTimePerformanceMonitor,
-        ResultCache,
     )
 
-    manager = ProductionModelManager(model_dir, max_memory_mb=config.max_memory_mb)
+    settings = config.engine
+    manager = ProductionModelManager(
+        model_dir, max_memory_mb=settings.max_memory_mb, num_threads=settings.intra_op_threads
+    )
     init_started = time.perf_counter()
     load_errors = {}
     for key in config.models:
@@ -104,13 +151,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
             load_errors[key] = manager.load_errors.get(key, "unknown error")
     init_s = time.perf_counter() - init_started
     engine = ProductionInferenceEngine(
-        manager,
-        max_batch_size=config.max_batch_size,
-        batch_timeout_ms=config.batch_timeout_ms,
-        max_queue_size=config.max_queue_size,
-        memory_pool=MemoryPoolManager(config.pool_mb),
-        cache=ResultCache(config.cache_entries) if config.cache_entries else None,
-        monitor=RealTimePerformanceMonitor(window_seconds=60),
+        manager, settings=settings, monitor=RealTimePerformanceMonitor(window_seconds=60)
     )
     keys = list(config.models)
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
@@ -210,6 +251,8 @@ async def _serve(model_dir: Path, config: HostConfig, port: int) -> None:
             writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
 
         try:
+            if not await _authenticate(reader, writer, token):
+                return  # refused: nothing else is read from this connection
             while True:
                 size = _LEN.unpack(await reader.readexactly(4))[0]
                 body = await reader.readexactly(size)
@@ -264,12 +307,37 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="HostConfig as JSON")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    raw = json.loads(args.config)
-    raw["models"] = tuple(raw["models"])
-    asyncio.run(_serve(args.model_dir, HostConfig(**raw), args.port))
+    line = sys.stdin.readline().strip()  # the parent's per-run token comes first on stdin
+    try:
+        token = bytes.fromhex(line)
+    except ValueError:
+        token = b""
+    if len(token) != _TOKEN_BYTES:
+        parser.error(f"expected a {_TOKEN_BYTES}-byte hex token as the first line of stdin")
+    asyncio.run(_serve(args.model_dir, HostConfig.from_json(args.config), args.port, token))
 
 
 # --------------------------------------------------------------------------- parent side
+async def connect_authenticated(
+    port: int, token: bytes, timeout_s: float = 30.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the engine host that has sent `token` and been accepted.
+
+    Raises PermissionError when the host refuses the token."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_LEN.pack(len(token)) + token)
+    try:
+        size = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), timeout_s))[0]
+        answer = await asyncio.wait_for(reader.readexactly(min(size, 64)), timeout_s)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        writer.close()
+        raise PermissionError(f"engine host on port {port} closed the connection: {exc}") from None
+    if answer != _AUTH_OK:
+        writer.close()
+        raise PermissionError(f"engine host on port {port} refused the token ({answer!r})")
+    return reader, writer
+
+
 class ResourceSampler:
     """Samples a process's RSS and CPU every `interval_s` in the background (bounded list)."""
 
@@ -336,6 +404,7 @@ class EngineHost:
     _next_id: int = 0
     _index: dict[str, int] = field(default_factory=dict)
     _reader_task: asyncio.Task | None = None
+    _token: bytes = field(default_factory=lambda: secrets.token_bytes(_TOKEN_BYTES), repr=False)
 
     async def start(self) -> EngineHost:
         cmd = [
@@ -354,6 +423,8 @@ class EngineHost:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        self.process.stdin.write(self._token.hex() + "\n")  # never on the command line
+        self.process.stdin.flush()
         loop = asyncio.get_running_loop()
         try:
             line = await asyncio.wait_for(
@@ -372,7 +443,7 @@ class EngineHost:
         self.port = int(port)
         self.load_errors = json.loads(errors)
         self._index = {k: i for i, k in enumerate(self.config.models)}
-        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._reader, self._writer = await connect_authenticated(self.port, self._token)
         self._reader_task = loop.create_task(self._read_loop())
         return self
 

@@ -126,7 +126,11 @@ async def _wait_ready(client, server: ServerProcess, timeout_s: float) -> tuple[
         if result.status == 200:
             return True, time.perf_counter() - started, result.body.decode()[:200]
         if result.status == 503 and b'"failed"' in result.body:  # models will never load
-            return False, time.perf_counter() - started, result.body.decode()[:300]
+            # the service names the failed models; the reasons are in its log
+            tail = server.log_tail(50).splitlines()
+            reasons = [line for line in tail if "failed to load" in line]
+            detail = " ".join([result.body.decode()[:300], *reasons])[:1500]
+            return False, time.perf_counter() - started, detail
         last = f"{result.status} {result.body[:200]!r} {result.error or ''}"
         await asyncio.sleep(0.2)
     return False, time.perf_counter() - started, f"not ready after {timeout_s:g} s: {last}"

@@ -476,26 +476,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 async def _run(ctx: StageContext) -> dict:
     from pipeline.inference import (
+        EngineSettings,
         MemoryPoolManager,
         ProductionInferenceEngine,
         ProductionModelManager,
         RealTimePerformanceMonitor,
-        ResultCache,
     )
 
+    settings = EngineSettings()
     info = ctx.run.model_info()
-    manager = ProductionModelManager(ctx.run.models, max_memory_mb=500)
+    manager = ProductionModelManager(ctx.run.models, max_memory_mb=settings.max_memory_mb)
     rows, init_s = initialisation(ctx, manager)
     if not manager.loaded_models:
         rows.append(check_row("serving", "all", False, detail="no model loaded: nothing to serve"))
         return _finish(ctx, rows, manager, None, init_s)
-    pool = MemoryPoolManager(POOL_LIMIT_MB)
+    pool = MemoryPoolManager(settings.pool_mb)
     engine = ProductionInferenceEngine(
-        manager,
-        max_batch_size=32,
-        memory_pool=pool,
-        cache=ResultCache(10_000),
-        monitor=RealTimePerformanceMonitor(),
+        manager, settings=settings, memory_pool=pool, monitor=RealTimePerformanceMonitor()
     )
     seed = ctx.profile.seeds.integration
     probes = {name: input_pool(ctx.run, info, name, PARITY_PROBES, seed=seed) for name in info}

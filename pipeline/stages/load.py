@@ -576,7 +576,7 @@ async def _run(ctx: StageContext) -> dict:
     lr = await _start(ctx)
     config = lr.host.config
     summary: dict[str, Any] = {
-        "engine_config": config.__dict__ | {"models": list(config.models)},
+        "engine_config": config.to_dict(),
         "targets": {"p95_bound_ms": p95_bound, "p99_bound_ms": p99_bound},
         "warmup_s": ctx.profile.warmup_s,
     }

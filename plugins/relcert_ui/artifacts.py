@@ -22,6 +22,8 @@ import contextlib
 import datetime as dt
 import json
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -192,8 +194,79 @@ def run_file(run_key: str, name: str) -> Path:
     return target
 
 
+class _JsonCache:
+    """Parsed JSON files keyed by path and validated by (mtime, size): the certifications list
+    re-reads every run's report.json and conf.json on each page load, and most never change.
+
+    Entries are shared between callers: treat returned dicts as read-only."""
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[tuple[float, int], dict[str, Any] | None]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.parses = 0
+
+    def get(self, key: str, signature: tuple[float, int]) -> tuple[bool, dict[str, Any] | None]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != signature:
+                return False, None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return True, entry[1]
+
+    def put(self, key: str, signature: tuple[float, int], data: dict[str, Any] | None) -> None:
+        with self._lock:
+            self.parses += 1
+            self._entries[key] = (signature, data)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "hits": self.hits, "parses": self.parses}
+
+
+_json_cache = _JsonCache()
+
+
+def json_cache_stats() -> dict[str, int]:
+    """Entries, hits and parses of the parsed-JSON cache (how much work page loads did)."""
+    return _json_cache.stats()
+
+
+def _signature(path: Any) -> tuple[float, int]:
+    """(mtime, size) of a file; FileNotFoundError when it is missing."""
+    if _local(path):
+        st = path.stat()
+        return float(st.st_mtime_ns), int(st.st_size)
+    info = path.fs.info(path.path)
+    return _mtime(path), int(info.get("size") or 0)
+
+
 def read_json(path: Path) -> tuple[dict[str, Any] | None, bool]:
-    """(data, present): data is None when the file is missing or not a JSON object."""
+    """(data, present): data is None when the file is missing or not a JSON object.
+
+    Parsed once per (path, mtime, size): an unchanged file is not read again."""
+    key = str(path)
+    try:
+        signature = _signature(path)
+    except FileNotFoundError:
+        _json_cache.forget(key)
+        return None, False
+    except OSError:
+        return None, True
+    found, data = _json_cache.get(key, signature)
+    if found:
+        return data, True
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -201,10 +274,12 @@ def read_json(path: Path) -> tuple[dict[str, Any] | None, bool]:
     except OSError:
         return None, True
     try:
-        data = json.loads(text)
+        parsed = json.loads(text)
     except ValueError:
-        return None, True
-    return (data if isinstance(data, dict) else None), True
+        parsed = None
+    data = parsed if isinstance(parsed, dict) else None
+    _json_cache.put(key, signature, data)
+    return data, True
 
 
 def package_file(folder: Path, report: dict[str, Any] | None) -> Path | None:
@@ -434,3 +509,34 @@ def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:
         runs.append(summary)
     runs.sort(key=lambda r: r.sort_key, reverse=True)
     return runs
+
+
+#: page sizes the certifications list accepts (a bound, so one request stays cheap)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of the runs list, newest first."""
+
+    runs: list[RunSummary]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+def page_of_runs(
+    runs: list[RunSummary], page: int = 1, page_size: int = DEFAULT_PAGE_SIZE
+) -> RunPage:
+    """Runs `(page-1)*page_size ...` of `runs` (pages count from 1; past the end: empty)."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise BadPath(f"page_size must be in 1..{MAX_PAGE_SIZE}")
+    if page < 1:
+        raise BadPath("page must be >= 1")
+    start = (page - 1) * page_size
+    return RunPage(runs[start : start + page_size], len(runs), page, page_size)

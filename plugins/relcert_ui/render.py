@@ -115,6 +115,10 @@ def _links_cell(links: Mapping[str, str | None]) -> str:
     return f"<td>{' · '.join(parts) if parts else '<span class=muted>–</span>'}</td>"
 
 
+#: the trend plot shows at most this many of the newest runs
+TREND_RUNS = 200
+
+
 def certifications_page(
     runs: Sequence[RunSummary],
     links: Mapping[str, Mapping[str, str | None]],
@@ -122,8 +126,14 @@ def certifications_page(
     dag_id: str,
     json_url: str,
     user: str | None = None,
+    all_runs: Sequence[RunSummary] | None = None,
+    page: int = 1,
+    pages: int = 1,
+    page_url: str | None = None,
 ) -> str:
-    """The list of runs (newest first) with the trend plot above it."""
+    """One page of runs (newest first) with the trend plot above it; the summary counts and
+    the trend (newest TREND_RUNS runs) are over `all_runs` when given."""
+    every = list(all_runs) if all_runs is not None else list(runs)
     header = (
         "<th>Snapshot date</th><th>Run</th><th>Models</th><th>Decision</th>"
         "<th>Readiness</th>"
@@ -146,17 +156,17 @@ def certifications_page(
             + "".join(metric_cell(run.metrics.get(name)) for name, _, _ in METRICS)
             + f"<td>{escape(run.reason or '')}</td>{_links_cell(links.get(run.run_key, {}))}</tr>"
         )
-    certified = sum(1 for r in runs if r.status == "certified")
-    counts = {d: sum(1 for r in runs if r.decision == d) for d in DECISION_COLOURS}
+    certified = sum(1 for r in every if r.status == "certified")
+    counts = {d: sum(1 for r in every if r.decision == d) for d in DECISION_COLOURS}
     summary = (
-        f"{len(runs)} run(s) of <span class=mono>{escape(dag_id)}</span>, {certified} with a "
+        f"{len(every)} run(s) of <span class=mono>{escape(dag_id)}</span>, {certified} with a "
         f"report: {counts[APPROVED]} approved, {counts[CONDITIONAL]} conditional, "
         f"{counts[NOT_APPROVED]} not approved."
         f' <a href="{escape(json_url)}">JSON</a>'
     )
     if user:
         summary += f' <span class="muted">Signed in as {escape(user)}.</span>'
-    plot = trend_svg(runs)
+    plot = trend_svg(every[:TREND_RUNS])
     plot_html = (
         f'<figure class="trend" id="trend">{plot}</figure>'
         if plot
@@ -168,7 +178,18 @@ def certifications_page(
         if rows
         else '<p class="muted">No certification runs yet.</p>'
     )
-    body = f'<h1>Model release certifications</h1><p class="sub">{summary}</p>{plot_html}{table}'
+    nav = ""
+    if pages > 1 and page_url is not None:
+        newer = f'<a href="{escape(page_url)}{page - 1}">Newer</a>' if page > 1 else ""
+        older = f'<a href="{escape(page_url)}{page + 1}">Older</a>' if page < pages else ""
+        nav = (
+            f'<nav class="pages" id="pages">Page {page} of {pages} '
+            + " · ".join(x for x in (newer, older) if x)
+            + "</nav>"
+        )
+    body = (
+        f'<h1>Model release certifications</h1><p class="sub">{summary}</p>{plot_html}{table}{nav}'
+    )
     return _page("Model release certifications", body)
 
 

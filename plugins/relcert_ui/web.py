@@ -3,7 +3,8 @@
 Routes (relative to the mount prefix):
 
     GET /certifications                        HTML list of runs, newest first, trend plot
-    GET /api/certifications                    the same list as JSON
+                                               (?page=N&page_size=M, M <= 200, default 50)
+    GET /api/certifications                    the same list as JSON (same paging)
     GET /runs/{run_key}/report                 the run's report.html
     GET /runs/{run_key}/report.json            the run's report.json
     GET /runs/{run_key}/data_docs/{path}       files of the run's GX Data Docs
@@ -22,6 +23,11 @@ otherwise); an invalid token: 403 (Airflow's behaviour); a user without read acc
 DAG's runs: 403. Authentication runs before any path is looked at, so an anonymous request
 learns nothing about which runs exist.
 
+Every file served from a run carries `Content-Security-Policy: sandbox allow-downloads`
+(and `nosniff`): Data Docs load scripts from CDNs, and none of that may run with Airflow's
+origin. Parsed report.json / conf.json files are cached by (path, mtime, size), so a page
+load re-reads only runs that changed.
+
 Paths: run keys must be folder names `pipeline.orchestrate.run_key` produces; file paths
 must be relative, without `..` or hidden parts; everything is resolved (symlinks included)
 and must stay inside the run's sub-folder within the artifacts root. Malformed: 400;
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import (
     FileResponse,
@@ -55,7 +61,17 @@ from relcert_ui.artifacts import DAG_ID, BadPath, NotFound
 
 URL_PREFIX = "/relcert"
 
+#: query parameters of the runs list (bounded: one page load stays cheap)
+Page = Annotated[int, Query(ge=1, description="page number, from 1 (newest first)")]
+PageSize = Annotated[int, Query(ge=1, le=artifacts.MAX_PAGE_SIZE, description="runs per page")]
+
 _bearer = HTTPBearer(auto_error=False, description="Airflow JWT (POST /auth/token)")
+
+#: every file served from a run (Data Docs load scripts from CDNs; a report is HTML written
+#: by the pipeline): sandboxed, so no script runs with Airflow's origin and cookies.
+#: Downloads stay allowed (the report links to the package zip).
+ARTIFACT_CSP = "sandbox allow-downloads; frame-ancestors 'self'"
+_ARTIFACT_HEADERS = {"content-security-policy": ARTIFACT_CSP, "x-content-type-options": "nosniff"}
 
 _SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
@@ -132,8 +148,10 @@ def _file(path, *, download: bool = False) -> Response:
     if not isinstance(path, Path):
         return _stream(path, media_type, download)
     if download:
-        return FileResponse(path, media_type=media_type, filename=path.name)
-    return FileResponse(path, media_type=media_type)
+        return FileResponse(
+            path, media_type=media_type, filename=path.name, headers=_ARTIFACT_HEADERS
+        )
+    return FileResponse(path, media_type=media_type, headers=_ARTIFACT_HEADERS)
 
 
 def _stream(path, media_type: str, download: bool) -> StreamingResponse:
@@ -147,7 +165,7 @@ def _stream(path, media_type: str, download: bool) -> StreamingResponse:
             while chunk := handle.read(1 << 20):
                 yield chunk
 
-    headers = {}
+    headers = dict(_ARTIFACT_HEADERS)
     if download:  # as FileResponse names a download
         name = quote(path.name)
         headers["content-disposition"] = (
@@ -243,26 +261,41 @@ def create_app() -> FastAPI:
 
     @app.get("/certifications", response_class=HTMLResponse)
     def certifications(
-        request: Request, user: Annotated[Any, Depends(require_reader)]
+        request: Request,
+        user: Annotated[Any, Depends(require_reader)],
+        page: Page = 1,
+        page_size: PageSize = artifacts.DEFAULT_PAGE_SIZE,
     ) -> HTMLResponse:
         runs = artifacts.list_runs()
-        page = render.certifications_page(
-            runs,
-            {run.run_key: run_links(request, run) for run in runs},
+        shown = artifacts.page_of_runs(runs, page, page_size)
+        html = render.certifications_page(
+            shown.runs,
+            {run.run_key: run_links(request, run) for run in shown.runs},
             dag_id=DAG_ID,
             json_url=f"{_base(request)}/api/certifications",
             user=_user_name(user),
+            all_runs=runs,
+            page=shown.page,
+            pages=shown.pages,
+            page_url=f"{_base(request)}/certifications?page_size={shown.page_size}&page=",
         )
-        return HTMLResponse(page)
+        return HTMLResponse(html)
 
     @app.get("/api/certifications")
-    def certifications_json(request: Request) -> JSONResponse:
-        runs = artifacts.list_runs()
+    def certifications_json(
+        request: Request,
+        page: Page = 1,
+        page_size: PageSize = artifacts.DEFAULT_PAGE_SIZE,
+    ) -> JSONResponse:
+        shown = artifacts.page_of_runs(artifacts.list_runs(), page, page_size)
         return JSONResponse(
             {
                 "dag_id": DAG_ID,
-                "total": len(runs),
-                "runs": [run.to_json() | {"links": run_links(request, run)} for run in runs],
+                "total": shown.total,
+                "page": shown.page,
+                "page_size": shown.page_size,
+                "pages": shown.pages,
+                "runs": [run.to_json() | {"links": run_links(request, run)} for run in shown.runs],
             }
         )
 

@@ -513,7 +513,7 @@ def test_engine_settings_come_from_the_load_stage(run_dir: Path) -> None:
 
     with pytest.raises(PackageError, match="unknown engine setting"):
         build_package(run_dir, engine_settings={"max_batch": 8})
-    with pytest.raises(PackageError, match="max_batch_size must be >= 1"):
+    with pytest.raises(PackageError, match="max_batch_size must be an integer >= 1"):
         build_package(run_dir, engine_settings={"max_batch_size": 0})
 
 
@@ -661,9 +661,9 @@ def test_the_service_accepts_the_packaged_configuration(package) -> None:
     env = _yaml(top, "kubernetes/configmap.yaml")["data"]
     settings = settings_module.ServeSettings.from_env(env, model_dir=str(top / "models"))
     assert settings.model_format == env["MODEL_FORMAT"]
-    assert settings.max_batch_size == int(env["MAX_BATCH_SIZE"])
-    assert settings.max_queue == int(env["MAX_QUEUE"])
-    assert settings.cache_entries == int(env["CACHE_ENTRIES"])
+    assert settings.engine.max_batch_size == int(env["MAX_BATCH_SIZE"])
+    assert settings.engine.max_queue_size == int(env["MAX_QUEUE"])
+    assert settings.engine.cache_entries == int(env["CACHE_ENTRIES"])
 
 
 @pytest.mark.slow

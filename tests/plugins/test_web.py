@@ -99,7 +99,8 @@ def test_empty_artifacts_root(client: TestClient, tmp_path, monkeypatch):
     response = client.get("/certifications")
     assert response.status_code == 200
     assert "No certification runs yet" in response.text
-    assert client.get("/api/certifications").json() == {"dag_id": DAG_ID, "total": 0, "runs": []}
+    data = client.get("/api/certifications").json()
+    assert (data["dag_id"], data["total"], data["runs"], data["pages"]) == (DAG_ID, 0, [], 1)
 
 
 def test_api_certifications_json(client: TestClient, fake_tree: FakeTree):
@@ -400,3 +401,85 @@ def test_user_without_dag_access_gets_403(anon_client: TestClient, fake_tree: Fa
         response = anon_client.get(url, headers={"Authorization": "Bearer good-token"})
         assert response.status_code == 403, url
         assert "REPORT-CONTENT" not in response.text and "PK" not in response.text[:2]
+
+
+# ------------------------------------------------------------------- artifact sandboxing
+
+
+def test_run_artifacts_are_served_sandboxed(client: TestClient, fake_tree: FakeTree):
+    key = fake_tree["approved"].run_key
+    package = fake_tree["approved"].package.name
+    for url in (
+        f"/runs/{key}/data_docs/index.html",
+        f"/runs/{key}/data_docs/validations/load/result.html",
+        f"/runs/{key}/report",
+        f"/runs/{key}/report.json",
+        f"/runs/{key}/gates/load.json",
+        f"/runs/{key}/package",
+        f"/runs/{key}/package/{package}",
+    ):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        policy = response.headers["content-security-policy"]
+        assert policy.split(";")[0].split()[0] == "sandbox", (url, policy)
+        assert "allow-scripts" not in policy and "allow-same-origin" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff", url
+    # the view's own pages are not sandboxed (they are ours, not run output)
+    page = client.get("/certifications")
+    assert "sandbox" not in page.headers["content-security-policy"]
+
+
+# --------------------------------------------------------------------------- paging
+
+
+def test_the_list_is_paginated_with_a_bounded_page_size(client: TestClient, fake_tree: FakeTree):
+    order = [fake_tree[n].run_key for n in ("running", "approved", "conditional", "rejected")]
+    first = client.get("/api/certifications", params={"page_size": 2}).json()
+    second = client.get("/api/certifications", params={"page_size": 2, "page": 2}).json()
+    beyond = client.get("/api/certifications", params={"page_size": 2, "page": 3}).json()
+    assert [r["run_key"] for r in first["runs"]] == order[:2]
+    assert [r["run_key"] for r in second["runs"]] == order[2:]
+    assert beyond["runs"] == []
+    assert (first["total"], first["pages"], first["page_size"]) == (4, 2, 2)
+    html = client.get("/certifications", params={"page_size": 2}).text
+    assert _row_order_present(html, order) == order[:2]
+    assert "Page 1 of 2" in html and 'href="/certifications?page_size=2&amp;page=2"' in html
+    assert "4 run(s)" in html  # the summary counts every run, not just the page
+    for bad in ({"page_size": 0}, {"page_size": 201}, {"page": 0}, {"page_size": "many"}):
+        assert client.get("/api/certifications", params=bad).status_code == 422, bad
+        assert client.get("/certifications", params=bad).status_code == 422, bad
+
+
+def _row_order_present(text: str, keys: list[str]) -> list[str]:
+    present = [k for k in keys if f'data-run-key="{k}"' in text]
+    return sorted(present, key=lambda k: text.index(f'data-run-key="{k}"'))
+
+
+def test_an_unchanged_report_is_not_parsed_again(
+    client: TestClient, fake_tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+):
+    import json
+
+    parsed: list[str] = []
+    real_loads = json.loads
+
+    def counting_loads(text, *args, **kwargs):
+        if isinstance(text, str) and '"decision"' in text:  # a report.json
+            parsed.append(text)
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.json, "loads", counting_loads)
+    client.get("/certifications")  # the first load parses the three reports
+    first = len(parsed)
+    assert first == 3
+    client.get("/certifications")
+    client.get("/api/certifications")
+    assert len(parsed) == first  # unchanged files: nothing parsed again
+    path = fake_tree["approved"].folder / "report.json"
+    doc = real_loads(path.read_text())
+    doc["readiness_score"] = 0.5
+    path.write_text(json.dumps(doc))
+    data = client.get("/api/certifications").json()
+    assert len(parsed) == first + 1  # only the changed report
+    approved = next(r for r in data["runs"] if r["run_key"] == fake_tree["approved"].run_key)
+    assert approved["readiness_score"] == 0.5

@@ -128,11 +128,16 @@ def running_server(
         server.stop()
 
 
+#: the bearer token that turns /api/v1/validate/performance on in the test servers
+VALIDATE_TOKEN = "relcert-test-validate-token-0123456789"
+VALIDATE_AUTH = {"authorization": f"Bearer {VALIDATE_TOKEN}"}
+
 #: settings of the shared server: small limits so caps and 413 are cheap to reach
 SHARED_ENV = {
     "MAX_BODY_BYTES": "4096",
     "VALIDATE_MAX_REQUESTS": "300",
     "VALIDATE_MAX_SECONDS": "1.0",
+    "VALIDATE_TOKEN": VALIDATE_TOKEN,
     "CACHE_ENTRIES": "0",
 }
 

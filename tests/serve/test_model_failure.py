@@ -1,4 +1,4 @@
-"""A model that fails on an input: the service answers 500 with the engine's message."""
+"""A model that fails: NaN outputs are the request's 422, runtime faults a 500 without internals."""
 
 from __future__ import annotations
 
@@ -48,18 +48,84 @@ def _nan_on_zero_model(folder: Path) -> Path:
     return folder
 
 
-def test_inference_failure_is_500_with_the_engine_message(tmp_path: Path) -> None:
+def _metric(metrics: str, prefix: str) -> float:
+    """The value of the first sample line starting with `prefix` (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_nan_output_is_the_requests_422_and_never_reloads_the_model(tmp_path: Path) -> None:
     models = _nan_on_zero_model(tmp_path / "models")
-    server = running_server(models, tmp_path, {"CACHE_ENTRIES": "0"})
+    env = {"CACHE_ENTRIES": "0", "RECOVERY_FAILURE_THRESHOLD": "2", "RECOVERY_COOLDOWN_S": "0"}
+    server = running_server(models, tmp_path, env)
     with server as srv, srv.client() as client:
         ok = client.post(QUALITY_PATH, json={"features": [0.5] * 10})
-        failed = client.post(QUALITY_PATH, json={"features": [0.0] + [0.5] * 9})
+        poisoned = [
+            client.post(QUALITY_PATH, json={"features": [0.0] + [0.5] * 9}) for _ in range(8)
+        ]
+        after = client.post(QUALITY_PATH, json={"features": [0.5] * 10})
+        metrics = client.get("/metrics").text
         routes = client.get("/openapi.json").json()["paths"]
         missing = client.post("/api/v1/predict/routing", json={"features": [0.5] * 15})
     assert ok.status_code == 200, ok.text
     assert ok.json()["model_version"] == "nan-1"
-    assert failed.status_code == 500
-    assert "NaN or Inf output" in failed.json()["detail"]
+    assert [r.status_code for r in poisoned] == [422] * 8
+    assert all("NaN or Inf" in r.json()["detail"] for r in poisoned)
+    assert poisoned[0].json()["detail"].startswith("features:")
+    # recovery is for runtime faults: 8 poisoned requests never reload a healthy model
+    assert _metric(metrics, 'relcert_recoveries_total{kind="model_reload"}') == 0
+    assert _metric(metrics, "relcert_engine_non_finite_outputs_total") == 8
+    assert after.status_code == 200 and after.json()["model_version"] == "nan-1"
     # a folder without the routing model serves (and documents) only the quality model
     assert "/api/v1/predict/routing" not in routes and QUALITY_PATH in routes
     assert missing.status_code == 404
+
+
+def _raising_model(folder: Path) -> Path:
+    """A TorchScript quality_predictor whose runtime raises when its first feature > 100."""
+    import torch
+
+    class Raises(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x[:, 0] > 100.0).any()):
+                raise RuntimeError("SECRET-INTERNAL-DETAIL in /srv/private/model_code.py")
+            return torch.sigmoid(x.sum(dim=1, keepdim=True))
+
+    folder.mkdir(parents=True)
+    path = folder / "quality_predictor.pt"
+    torch.jit.save(torch.jit.script(Raises().eval()), str(path))
+    info = {
+        "quality_predictor": {
+            "name": "quality_predictor",
+            "version": "raise-1",
+            "input_shape": [None, 10],
+            "output_shape": [None, 1],
+            "feature_names": [f"p{i}" for i in range(10)],
+            "files": {
+                "torchscript": {
+                    "path": path.name,
+                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                }
+            },
+        }
+    }
+    (folder / "model_info.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_a_runtime_fault_is_500_without_exception_text(tmp_path: Path) -> None:
+    models = _raising_model(tmp_path / "models")
+    server = running_server(models, tmp_path, {"CACHE_ENTRIES": "0"}, fmt="torchscript")
+    with server as srv, srv.client() as client:
+        failed = client.post(QUALITY_PATH, json={"features": [1000.0] + [0.5] * 9})
+        ok = client.post(QUALITY_PATH, json={"features": [0.5] * 10})
+        log = srv.log()
+    assert ok.status_code == 200, ok.text
+    assert failed.status_code == 500
+    detail = failed.json()["detail"]
+    assert "quality_predictor" in detail and "inference failed" in detail
+    for leak in ("SECRET-INTERNAL-DETAIL", "RuntimeError", ".py", "Traceback", "/srv/"):
+        assert leak not in failed.text, failed.text
+    assert "SECRET-INTERNAL-DETAIL" in log  # the operator still gets the reason

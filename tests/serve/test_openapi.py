@@ -11,7 +11,14 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipeline.serve import ServeSettings, create_app
-from tests.serve.conftest import QUALITY_PATH, ROUTING_PATH, VALIDATE_PATH, model_info
+from tests.serve.conftest import (
+    QUALITY_PATH,
+    ROUTING_PATH,
+    VALIDATE_AUTH,
+    VALIDATE_PATH,
+    VALIDATE_TOKEN,
+    model_info,
+)
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -73,10 +80,15 @@ def test_document_is_valid_openapi_31(document: dict[str, Any]) -> None:
 
 
 def test_every_route_is_documented(document: dict[str, Any], built_models: Path) -> None:
-    app = create_app(ServeSettings.from_env({}, model_dir=built_models))
+    app = create_app(
+        ServeSettings.from_env({}, model_dir=built_models, validate_token=VALIDATE_TOKEN)
+    )
     routes = {(r.path, m.lower()) for r in app.routes for m in r.methods if m != "HEAD"}
     documented = {(p, m) for p, item in document["paths"].items() for m in item}
     assert routes == documented
+    # without a token the validation endpoint neither exists nor is documented
+    off = create_app(ServeSettings.from_env({}, model_dir=built_models))
+    assert VALIDATE_PATH not in {r.path for r in off.routes}
 
 
 def test_feature_names_come_from_model_info(document: dict[str, Any], built_models: Path) -> None:
@@ -114,7 +126,8 @@ def test_real_responses_match_the_documented_schemas(
         ("get", "/health/live", None),
     ]
     for method, path, body in cases:
-        response = http.request(method.upper(), path, json=body)
+        headers = VALIDATE_AUTH if path == VALIDATE_PATH else None
+        response = http.request(method.upper(), path, json=body, headers=headers)
         schema = _response_schema(document, path, method, response.status_code)
         _validator(document, schema).validate(response.json())
         if method == "post":

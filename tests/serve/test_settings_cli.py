@@ -14,16 +14,25 @@ from pipeline.serve.cli import add_parser, run
 def test_defaults_and_overrides(built_models: Path) -> None:
     settings = ServeSettings.from_env({"MODEL_DIR": str(built_models)})
     assert settings.model_dir == built_models.resolve()
-    assert (settings.model_format, settings.max_batch_size) == ("onnx", 32)
-    assert settings.max_queue == 1024
-    assert settings.batch_timeout_ms == 0.0 and settings.max_body_bytes == 65536
+    assert (settings.model_format, settings.engine.max_batch_size) == ("onnx", 32)
+    assert settings.engine.max_queue_size == 1024
+    assert settings.engine.batch_timeout_ms == 0.0 and settings.max_body_bytes == 65536
     assert (settings.validate_max_requests, settings.validate_max_seconds) == (2000, 10.0)
+    # security-relevant defaults: validation off, bounded connections, headers and reads
+    assert settings.validate_token == "" and not settings.validate_enabled
+    assert settings.engine.default_deadline_ms == 10_000.0
+    assert (settings.limit_concurrency, settings.max_header_bytes) == (2048, 16_384)
+    assert (settings.timeout_keep_alive_s, settings.body_read_timeout_s) == (5.0, 10.0)
+    token = "x" * 32
+    assert token not in repr(
+        ServeSettings.from_env({}, model_dir=built_models, validate_token=token)
+    )
     env = {"MODEL_DIR": "/nowhere", "MAX_QUEUE": "7", "MODEL_FORMAT": "TorchScript"}
     settings = ServeSettings.from_env(env, model_dir=built_models, startup_delay_s=0.5)
-    assert settings.max_queue == 7 and settings.model_format == "torchscript"
+    assert settings.engine.max_queue_size == 7 and settings.model_format == "torchscript"
     assert settings.startup_delay_s == 0.5
     with pytest.raises(AttributeError):
-        settings.max_queue = 8  # type: ignore[misc]
+        settings.engine.max_queue_size = 8  # type: ignore[misc]
     assert ServeSettings.from_env(settings.to_env()) == settings
     assert settings.latency_buckets_ms is None  # the monitor's default ladder
     env["LATENCY_BUCKETS_MS"] = "5, 33,92.5"
@@ -50,6 +59,13 @@ def test_defaults_and_overrides(built_models: Path) -> None:
         ("LATENCY_BUCKETS_MS", "50,10", "strictly increasing"),
         ("LATENCY_BUCKETS_MS", "5,fast", "expected numbers"),
         ("LATENCY_BUCKETS_MS", "0,5", "finite numbers > 0"),
+        ("DEFAULT_DEADLINE_MS", "0", "> 0 or None"),
+        ("LIMIT_CONCURRENCY", "0", "integer >= 1"),
+        ("TIMEOUT_KEEP_ALIVE_S", "0", "> 0"),
+        ("MAX_HEADER_BYTES", "100", "integer >= 1024"),
+        ("BODY_READ_TIMEOUT_S", "-1", "> 0"),
+        ("VALIDATE_TOKEN", "short", "at least 16 printable ASCII"),
+        ("VALIDATE_MAX_CONCURRENCY", "0", "integer >= 1"),
     ],
 )
 def test_invalid_values_name_the_variable(

@@ -7,14 +7,16 @@ import time
 import httpx
 import pytest
 
-from tests.serve.conftest import SHARED_ENV, VALIDATE_PATH
+from tests.serve.conftest import SHARED_ENV, VALIDATE_AUTH, VALIDATE_PATH
 
 MAX_REQUESTS = int(SHARED_ENV["VALIDATE_MAX_REQUESTS"])
 MAX_SECONDS = float(SHARED_ENV["VALIDATE_MAX_SECONDS"])
 
 
 def test_small_run_reports_every_figure(http: httpx.Client) -> None:
-    response = http.post(VALIDATE_PATH, json={"requests": 50, "duration_s": MAX_SECONDS})
+    response = http.post(
+        VALIDATE_PATH, json={"requests": 50, "duration_s": MAX_SECONDS}, headers=VALIDATE_AUTH
+    )
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["requests"] == 50
@@ -26,17 +28,21 @@ def test_small_run_reports_every_figure(http: httpx.Client) -> None:
 
 
 def test_requests_are_capped(http: httpx.Client) -> None:
-    doc = http.post(VALIDATE_PATH, json={"requests": 10**9, "model": "quality_predictor"}).json()
+    doc = http.post(
+        VALIDATE_PATH, json={"requests": 10**9, "model": "quality_predictor"}, headers=VALIDATE_AUTH
+    ).json()
     assert doc["capped"] is True
     assert 0 < doc["requests"] <= MAX_REQUESTS
     assert doc["models"] == ["quality_predictor"]
-    assert doc["limits"] == {"requests": MAX_REQUESTS, "duration_s": MAX_SECONDS}
+    assert doc["limits"] == {"requests": MAX_REQUESTS, "duration_s": MAX_SECONDS, "concurrency": 8}
 
 
 def test_duration_is_capped(http: httpx.Client) -> None:
     started = time.monotonic()
     doc = http.post(
-        VALIDATE_PATH, json={"requests": MAX_REQUESTS, "duration_s": 3600, "concurrency": 2}
+        VALIDATE_PATH,
+        json={"requests": MAX_REQUESTS, "duration_s": 3600, "concurrency": 2},
+        headers=VALIDATE_AUTH,
     ).json()
     assert time.monotonic() - started < MAX_SECONDS + 20
     assert doc["capped"] is True
@@ -53,11 +59,29 @@ def test_duration_is_capped(http: httpx.Client) -> None:
         ({"duration_s": -1}, "duration_s"),
         ({"duration_s": "long"}, "duration_s"),
         ({"model": "nope"}, "model"),
+        ({"concurrency": 9}, "concurrency"),  # VALIDATE_MAX_CONCURRENCY (8): its own bound
         ({"concurrency": 1000}, "concurrency"),
         ({"bogus": 1}, "bogus"),
     ],
 )
 def test_bad_fields_are_422(http: httpx.Client, body: dict, field: str) -> None:
-    response = http.post(VALIDATE_PATH, json=body)
+    response = http.post(VALIDATE_PATH, json=body, headers=VALIDATE_AUTH)
     assert response.status_code == 422
     assert response.json()["detail"].startswith(f"{field}:")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong-token-wrong-token-wrong"},
+        {"authorization": VALIDATE_AUTH["authorization"] + "x"},
+        {"authorization": VALIDATE_AUTH["authorization"].replace("Bearer ", "Basic ")},
+    ],
+    ids=["none", "wrong", "longer", "basic"],
+)
+def test_validation_needs_the_bearer_token(http: httpx.Client, headers: dict) -> None:
+    response = http.post(VALIDATE_PATH, json={"requests": 5}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "requests" not in response.json()  # nothing ran

@@ -100,7 +100,7 @@ async def _run(ctx: StageContext) -> dict:
     async with stress_context(ctx) as sc:
         ctx.say(
             f"stress: engine process {sc.host.pid} serving {', '.join(sc.keys)} "
-            f"(scale {sc.scale:g}, max_queue_size {sc.host.config.max_queue_size})"
+            f"(scale {sc.scale:g}, max_queue_size {sc.host.config.engine.max_queue_size})"
         )
         bound_s = 60.0 + 120.0 * sc.scale
         for name, test in TESTS:
@@ -122,7 +122,7 @@ async def _run(ctx: StageContext) -> dict:
     summary = ctx.write_summary(
         {
             "scale": sc.scale,
-            "engine_config": {**config.__dict__, "models": list(config.models)},
+            "engine_config": config.to_dict(),
             "engine_pid": sc.host.pid,
             "engine_exit_code": sc.exit_code,
             "engine_peak_rss_mb": sc.sampler.peak_rss_mb(),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.inference.settings import EngineSettings
 from pipeline.loadgen import percentiles, run_users
 from pipeline.profiles import Profile
 from pipeline.stages.common import RunDir, StageError, input_pool, serving_keys
@@ -281,7 +282,8 @@ async def stress_context(
         for i, n in enumerate(sorted(names))
     }
     sizes = {names[n]: int(np.prod([int(d) for d in info[n]["output_shape"][1:]])) for n in names}
-    config = HostConfig(models=tuple(keys), **{"max_queue_size": QUEUE_SIZE, **host_settings})
+    engine = EngineSettings(**{"max_queue_size": QUEUE_SIZE, **host_settings})
+    config = HostConfig(models=tuple(keys), engine=engine)
     host = EngineHost(run.models, config)
     p95 = stage.targets["p95_latency_ms"]
     await host.start()

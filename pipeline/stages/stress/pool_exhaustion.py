@@ -30,7 +30,7 @@ async def pool_exhaustion(ctx: StressContext) -> TestResult:
     n = ctx.scaled(100, 50)
     users = 5
     alloc_mb = POOL_ALLOC_SHAPE[0] * POOL_ALLOC_SHAPE[1] * 4 / _MB
-    attempts = max(100, math.ceil(ctx.host.config.pool_mb / alloc_mb) + 5)
+    attempts = max(100, math.ceil(ctx.host.config.engine.pool_mb / alloc_mb) + 5)
     stats0 = (await ctx.host.stats())["engine"]
     held: dict[str, Any] = {}
     released: dict[str, Any] = {}
@@ -102,7 +102,7 @@ async def pool_exhaustion(ctx: StressContext) -> TestResult:
         t_during,
         f"{t_during.submitted} requests ({users} closed-loop users) while the pool was exhausted",
         {
-            "pool_mb": ctx.host.config.pool_mb,
+            "pool_mb": ctx.host.config.engine.pool_mb,
             "allocation_attempts": attempts,
             "allocated": allocated,
             "allocation_failures": failed,
