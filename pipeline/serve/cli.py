@@ -22,7 +22,8 @@ DESCRIPTION = (
     "DEFAULT_DEADLINE_MS, MAX_MEMORY_MB, POOL_MB, CACHE_ENTRIES, MAX_BODY_BYTES, "
     "LIMIT_CONCURRENCY, TIMEOUT_KEEP_ALIVE_S, MAX_HEADER_BYTES, BODY_READ_TIMEOUT_S, "
     "VALIDATE_TOKEN (unset: /api/v1/validate/performance is off), LATENCY_BUCKETS_MS, ... "
-    "Models load after the server starts listening; GET /health/ready answers 200 once they are warm."
+    "Models load after the server starts listening; GET /health/ready answers 200 once they "
+    "are warm."
 )
 
 
