@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.inference.monitor import DEFAULT_LATENCY_BUCKETS_MS
-from pipeline.package.settings import DeploymentSettings
+from pipeline.package.settings import DeploymentSettings, EngineSettings
 from pipeline.targets import Target, Targets, format_number, format_unit
 
 __all__ = [
@@ -483,8 +483,9 @@ def _capacity(service: str, certified_rps: float) -> Alert:
     )
 
 
-def _queue_saturated(settings: DeploymentSettings, service: str) -> Alert:
-    limit = int(settings.engine.max_queue_size * 0.8)
+def _queue_saturated(settings: DeploymentSettings | EngineSettings, service: str) -> Alert:
+    max_queue = getattr(settings, "engine", settings).max_queue_size
+    limit = int(max_queue * 0.8)
     queue = _selector(QUEUE, _pod(service))
     return Alert(
         name="RelcertQueueSaturated",
@@ -496,11 +497,11 @@ def _queue_saturated(settings: DeploymentSettings, service: str) -> Alert:
         summary="Batching queue above 80% of MAX_QUEUE",
         description=(
             "{where}: {value} requests waiting; requests are rejected at "
-            f"MAX_QUEUE={settings.engine.max_queue_size}."
+            f"MAX_QUEUE={max_queue}."
         ),
         runbook="horizontal-scaling",
         rule_text=f"{QUEUE} <= {limit}",
-        threshold_text=f"{limit} requests (80% of {settings.engine.max_queue_size})",
+        threshold_text=f"{limit} requests (80% of {max_queue})",
         per_pod=True,
         scenario=Scenario(
             healthy={queue: float(limit // 10)},
@@ -538,7 +539,7 @@ def _service_down(service: str) -> Alert:
 
 def build_alerts(
     targets: Targets,
-    settings: DeploymentSettings,
+    settings: DeploymentSettings | EngineSettings,
     service: str,
     certified_capacity_rps: float | None = None,
 ) -> tuple[Alert, ...]:
@@ -695,7 +696,7 @@ def tests_document(
 
 def alert_rules_and_tests(
     targets: Targets,
-    settings: DeploymentSettings,
+    settings: DeploymentSettings | EngineSettings,
     service: str,
     certified_capacity_rps: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:

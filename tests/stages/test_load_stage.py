@@ -53,7 +53,7 @@ class _Slow(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * x.mean()
-        for _ in range(3):
+        for _ in range(8):  # well past the 33 ms mean bound on any machine this runs on
             w = w @ self.weight
         return self.head(x) + w.mean()
 
