@@ -1,6 +1,9 @@
 """`relcert`: the command line.
 
 relcert build --out DIR [--date YYYY-MM-DD] [--models include/models.yaml]
+relcert stage NAME --run-dir DIR        one stage and its gate
+relcert report --run-dir DIR            the final report and decision
+relcert package --run-dir DIR [--image] the deployment package (and its OCI image)
 relcert demo --model-dir DIR
 """
 
@@ -10,6 +13,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -55,6 +59,35 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--models", default=None, help="build: models file")
     stage.add_argument(
         "--targets", default=None, help="targets file (default include/targets.yaml)"
+    )
+
+    report = sub.add_parser(
+        "report",
+        help="write the final report and decision of a run folder (no Airflow)",
+        description="Write <run>/report.json and report.html from what the stages wrote, as "
+        "the DAG's final_report task does. Exit 0 APPROVED, 10 CONDITIONAL_APPROVAL, "
+        "20 NOT_APPROVED, 1 error.",
+    )
+    report.add_argument("--run-dir", required=True, help="the run's artifact folder")
+    report.add_argument(
+        "--targets",
+        default=None,
+        help="targets file (default: the run's targets.yaml, else include/targets.yaml)",
+    )
+
+    package = sub.add_parser(
+        "package",
+        help="write the deployment package of a run folder (no Airflow)",
+        description="Write <run>/package/relcert-service-<version>.zip, as the DAG's "
+        "deployment_package task does, and record it in report.json. Refused (exit 20) unless "
+        "report.json's decision is APPROVED or CONDITIONAL_APPROVAL; exit 0 when written, "
+        "1 on error.",
+    )
+    package.add_argument("--run-dir", required=True, help="the run's artifact folder")
+    package.add_argument(
+        "--targets",
+        default=None,
+        help="targets file (default: the run's targets.yaml, else include/targets.yaml)",
     )
 
     run = sub.add_parser(
@@ -113,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "stage":
         return _stage(args)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "package":
+        return _package(args)
     if args.command == "run":
         return _run(args)
     if args.command == "serve":
@@ -159,6 +196,50 @@ def _run(args: argparse.Namespace) -> int:
         if result.get("package"):
             print(f"==> package: {result['package']}")
     return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.release import report_run, run_targets
+    from pipeline.report import DECISION_EXIT_CODES
+    from pipeline.targets import TargetsError
+
+    try:
+        _run_folder(args.run_dir)
+        result = report_run(args.run_dir, targets=run_targets(args.run_dir, args.targets))
+    except (TargetsError, NotADirectoryError) as exc:
+        print(f"relcert report: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> decision: {result.decision} (readiness {result.readiness_score})")
+    print(f"==> report: {result.path_html}")
+    return DECISION_EXIT_CODES[result.decision]
+
+
+def _package(args: argparse.Namespace) -> int:
+    from pipeline.package import PackageError, PackageRefused
+    from pipeline.release import package_run, run_targets
+    from pipeline.report import DECISION_EXIT_CODES, NOT_APPROVED
+    from pipeline.targets import TargetsError
+
+    try:
+        _run_folder(args.run_dir)
+        result = package_run(
+            args.run_dir,
+            targets=run_targets(args.run_dir, args.targets),
+            progress=lambda line: print(line, flush=True),
+        )
+    except PackageRefused as exc:
+        print(f"relcert package: refused: {exc}", file=sys.stderr)
+        return DECISION_EXIT_CODES[NOT_APPROVED]
+    except (PackageError, TargetsError, NotADirectoryError) as exc:
+        print(f"relcert package: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> package: {result.package.path}")
+    return 0
+
+
+def _run_folder(path: str) -> None:
+    if not Path(path).is_dir():
+        raise NotADirectoryError(f"--run-dir {path}: no such run folder")
 
 
 def _stage(args: argparse.Namespace) -> int:

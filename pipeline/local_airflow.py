@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.report.decision import DECISION_EXIT_CODES as EXIT_CODES
+
 __all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "ensure_pools", "run_dag"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "model_release_certification"
-EXIT_CODES = {"APPROVED": 0, "CONDITIONAL_APPROVAL": 10, "NOT_APPROVED": 20}
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:

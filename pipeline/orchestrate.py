@@ -11,7 +11,6 @@ artifacts folder, else a URL); paths returned are store locations too.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -165,9 +164,9 @@ def prepare_run(
 
 def _targets(run_dir: Path):
     """The run's targets; named by their path in the run (the workspace is temporary)."""
-    from pipeline.targets import load_targets
+    from pipeline.release import run_targets
 
-    return dataclasses.replace(load_targets(run_dir / "targets.yaml"), source="targets.yaml")
+    return run_targets(run_dir)
 
 
 def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = print) -> dict:
@@ -266,22 +265,11 @@ def gate(ctx: dict[str, Any], gate_name: str) -> dict[str, Any]:
 
 def report(ctx: dict[str, Any]) -> dict[str, Any]:
     """Write the final report (always runs); returns the decision and the report's paths."""
-    from pipeline.report import write_report
+    from pipeline.release import report_run
 
     store = _store()
     with workspace(ctx, store=store) as run_dir:
-        result = write_report(
-            run_dir,
-            run_id=ctx["run_id"],
-            targets=_targets(run_dir),
-            profile=ctx["profile"],
-            conf={
-                "reason": ctx.get("reason", ""),
-                "snapshot_date": ctx["snapshot_date"],
-                "target_overrides": ctx.get("target_overrides", {}),
-                "models_file": ctx["models_file"],
-            },
-        )
+        result = report_run(run_dir, ctx=ctx)
         paths = [
             store.location_of(ctx["run_dir"], run_dir, p)
             for p in (result.path_json, result.path_html)
@@ -296,12 +284,10 @@ def report(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def package(ctx: dict[str, Any]) -> dict[str, Any]:
     """Write the deployment package (the DAG calls this only when the decision allows)."""
-    from pipeline.package import build_package
-    from pipeline.report import set_package
+    from pipeline.release import package_run
 
     store = _store()
     with workspace(ctx, store=store) as run_dir:
-        result = build_package(run_dir, targets=_targets(run_dir))
-        set_package(run_dir, result.path)
+        result = package_run(run_dir).package
         path = store.location_of(ctx["run_dir"], run_dir, result.path)
     return {"package": path, "version": result.version, "sha256": result.sha256}

@@ -278,9 +278,11 @@ def _certification_report(
     for row in criteria:
         figure = {k: row[k] for k in row if not k.endswith("_text")}
         by_category.setdefault(row["category"] or "other", []).append(figure)
+    from pipeline.report import without_release
+
     # the report names its package once it exists: leave that out, so building the package
     # again for the same run gives the same bytes
-    source = {k: v for k, v in report.items() if k != "package"}
+    source = without_release(report)
     canonical = json.dumps(_finite(source), sort_keys=True, default=str).encode("utf-8")
     confidence = report.get("confidence")
     if confidence is None and isinstance(report.get("decision"), Mapping):

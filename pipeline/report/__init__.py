@@ -4,6 +4,7 @@ self-contained `report.html` with plots. `decide` is the pure decision rule."""
 from pipeline.report.decision import (
     APPROVED,
     CONDITIONAL_APPROVAL,
+    DECISION_EXIT_CODES,
     DECISIONS,
     NOT_APPROVED,
     Decision,
@@ -16,6 +17,7 @@ from pipeline.report.report import (
     Report,
     build_report_data,
     set_package,
+    without_release,
     write_report,
 )
 
@@ -23,6 +25,7 @@ __all__ = [
     "APPROVED",
     "CONDITIONAL_APPROVAL",
     "DECISIONS",
+    "DECISION_EXIT_CODES",
     "DEFAULT_STAGES",
     "NOT_APPROVED",
     "REPORT_HTML",
@@ -32,5 +35,6 @@ __all__ = [
     "build_report_data",
     "decide",
     "set_package",
+    "without_release",
     "write_report",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "build_report_data",
     "render_report_html",
     "set_package",
+    "without_release",
     "write_report",
 ]
 
@@ -245,6 +246,25 @@ def write_report(
     path_json = atomic_write_json(root / REPORT_JSON, data)
     path_html = atomic_write_text(root / REPORT_HTML, html)
     return Report(data["decision"], data["readiness_score"], path_json, path_html, data)
+
+
+def without_release(data: Mapping[str, Any]) -> dict[str, Any]:
+    """report.json's data as it was before `set_package` named the package: what the
+    package embeds a hash of, so building it again after that gives the same bytes."""
+    source = {k: v for k, v in data.items() if k != "package"}
+    operational = (source.get("readiness") or {}).get("operational")
+    if isinstance(operational, list):
+        decision = str(source.get("decision"))
+        source["readiness"] = {
+            **source["readiness"],
+            "operational": [
+                package_item(decision, None)
+                if isinstance(item, Mapping) and item.get("item") == PACKAGE_ITEM
+                else item
+                for item in operational
+            ],
+        }
+    return source
 
 
 def set_package(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None) -> Report:

@@ -1,0 +1,108 @@
+"""The last two steps of a certification on a local run folder: the final report and the
+deployment package. The DAG's tasks (`pipeline.orchestrate.report` / `.package`, inside
+their workspace copy of the run) and the command line (`relcert report` / `relcert
+package`) both call these, so a run folder gets the same report and the same package bytes
+whichever way it was finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PackageRun", "package_run", "report_conf", "report_run", "run_targets"]
+
+#: the run's effective targets, written by `prepare_run` (a DAG run) beside conf.json
+RUN_TARGETS = "targets.yaml"
+RUN_CONF = "conf.json"
+
+
+def run_targets(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None = None):
+    """The targets a run is judged by: `path` when given, else the run's own targets.yaml
+    (named by its path in the run: a workspace is temporary), else the default targets file
+    ($RELCERT_TARGETS_FILE, then include/targets.yaml)."""
+    from pipeline.targets import load_targets
+
+    if path is not None:
+        return load_targets(path)
+    recorded = Path(run_dir) / RUN_TARGETS
+    if recorded.is_file():
+        return dataclasses.replace(load_targets(recorded), source=RUN_TARGETS)
+    return load_targets()
+
+
+def report_conf(ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report records of a run's conf (a run context, or a DAG run's conf.json)."""
+    return {
+        "reason": ctx.get("reason", ""),
+        "snapshot_date": ctx.get("snapshot_date"),
+        "target_overrides": ctx.get("target_overrides", {}),
+        "models_file": ctx.get("models_file"),
+    }
+
+
+def _recorded_context(run: Path) -> dict[str, Any]:
+    """The run context a DAG run recorded in conf.json; {} for a folder made by `relcert
+    stage` (or an unreadable one: the report then says less, it does not fail)."""
+    try:
+        data = json.loads((run / RUN_CONF).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def report_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    ctx: Mapping[str, Any] | None = None,
+    targets: Any = None,
+):
+    """Write the run's report.json and report.html (`pipeline.report.write_report`).
+
+    `ctx` is the run context (run id, profile, conf); default: the conf.json a DAG run
+    recorded, else nothing (the run id is the folder's name, the profile the stages')."""
+    from pipeline.report import write_report
+
+    run = Path(run_dir)
+    context = dict(ctx) if ctx is not None else _recorded_context(run)
+    return write_report(
+        run,
+        run_id=context.get("run_id"),
+        targets=targets if targets is not None else run_targets(run),
+        profile=context.get("profile"),
+        conf=report_conf(context) if context else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageRun:
+    """What `package_run` wrote: the package zip and, with an image, the image's record."""
+
+    package: Any  # pipeline.package.PackageResult
+    image: Any = None  # pipeline.package.image.ImageResult | None
+
+
+def package_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    targets: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> PackageRun:
+    """Build the run's deployment package and record it in the report
+    (`pipeline.package.build_package` + `pipeline.report.set_package`).
+
+    Raises PackageRefused unless report.json's decision is APPROVED or CONDITIONAL_APPROVAL.
+    """
+    from pipeline.package import build_package
+    from pipeline.report import set_package
+
+    run = Path(run_dir)
+    say = progress or (lambda _line: None)
+    result = build_package(run, targets=targets if targets is not None else run_targets(run))
+    say(f"package: {result.path} (sha256 {result.sha256})")
+    set_package(run, result.path)
+    return PackageRun(package=result)
