@@ -89,6 +89,40 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="targets file (default: the run's targets.yaml, else include/targets.yaml)",
     )
+    image = package.add_argument_group(
+        "image",
+        "--image also ships the wheelhouse (wheels/) in the package, builds the package's "
+        "image from it with podman or docker (no network, no index) and saves it as "
+        "package/relcert-service-<version>.oci.tar; report.json records its digest.",
+    )
+    image.add_argument("--image", action="store_true", help="build the package's OCI image")
+    image.add_argument(
+        "--base-image",
+        default=None,
+        help="BASE_IMAGE build argument (default $RELCERT_BASE_IMAGE, else python:3.11-slim "
+        "pinned by digest)",
+    )
+    image.add_argument(
+        "--engine",
+        choices=["podman", "docker"],
+        default=None,
+        help="container engine (default $RELCERT_CONTAINER_ENGINE, else the first that works)",
+    )
+    image.add_argument(
+        "--image-tag", default=None, help="image name (default relcert-service:<version>)"
+    )
+    image.add_argument(
+        "--wheelhouse",
+        default=None,
+        help="wheel cache folder; missing wheels are downloaded there with pip "
+        "(default $RELCERT_WHEELHOUSE, else ~/.cache/relcert/wheelhouse)",
+    )
+    image.add_argument(
+        "--requirements",
+        default=None,
+        help="the image's hashed requirements file (default: relcert's service lock for the "
+        "model format, include/service-locks/<format>.txt)",
+    )
 
     run = sub.add_parser(
         "run",
@@ -216,15 +250,30 @@ def _report(args: argparse.Namespace) -> int:
 
 def _package(args: argparse.Namespace) -> int:
     from pipeline.package import PackageError, PackageRefused
+    from pipeline.package.image import ImageOptions
     from pipeline.release import package_run, run_targets
     from pipeline.report import DECISION_EXIT_CODES, NOT_APPROVED
     from pipeline.targets import TargetsError
 
+    image_flags = (args.base_image, args.engine, args.image_tag, args.wheelhouse, args.requirements)
+    if not args.image and any(flag is not None for flag in image_flags):
+        print("relcert package: error: the image options need --image", file=sys.stderr)
+        return 1
     try:
         _run_folder(args.run_dir)
+        options = None
+        if args.image:
+            options = ImageOptions.from_env(
+                base_image=args.base_image,
+                engine=args.engine,
+                tag=args.image_tag,
+                wheelhouse=args.wheelhouse,
+                requirements=args.requirements,
+            )
         result = package_run(
             args.run_dir,
             targets=run_targets(args.run_dir, args.targets),
+            image=options,
             progress=lambda line: print(line, flush=True),
         )
     except PackageRefused as exc:
@@ -234,6 +283,8 @@ def _package(args: argparse.Namespace) -> int:
         print(f"relcert package: error: {exc}", file=sys.stderr)
         return 1
     print(f"==> package: {result.package.path}")
+    if result.image is not None:
+        print(f"==> image: {result.image.archive} ({result.image.reference} {result.image.digest})")
     return 0
 
 

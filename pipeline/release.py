@@ -90,19 +90,39 @@ def package_run(
     run_dir: str | os.PathLike[str],
     *,
     targets: Any = None,
+    image: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> PackageRun:
     """Build the run's deployment package and record it in the report
     (`pipeline.package.build_package` + `pipeline.report.set_package`).
 
-    Raises PackageRefused unless report.json's decision is APPROVED or CONDITIONAL_APPROVAL.
+    With `image` (a `pipeline.package.image.ImageOptions`) the package also ships its
+    wheelhouse, and its image is built from it and saved as an OCI archive beside the zip;
+    report.json records the image (digest, base image, wheels). Raises PackageRefused unless
+    report.json's decision is APPROVED or CONDITIONAL_APPROVAL, before any other work.
     """
-    from pipeline.package import build_package
+    from pipeline.package import PACKAGE_NAME, build_package, check_decision, label_safe
+    from pipeline.package.image import build_image, find_engine
+    from pipeline.package.wheelhouse import default_wheelhouse
     from pipeline.report import set_package
 
     run = Path(run_dir)
     say = progress or (lambda _line: None)
-    result = build_package(run, targets=targets if targets is not None else run_targets(run))
+    check_decision(run)
+    engine = find_engine(image.engine) if image is not None else None  # before any download
+    result = build_package(
+        run,
+        targets=targets if targets is not None else run_targets(run),
+        requirements=image.requirements if image is not None else None,
+        wheelhouse=(image.wheelhouse or default_wheelhouse()) if image is not None else None,
+    )
     say(f"package: {result.path} (sha256 {result.sha256})")
-    set_package(run, result.path)
-    return PackageRun(package=result)
+    built = None
+    if image is not None:
+        tag = image.tag or f"{PACKAGE_NAME}:{label_safe(result.version)}"
+        built = build_image(
+            result.path, tag=tag, base_image=image.base_image, engine=engine, progress=say
+        )
+        say(f"image: {built.reference} {built.digest} -> {built.archive}")
+    set_package(run, result.path, image=built.record(run) if built is not None else None)
+    return PackageRun(package=result, image=built)

@@ -16,6 +16,7 @@ from pipeline.package.builder import (
     PACKAGE_NAME,
     PackageResult,
     build_package,
+    check_decision,
     label_safe,
 )
 from pipeline.package.errors import ManifestValidationError, PackageError, PackageRefused
@@ -31,6 +32,7 @@ __all__ = [
     "PackageRefused",
     "PackageResult",
     "build_package",
+    "check_decision",
     "label_safe",
     "validate_manifests",
 ]
