@@ -97,9 +97,11 @@ def package_run(
     (`pipeline.package.build_package` + `pipeline.report.set_package`).
 
     With `image` (a `pipeline.package.image.ImageOptions`) the package also ships its
-    wheelhouse, and its image is built from it and saved as an OCI archive beside the zip;
-    report.json records the image (digest, base image, wheels). Raises PackageRefused unless
-    report.json's decision is APPROVED or CONDITIONAL_APPROVAL, before any other work.
+    wheelhouse, and its image is built from the zip and saved as an OCI archive beside it;
+    report.json then records the image (digest, base image, wheels). A requirement without a
+    wheel fails before anything is written; without a container engine the package (with its
+    wheelhouse, buildable elsewhere) is written and recorded, and then ImageError is raised.
+    Raises PackageRefused unless report.json's decision is APPROVED or CONDITIONAL_APPROVAL.
     """
     from pipeline.package import PACKAGE_NAME, build_package, check_decision, label_safe
     from pipeline.package.image import build_image, find_engine
@@ -109,7 +111,6 @@ def package_run(
     run = Path(run_dir)
     say = progress or (lambda _line: None)
     check_decision(run)
-    engine = find_engine(image.engine) if image is not None else None  # before any download
     result = build_package(
         run,
         targets=targets if targets is not None else run_targets(run),
@@ -117,12 +118,16 @@ def package_run(
         wheelhouse=(image.wheelhouse or default_wheelhouse()) if image is not None else None,
     )
     say(f"package: {result.path} (sha256 {result.sha256})")
-    built = None
-    if image is not None:
-        tag = image.tag or f"{PACKAGE_NAME}:{label_safe(result.version)}"
-        built = build_image(
-            result.path, tag=tag, base_image=image.base_image, engine=engine, progress=say
-        )
-        say(f"image: {built.reference} {built.digest} -> {built.archive}")
-    set_package(run, result.path, image=built.record(run) if built is not None else None)
+    set_package(run, result.path)
+    if image is None:
+        return PackageRun(package=result)
+    built = build_image(
+        result.path,
+        tag=image.tag or f"{PACKAGE_NAME}:{label_safe(result.version)}",
+        base_image=image.base_image,
+        engine=find_engine(image.engine),
+        progress=say,
+    )
+    say(f"image: {built.reference} {built.digest} -> {built.archive}")
+    set_package(run, result.path, image=built.record(run))
     return PackageRun(package=result, image=built)

@@ -4,63 +4,44 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
 from pipeline.targets import DEFAULT_TARGETS_FILE
-from tests.conftest import SNAPSHOT_DATE
-
-STAGES = ("build", "integration", "load", "stress", "infra", "certify")
-
-
-@pytest.fixture(scope="module")
-def staged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder certified stage by stage through the CLI, with the quick profile."""
-    from tests.quick_profile import quick_profiles
-
-    folder = tmp_path_factory.mktemp("release")
-    run = folder / "artifacts" / "model_release_certification" / "staged"
-    with quick_profiles(folder):
-        for stage in STAGES:
-            args = ["stage", stage, "--run-dir", str(run)]
-            args += ["--date", SNAPSHOT_DATE] if stage == "build" else []
-            assert main(args) == 0, f"relcert stage {stage}: gate failed"
-    return run
 
 
 def test_stage_by_stage_to_the_same_package_as_the_dag_task(
-    staged_run: Path, capsys: pytest.CaptureFixture[str]
+    certified_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pipeline.orchestrate import package
 
-    assert main(["report", "--run-dir", str(staged_run)]) == 0
-    report = json.loads((staged_run / "report.json").read_text())
+    assert main(["report", "--run-dir", str(certified_run)]) == 0
+    report = json.loads((certified_run / "report.json").read_text())
     assert report["decision"] == "APPROVED"
     assert "==> decision: APPROVED" in capsys.readouterr().out
 
-    assert main(["package", "--run-dir", str(staged_run)]) == 0
-    zips = sorted((staged_run / "package").glob("*.zip"))
+    assert main(["package", "--run-dir", str(certified_run)]) == 0
+    zips = sorted((certified_run / "package").glob("*.zip"))
     assert [z.name for z in zips] == ["relcert-service-1.0.20260115.zip"]
     by_cli = zips[0].read_bytes()
-    report = json.loads((staged_run / "report.json").read_text())
+    report = json.loads((certified_run / "report.json").read_text())
     assert report["package"] == "package/relcert-service-1.0.20260115.zip"
 
     # the DAG's deployment_package task, on the same run folder in the artifacts store
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RELCERT_ARTIFACTS", str(staged_run.parent.parent))
-        result = package({"run_dir": str(staged_run)})
+        patch.setenv("RELCERT_ARTIFACTS", str(certified_run.parent.parent))
+        result = package({"run_dir": str(certified_run)})
     assert Path(result["package"]) == zips[0]
     assert zips[0].read_bytes() == by_cli
+    assert json.loads((certified_run / "report.json").read_text())["image"] is None
 
 
 def test_a_run_that_fails_its_targets_is_not_approved_and_gets_no_package(
-    staged_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    certified_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "strict"
-    shutil.copytree(staged_run, run, ignore=shutil.ignore_patterns("package", "report.*"))
+    run = certified_run
     strict = tmp_path / "targets.yaml"
     text = Path(DEFAULT_TARGETS_FILE).read_text()
     strict.write_text(text.replace("target: 300", "target: 0.001", 1))

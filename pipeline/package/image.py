@@ -185,19 +185,33 @@ class ImageResult:
         }
 
 
-def oci_archive_digest(archive: str | os.PathLike[str]) -> str:
-    """The digest of the image manifest an OCI archive holds (index.json's only entry):
-    the digest the image has in a registry after `skopeo copy oci-archive:... docker://...`."""
+def oci_archive_digest(archive: str | os.PathLike[str]) -> tuple[str, str]:
+    """(manifest digest, config digest) of the one image an OCI archive holds: the digest
+    the image has in a registry after `skopeo copy oci-archive:... docker://...`, and the
+    image ID `podman load` gives it."""
     try:
         with tarfile.open(archive) as tar:
-            member = tar.extractfile("index.json")
-            index = json.load(member) if member is not None else {}
+            index = _tar_json(tar, "index.json")
+            manifests = index.get("manifests") or []
+            if len(manifests) != 1 or "digest" not in manifests[0]:
+                raise ImageError(
+                    f"{archive}: expected one image in index.json, got {len(manifests)}"
+                )
+            digest = str(manifests[0]["digest"])
+            manifest = _tar_json(tar, "blobs/" + digest.replace(":", "/", 1))
     except (OSError, KeyError, tarfile.TarError, ValueError) as exc:
-        raise ImageError(f"{archive}: not an OCI archive with an index.json: {exc}") from None
-    manifests = index.get("manifests") or []
-    if len(manifests) != 1 or "digest" not in manifests[0]:
-        raise ImageError(f"{archive}: expected one image in index.json, got {len(manifests)}")
-    return str(manifests[0]["digest"])
+        raise ImageError(f"{archive}: not a readable OCI archive: {exc}") from None
+    return digest, str((manifest.get("config") or {}).get("digest", ""))
+
+
+def _tar_json(tar: tarfile.TarFile, name: str) -> dict[str, Any]:
+    member = tar.extractfile(name)
+    if member is None:
+        raise KeyError(name)
+    data = json.load(member)
+    if not isinstance(data, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return data
 
 
 def _inspect(engine: ContainerEngine, reference: str) -> dict[str, Any]:
@@ -281,10 +295,11 @@ def build_image(
         tmp_archive.unlink()  # the engine writes the file itself
         engine.run(_save_args(engine, tag, tmp_archive))
     say(f"image: saved {archive.name}")
+    digest, config = oci_archive_digest(archive)
     return ImageResult(
         reference=tag,
-        digest=oci_archive_digest(archive),
-        image_id=_sha(_inspect(engine, tag).get("Id")),
+        digest=digest,
+        image_id=config,
         archive=archive,
         archive_sha256=sha256_file(archive),
         platform=ARCHITECTURES[arch],

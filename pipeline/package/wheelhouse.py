@@ -206,8 +206,18 @@ def download_wheels(
 
 def _pip_problem(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR")]
-    return " / ".join(errors[-3:] or lines[-3:]) or "no output"
+    errors = [line for line in lines if line.startswith("ERROR")] or lines
+    shown = [e if len(e) <= 240 else e[:237] + "..." for e in errors[-2:]]
+    return " / ".join(shown) or "no output"
+
+
+def _download_missing(missing: Sequence[Requirement], folder: Path, arch: str) -> str:
+    """pip download the missing wheels (hash-checked); pip's complaint, or "" when done."""
+    with tempfile.TemporaryDirectory(prefix="relcert-wheels-") as tmp:
+        wanted = Path(tmp) / "requirements.txt"
+        wanted.write_text("\n".join(r.line() for r in missing) + "\n")
+        done = download_wheels((), folder, arch, hashed_file=wanted)
+    return "" if done.returncode == 0 else done.stderr or done.stdout or "no output"
 
 
 def fetch_wheels(
@@ -229,12 +239,14 @@ def fetch_wheels(
     missing = [r for r, wheel in found.items() if wheel is None]
     problem = ""
     if missing and download:
-        with tempfile.TemporaryDirectory(prefix="relcert-wheels-") as tmp:
-            wanted = Path(tmp) / "requirements.txt"
-            wanted.write_text("\n".join(r.line() for r in missing) + "\n")
-            done = download_wheels((), folder, arch, hashed_file=wanted)
-        if done.returncode != 0:
-            problem = f"; pip download: {_pip_problem(done.stdout + done.stderr)}"
+        complaint = _download_missing(missing, folder, arch)
+        if complaint:
+            problem = f"; pip download: {_pip_problem(complaint)}"
+            # pip stops at the first bad requirement: fetch the others, so the error names
+            # only the requirements that have no wheel
+            named = {r for r in missing if r.pin in complaint}
+            if named and len(named) < len(missing):
+                _download_missing([r for r in missing if r not in named], folder, arch)
         found.update({r: _match(r, folder, supported) for r in missing})
         missing = [r for r, wheel in found.items() if wheel is None]
     if missing:
