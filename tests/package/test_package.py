@@ -742,3 +742,74 @@ def test_smoke_script_passes_against_the_real_service(package) -> None:
             _, errors = server.communicate()
     assert completed.returncode == 0, completed.stdout + errors
     assert "smoke test PASSED: 12 of 12 checks passed" in completed.stdout
+
+
+_SERVE_AND_LIST_MODULES = """
+import json, os, sys, threading, time, urllib.request
+
+def probe(url, out):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    body = json.dumps({"features": [0.5] * 10}).encode()
+    request = urllib.request.Request(url + "/api/v1/predict/quality", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    urllib.request.urlopen(request, timeout=5).read()
+    urllib.request.urlopen(url + "/metrics", timeout=5).read()
+    with open(out, "w") as handle:
+        json.dump(sorted(sys.modules), handle)
+    os._exit(0)
+
+model_dir, port, out = sys.argv[1:]
+threading.Thread(target=probe, args=(f"http://127.0.0.1:{port}", out), daemon=True).start()
+from pipeline.serve.__main__ import main
+main(["--model-dir", model_dir, "--port", port, "--format", "onnx"])
+"""
+
+
+def _top_level_modules(*args: str, tmp_path: Path) -> set[str]:
+    out = tmp_path / "modules.json"
+    code = "import json, sys; json.dump(sorted(sys.modules), open(sys.argv[1], 'w'))"
+    script = _SERVE_AND_LIST_MODULES if args else code
+    command = [sys.executable, "-c", script, *args, str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
+    return {name.split(".")[0] for name in json.loads(out.read_text())}
+
+
+#: imported only when installed (uvicorn's optional websockets, reload and WSGI support;
+#: starlette's form parsing; anyio's sniffio): the image has none of them, and the image test
+#: shows the service runs without them
+_USED_WHEN_INSTALLED = {"a2wsgi", "python_multipart", "sniffio", "watchfiles", "websockets"}
+
+
+def test_the_onnx_lock_holds_everything_the_service_imports(
+    built_models: Path, tmp_path: Path
+) -> None:
+    """The image installs only the lock: every package the running service imports (ONNX
+    models loaded, a prediction served, metrics exported) must come from it."""
+    import importlib.metadata as metadata
+
+    from pipeline.package.requirements import read_service_lock
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serving = _top_level_modules(str(built_models), str(port), tmp_path=tmp_path)
+    imported = serving - _top_level_modules(tmp_path=tmp_path) - set(sys.stdlib_module_names)
+    providers = metadata.packages_distributions()
+    locked = {r.name.lower().replace("_", "-") for r in read_service_lock("onnx")}
+    outside = {
+        module: providers[module]
+        for module in imported - {"pipeline"} - _USED_WHEN_INSTALLED
+        if module in providers  # not e.g. cython_runtime, which no distribution provides
+        and not {d.lower().replace("_", "-") for d in providers[module]} & locked
+    }
+    assert not outside, f"imported by the service but not in the ONNX lock: {outside}"
+    assert {"onnxruntime", "uvicorn", "starlette", "numpy"} <= imported
+    assert "torch" not in imported
