@@ -12,7 +12,11 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.package import PackageResult
+    from pipeline.package.image import ImageOptions, ImageResult
 
 __all__ = ["PackageRun", "package_run", "report_conf", "report_run", "run_targets"]
 
@@ -82,15 +86,15 @@ def report_run(
 class PackageRun:
     """What `package_run` wrote: the package zip and, with an image, the image's record."""
 
-    package: Any  # pipeline.package.PackageResult
-    image: Any = None  # pipeline.package.image.ImageResult | None
+    package: PackageResult
+    image: ImageResult | None = None
 
 
 def package_run(
     run_dir: str | os.PathLike[str],
     *,
     targets: Any = None,
-    image: Any = None,
+    image: ImageOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PackageRun:
     """Build the run's deployment package and record it in the report

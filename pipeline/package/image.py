@@ -150,7 +150,10 @@ def find_engine(name: str | None = None) -> ContainerEngine:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """The built image: its OCI archive and what it is made of (recorded in report.json)."""
+    """The built image: its OCI archive and what it is made of (recorded in report.json).
+
+    `digest` is the OCI manifest's (the image's digest in a registry after `skopeo copy`),
+    `image_id` its config's (the ID `podman load` gives it)."""
 
     reference: str
     digest: str

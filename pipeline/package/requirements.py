@@ -198,7 +198,7 @@ def write_service_lock(
 ) -> Path:
     """Derive include/service-locks/<format>.txt from constraints.txt (downloads wheels)."""
     from pipeline._io import atomic_write_text
-    from pipeline.package.wheelhouse import _candidates, _supported_tags
+    from pipeline.package.wheelhouse import supported_tags, wheel_candidates
 
     closure = service_closure(model_format, constraints)
     hashes: dict[str, set[str]] = {pin.name: set() for pin in closure}
@@ -208,10 +208,10 @@ def write_service_lock(
             done = download_wheels([f"{p.name}=={p.version}" for p in closure], folder, arch)
             if done.returncode != 0:
                 raise PackageError(f"pip download for {arch} failed:\n{done.stderr[-2000:]}")
-            supported = _supported_tags(arch)
+            supported = supported_tags(arch)
             for pin in closure:
                 probe = Requirement(pin.name, pin.version, ())
-                wheels = _candidates(probe, folder, supported)
+                wheels = wheel_candidates(probe, folder, supported)
                 if not wheels:
                     raise PackageError(f"no {arch} wheel of {pin.name}=={pin.version}")
                 hashes[pin.name].add(hashlib.sha256(wheels[0].read_bytes()).hexdigest())

@@ -33,6 +33,8 @@ __all__ = [
     "fetch_wheels",
     "image_architecture",
     "parse_requirements",
+    "supported_tags",
+    "wheel_candidates",
 ]
 
 #: the image's Python and C library: python:3.11 on Debian bookworm (glibc 2.36)
@@ -105,7 +107,8 @@ def _platform_tags(arch: str) -> list[str]:
     return [*tags, f"linux_{arch}"]
 
 
-def _supported_tags(arch: str) -> list:
+def supported_tags(arch: str) -> list:
+    """The wheel tags the image's pip accepts, best first."""
     from packaging import tags
 
     platforms = _platform_tags(arch)
@@ -151,7 +154,7 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _candidates(requirement: Requirement, folder: Path, supported: Sequence) -> list[Path]:
+def wheel_candidates(requirement: Requirement, folder: Path, supported: Sequence) -> list[Path]:
     """Wheels in `folder` for the requirement's name and version that the image can install,
     best platform first."""
     from packaging.specifiers import SpecifierSet
@@ -176,7 +179,7 @@ def _candidates(requirement: Requirement, folder: Path, supported: Sequence) -> 
 
 
 def _match(requirement: Requirement, folder: Path, supported: Sequence) -> Wheel | None:
-    for path in _candidates(requirement, folder, supported):
+    for path in wheel_candidates(requirement, folder, supported):
         digest = sha256_file(path)
         if digest in requirement.hashes:
             return Wheel(requirement, path, digest)
@@ -234,7 +237,7 @@ def fetch_wheels(
     Raises WheelhouseError naming every requirement left without a wheel."""
     arch = image_architecture(arch)
     folder = Path(wheelhouse) if wheelhouse is not None else default_wheelhouse()
-    supported = _supported_tags(arch)
+    supported = supported_tags(arch)
     found = {r: _match(r, folder, supported) for r in requirements}
     missing = [r for r, wheel in found.items() if wheel is None]
     problem = ""
