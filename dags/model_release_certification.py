@@ -75,6 +75,15 @@ PARAMS = {
         description_md="Write the deployment package when the decision allows it.",
         section="Release",
     ),
+    "build_image": Param(
+        False,
+        type="boolean",
+        title="Build the package's container image",
+        description_md="Also build the package's OCI image with podman or docker, offline "
+        "(base image `RELCERT_BASE_IMAGE`, wheels from `RELCERT_WHEELHOUSE`), saved beside "
+        "the package; report.json records its digest. Needs *Build the deployment package*.",
+        section="Release",
+    ),
     "reason": Param(
         None,
         type=["null", "string"],
@@ -196,7 +205,7 @@ def model_release_certification():
             raise AirflowSkipException("build_package is off for this run")
         if decision["decision"] not in ALLOWS_PACKAGE:
             raise AirflowSkipException(f"no package: the decision is {decision['decision']}")
-        return package(run)
+        return package(run, progress=_progress)
 
     run = prepare()
     parts = build_model.partial(run=run).expand(name=list_models(run))

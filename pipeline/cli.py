@@ -1,6 +1,9 @@
 """`relcert`: the command line.
 
 relcert build --out DIR [--date YYYY-MM-DD] [--models include/models.yaml]
+relcert stage NAME --run-dir DIR        one stage and its gate
+relcert report --run-dir DIR            the final report and decision
+relcert package --run-dir DIR [--image] the deployment package (and its OCI image)
 relcert demo --model-dir DIR
 """
 
@@ -10,8 +13,9 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pipeline.names import DEFAULT_PROFILE, EXIT_ERROR, PROFILE_NAMES
+from pipeline.names import DEFAULT_PROFILE, EXIT_CODES, EXIT_ERROR, NOT_APPROVED, PROFILE_NAMES
 from pipeline.stages.registry import STAGES
 
 __all__ = ["main"]
@@ -58,6 +62,69 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--models", default=None, help="build: models file")
     stage.add_argument(
         "--targets", default=None, help="targets file (default include/targets.yaml)"
+    )
+
+    report = sub.add_parser(
+        "report",
+        help="write the final report and decision of a run folder (no Airflow)",
+        description="Write <run>/report.json and report.html from what the stages wrote, as "
+        "the DAG's final_report task does. Exit 0 APPROVED, 10 CONDITIONAL_APPROVAL, "
+        "20 NOT_APPROVED, 1 error.",
+    )
+    report.add_argument("--run-dir", required=True, help="the run's artifact folder")
+    report.add_argument(
+        "--targets",
+        default=None,
+        help="targets file (default: the run's targets.yaml, else include/targets.yaml)",
+    )
+
+    package = sub.add_parser(
+        "package",
+        help="write the deployment package of a run folder (no Airflow)",
+        description="Write <run>/package/relcert-service-<version>.zip, as the DAG's "
+        "deployment_package task does, and record it in report.json. Refused (exit 20) unless "
+        "report.json's decision is APPROVED or CONDITIONAL_APPROVAL; exit 0 when written, "
+        "1 on error.",
+    )
+    package.add_argument("--run-dir", required=True, help="the run's artifact folder")
+    package.add_argument(
+        "--targets",
+        default=None,
+        help="targets file (default: the run's targets.yaml, else include/targets.yaml)",
+    )
+    image = package.add_argument_group(
+        "image",
+        "--image also ships the wheelhouse (wheels/) in the package, builds the package's "
+        "image from it with podman or docker (no network, no index) and saves it as "
+        "package/relcert-service-<version>.oci.tar; report.json records its digest.",
+    )
+    image.add_argument("--image", action="store_true", help="build the package's OCI image")
+    image.add_argument(
+        "--base-image",
+        default=None,
+        help="BASE_IMAGE build argument (default $RELCERT_BASE_IMAGE, else python:3.11-slim "
+        "pinned by digest)",
+    )
+    image.add_argument(
+        "--engine",
+        choices=["podman", "docker"],
+        default=None,
+        help="container engine (default $RELCERT_CONTAINER_ENGINE, else the first that works)",
+    )
+    image.add_argument(
+        "--image-tag", default=None, help="image name (default relcert-service:<version>)"
+    )
+    image.add_argument(
+        "--wheelhouse",
+        default=None,
+        help="wheel cache folder; missing wheels are downloaded there with pip "
+        "(default $RELCERT_WHEELHOUSE, else ~/.cache/relcert/wheelhouse)",
+    )
+    image.add_argument(
+        "--requirements",
+        default=None,
+        help="the image's hashed requirements file (default: relcert's service lock for the "
+        "model format, include/service-locks/<format>.txt)",
     )
 
     run = sub.add_parser(
@@ -116,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "stage":
         return _stage(args)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "package":
+        return _package(args)
     if args.command == "run":
         return _run(args)
     if args.command == "serve":
@@ -162,6 +233,65 @@ def _run(args: argparse.Namespace) -> int:
         if result.get("package"):
             print(f"==> package: {result['package']}")
     return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.release import report_run, run_targets
+    from pipeline.targets import TargetsError
+
+    try:
+        _run_folder(args.run_dir)
+        result = report_run(args.run_dir, targets=run_targets(args.run_dir, args.targets))
+    except (TargetsError, NotADirectoryError) as exc:
+        print(f"relcert report: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> decision: {result.decision} (readiness {result.readiness_score})")
+    print(f"==> report: {result.path_html}")
+    return EXIT_CODES[result.decision]
+
+
+def _package(args: argparse.Namespace) -> int:
+    from pipeline.package import PackageError, PackageRefused
+    from pipeline.package.image import ImageOptions
+    from pipeline.release import package_run, run_targets
+    from pipeline.targets import TargetsError
+
+    image_flags = (args.base_image, args.engine, args.image_tag, args.wheelhouse, args.requirements)
+    if not args.image and any(flag is not None for flag in image_flags):
+        print("relcert package: error: the image options need --image", file=sys.stderr)
+        return 1
+    try:
+        _run_folder(args.run_dir)
+        options = None
+        if args.image:
+            options = ImageOptions.from_env(
+                base_image=args.base_image,
+                engine=args.engine,
+                tag=args.image_tag,
+                wheelhouse=args.wheelhouse,
+                requirements=args.requirements,
+            )
+        result = package_run(
+            args.run_dir,
+            targets=run_targets(args.run_dir, args.targets),
+            image=options,
+            progress=lambda line: print(line, flush=True),
+        )
+    except PackageRefused as exc:
+        print(f"relcert package: refused: {exc}", file=sys.stderr)
+        return EXIT_CODES[NOT_APPROVED]
+    except (PackageError, TargetsError, NotADirectoryError) as exc:
+        print(f"relcert package: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> package: {result.package.path}")
+    if result.image is not None:
+        print(f"==> image: {result.image.archive} ({result.image.reference} {result.image.digest})")
+    return 0
+
+
+def _run_folder(path: str) -> None:
+    if not Path(path).is_dir():
+        raise NotADirectoryError(f"--run-dir {path}: no such run folder")
 
 
 def _stage(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ CONF_KEYS = (
     "target_overrides",
     "allow_relaxed_targets",
     "build_package",
+    "build_image",
     "reason",
 )
 

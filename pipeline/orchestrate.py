@@ -80,7 +80,7 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     overrides = params.get("target_overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfError(f"conf.target_overrides must be an object, got {type(overrides).__name__}")
-    for key in ("allow_relaxed_targets", "build_package"):
+    for key in ("allow_relaxed_targets", "build_package", "build_image"):
         if key in params and not isinstance(params[key], bool):
             raise ConfError(f"conf.{key} must be true or false, got {params[key]!r}")
     models_file = params.get("models_file") or "include/models.yaml"
@@ -100,6 +100,7 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
         "targets": targets,
         "target_overrides": overrides,
         "build_package": bool(params.get("build_package", True)),
+        "build_image": bool(params.get("build_image", False)),
         "reason": str(params.get("reason") or ""),
     }
 
@@ -144,6 +145,7 @@ def prepare_run(
         "models_file": conf["models_file"],
         "models": models,
         "build_package": conf["build_package"],
+        "build_image": conf["build_image"],
         "reason": conf["reason"],
         "target_overrides": conf["target_overrides"],
     }
@@ -273,22 +275,11 @@ def gate(ctx: dict[str, Any], gate_name: str) -> dict[str, Any]:
 
 def report(ctx: dict[str, Any]) -> dict[str, Any]:
     """Write the final report (always runs); returns the decision and the report's paths."""
-    from pipeline.report import write_report
+    from pipeline.release import report_run
 
     store = _store()
     with workspace(ctx, store=store) as run_dir:
-        result = write_report(
-            run_dir,
-            run_id=ctx["run_id"],
-            targets=_targets(run_dir),
-            profile=ctx["profile"],
-            conf={
-                "reason": ctx.get("reason", ""),
-                "snapshot_date": ctx["snapshot_date"],
-                "target_overrides": ctx.get("target_overrides", {}),
-                "models_file": ctx["models_file"],
-            },
-        )
+        result = report_run(run_dir, ctx=ctx)
         paths = [
             store.location_of(ctx["run_dir"], run_dir, p)
             for p in (result.path_json, result.path_html)
@@ -301,14 +292,20 @@ def report(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def package(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Write the deployment package (the DAG calls this only when the decision allows)."""
-    from pipeline.package import build_package
-    from pipeline.report import set_package
+def package(ctx: dict[str, Any], progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the deployment package (the DAG calls this only when the decision allows), and
+    with `build_image` its OCI image (options from the environment: ImageOptions.from_env)."""
+    from pipeline.package.image import ImageOptions
+    from pipeline.release import package_run
 
+    image = ImageOptions.from_env() if ctx.get("build_image") else None
     store = _store()
     with workspace(ctx, store=store) as run_dir:
-        result = build_package(run_dir, targets=_targets(run_dir))
-        set_package(run_dir, result.path)
+        done = package_run(run_dir, image=image, progress=progress)
+        result = done.package
         path = store.location_of(ctx["run_dir"], run_dir, result.path)
-    return {"package": path, "version": result.version, "sha256": result.sha256}
+        archive = done.image and store.location_of(ctx["run_dir"], run_dir, done.image.archive)
+    out = {"package": path, "version": result.version, "sha256": result.sha256}
+    if done.image is not None:
+        out.update(image=done.image.reference, image_digest=done.image.digest, archive=archive)
+    return out

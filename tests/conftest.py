@@ -37,3 +37,28 @@ def models_dir(built_models: Path, tmp_path: Path) -> Path:
     target = tmp_path / "models"
     shutil.copytree(built_models, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def staged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder certified stage by stage with the CLI (`relcert stage build ... certify`,
+    quick profile), with no report yet (read-only: copy before changing)."""
+    from pipeline.cli import main
+    from tests.quick_profile import quick_profiles
+
+    folder = tmp_path_factory.mktemp("staged")
+    run = folder / "run"
+    with quick_profiles(folder):
+        for stage in ("build", "integration", "load", "stress", "infra", "certify"):
+            args = ["stage", stage, "--run-dir", str(run)]
+            args += ["--date", SNAPSHOT_DATE] if stage == "build" else []
+            assert main(args) == 0, f"relcert stage {stage}: its gate failed"
+    return run
+
+
+@pytest.fixture
+def certified_run(staged_run: Path, tmp_path: Path) -> Path:
+    """A private copy of `staged_run` that a test may finish (report, package)."""
+    run = tmp_path / "artifacts" / "model_release_certification" / "staged"
+    shutil.copytree(staged_run, run)
+    return run

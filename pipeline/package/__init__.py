@@ -9,6 +9,10 @@ rules whose thresholds are the certification targets, a Grafana dashboard, the s
 configuration the run certified, a Dockerfile and pinned requirements, the deployment guide
 and runbook, the certified models with their checksums, the certification report, a
 deployment checklist, and a smoke test with golden requests. The zip is reproducible.
+
+The image (`pipeline.package.image`): with a wheelhouse (`pipeline.package.wheelhouse`, one
+hash-checked wheel per requirement of include/service-locks/<format>.txt) the package builds
+offline, and `build_image` builds it as shipped and saves it as an OCI archive beside the zip.
 """
 
 from pipeline.package.builder import (
@@ -16,6 +20,7 @@ from pipeline.package.builder import (
     PACKAGE_NAME,
     PackageResult,
     build_package,
+    check_decision,
     label_safe,
 )
 from pipeline.package.errors import ManifestValidationError, PackageError, PackageRefused
@@ -32,6 +37,7 @@ __all__ = [
     "PackageRefused",
     "PackageResult",
     "build_package",
+    "check_decision",
     "label_safe",
     "validate_manifests",
 ]

@@ -26,6 +26,7 @@ from pipeline.package.archive import EPOCH, sha256sums_text, zip_bytes
 from pipeline.package.docs import render
 from pipeline.package.errors import PackageError, PackageRefused
 from pipeline.package.golden import golden_requests
+from pipeline.package.image import DEFAULT_BASE_IMAGE, OCI_SUFFIX
 from pipeline.package.manifests import (
     CONTAINER_PORT,
     SERVICE_NAME,
@@ -34,7 +35,7 @@ from pipeline.package.manifests import (
     monitoring_files,
     service_env,
 )
-from pipeline.package.requirements import repo_root, service_requirements
+from pipeline.package.requirements import read_service_lock, repo_root, service_requirements
 from pipeline.package.settings import (
     DeploymentSettings,
     certified_capacity_for_run,
@@ -47,7 +48,14 @@ from pipeline.package.validate import (
 )
 from pipeline.targets import Target, Targets, format_number, format_unit, load_targets
 
-__all__ = ["ALLOWED_DECISIONS", "PACKAGE_NAME", "PackageResult", "build_package", "label_safe"]
+__all__ = [
+    "ALLOWED_DECISIONS",
+    "PACKAGE_NAME",
+    "PackageResult",
+    "build_package",
+    "check_decision",
+    "label_safe",
+]
 
 PACKAGE_NAME = SERVICE_NAME
 ALLOWED_DECISIONS = ALLOWS_PACKAGE
@@ -100,6 +108,12 @@ def _check_decision(report: Mapping[str, Any]) -> str:
     if normalised not in ALLOWED_DECISIONS:
         raise PackageRefused(decision)
     return str(normalised)
+
+
+def check_decision(run_dir: str | os.PathLike[str]) -> str:
+    """The decision of the run's report.json if it allows a package; PackageRefused (or
+    PackageError for a missing or unreadable report) otherwise."""
+    return _check_decision(_load_report(Path(run_dir).resolve()))
 
 
 def _targets(targets: Any) -> Targets:
@@ -288,9 +302,11 @@ def _certification_report(
     for row in criteria:
         figure = {k: row[k] for k in row if not k.endswith("_text")}
         by_category.setdefault(row["category"] or "other", []).append(figure)
+    from pipeline.report import without_release
+
     # the report names its package once it exists: leave that out, so building the package
     # again for the same run gives the same bytes
-    source = {k: v for k, v in report.items() if k != "package"}
+    source = without_release(report)
     canonical = json.dumps(_finite(source), sort_keys=True, default=str).encode("utf-8")
     confidence = report.get("confidence")
     if confidence is None and isinstance(report.get("decision"), Mapping):
@@ -337,6 +353,18 @@ def _source_files() -> dict[str, bytes]:
     return files
 
 
+def _wheel_files(
+    model_format: str, requirements: Path | None, wheelhouse: str | os.PathLike[str]
+) -> dict[str, bytes]:
+    """wheels/ of the package: one wheel per hashed requirement, for the image's platform."""
+    from pipeline.package.wheelhouse import fetch_wheels
+
+    wanted = read_service_lock(model_format, requirements)
+    source = str(requirements) if requirements else f"the {model_format} service lock"
+    wheels = fetch_wheels(wanted, wheelhouse, source=source)
+    return {f"wheels/{w.path.name}": w.path.read_bytes() for w in wheels}
+
+
 def _json(payload: Any) -> bytes:
     return (json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
@@ -352,16 +380,23 @@ def build_package(
     engine_settings: Mapping[str, Any] | None = None,
     kubernetes_version: str = "1.31.0",
     certified_capacity_rps: float | None = None,
+    requirements: str | os.PathLike[str] | None = None,
+    wheelhouse: str | os.PathLike[str] | None = None,
 ) -> PackageResult:
     """Build `<run>/package/relcert-service-<version>.zip` for an approved run.
 
     `certified_capacity_rps` (default: the load stage's capacity.max_sustained_rps, if it
     recorded one) adds an alert on traffic per replica above half of it, with its tests.
+    `requirements` is the service's hashed requirements file (default: the service lock of
+    the model format, include/service-locks/<format>.txt). With `wheelhouse` (a wheel cache
+    folder) the package also ships `wheels/`, one wheel per requirement, so its image builds
+    without an index; missing wheels are downloaded there with pip.
 
     Raises PackageRefused unless report["decision"] is APPROVED or CONDITIONAL_APPROVAL,
     PackageError for anything else unusable (missing models, checksum mismatches, an
-    output folder outside the run), and ManifestValidationError if a manifest fails
-    kubernetes-validate (strict) for `kubernetes_version`.
+    output folder outside the run, a requirement without a wheel), and
+    ManifestValidationError if a manifest fails kubernetes-validate (strict) for
+    `kubernetes_version`.
     """
     run = Path(run_dir).resolve()
     if not run.is_dir():
@@ -442,7 +477,10 @@ def build_package(
     files["validation/golden.json"] = _json(golden)
     files["validation/smoke_test.py"] = (Path(__file__).parent / "smoke_test.py").read_bytes()
     files["performance_certification_report.json"] = _json(certification)
-    files["requirements.txt"] = service_requirements(settings.model_format).encode()
+    lock = Path(requirements) if requirements is not None else None
+    files["requirements.txt"] = service_requirements(settings.model_format, lock).encode()
+    if wheelhouse is not None:
+        files.update(_wheel_files(settings.model_format, lock, wheelhouse))
     files.update(_source_files())
 
     context = {
@@ -483,6 +521,9 @@ def build_package(
         ),
         "golden_cases": len(golden["cases"]),
         "port": CONTAINER_PORT,
+        "base_image": DEFAULT_BASE_IMAGE,
+        "wheels": sorted(n.removeprefix("wheels/") for n in files if n.startswith("wheels/")),
+        "archive": f"{top}{OCI_SUFFIX}",
     }
     files["docs/deployment_guide.md"] = render("deployment_guide.md.j2", context).encode()
     files["docs/runbook.md"] = render("runbook.md.j2", context).encode()

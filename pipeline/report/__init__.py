@@ -16,6 +16,7 @@ from pipeline.report.report import (
     Report,
     build_report_data,
     set_package,
+    without_release,
     write_report,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "build_report_data",
     "decide",
     "set_package",
+    "without_release",
     "write_report",
 ]

@@ -76,6 +76,10 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
   <strong>Next steps</strong>
   <ol>{% for step in d.next_steps %}<li>{{ step }}</li>{% endfor %}</ol>
   {% if d.package %}<p>Deployment package: {{ link(d.package) }}</p>{% endif %}
+  {% if d.image %}<p>Container image: {{ link(d.image.archive) }} ({{ d.image.platform }}),
+    <code>{{ d.image.reference }}</code> digest <code>{{ d.image.digest }}</code>; base
+    <code>{{ d.image.base_image.reference }}</code>; {{ d.image.wheels | length }} wheels,
+    each checked against its pinned sha256 (report.json: <code>image</code>).</p>{% endif %}
 </section>
 
 <section id="summary">

@@ -38,6 +38,7 @@ __all__ = [
     "build_report_data",
     "render_report_html",
     "set_package",
+    "without_release",
     "write_report",
 ]
 
@@ -252,11 +253,35 @@ def write_report(
     return Report(data["decision"], data["readiness_score"], path_json, path_html, data)
 
 
-def set_package(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None) -> Report:
+def without_release(data: Mapping[str, Any]) -> dict[str, Any]:
+    """report.json's data as it was before `set_package` named the package: what the
+    package embeds a hash of, so building it again after that gives the same bytes."""
+    source = {k: v for k, v in data.items() if k not in ("package", "image")}
+    operational = (source.get("readiness") or {}).get("operational")
+    if isinstance(operational, list):
+        decision = str(source.get("decision"))
+        source["readiness"] = {
+            **source["readiness"],
+            "operational": [
+                package_item(decision, None)
+                if isinstance(item, Mapping) and item.get("item") == PACKAGE_ITEM
+                else item
+                for item in operational
+            ],
+        }
+    return source
+
+
+def set_package(
+    run_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None,
+    image: Mapping[str, Any] | None = None,
+) -> Report:
     """Record the deployment package in report.json and report.html (both atomically).
 
     `path` is stored relative to the run folder when it is inside it. A NOT_APPROVED run has
-    no package; `path=None` clears the entry.
+    no package; `path=None` clears the entry. `image` is the package's container image (its
+    OCI archive, digest, base image and wheels), or None when it has none.
     """
     import json
 
@@ -265,6 +290,7 @@ def set_package(run_dir: str | os.PathLike[str], path: str | os.PathLike[str] | 
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path} does not exist: write the report first")
     data = json.loads(report_path.read_text(encoding="utf-8"))
+    data["image"] = dict(image) if image is not None and path is not None else None
     if path is None:
         data["package"] = None
     else:

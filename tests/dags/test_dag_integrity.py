@@ -106,12 +106,14 @@ def test_params_form_is_titled_and_described(dag) -> None:
         "target_overrides",
         "allow_relaxed_targets",
         "build_package",
+        "build_image",
         "reason",
     ):
         schema = params.get_param(key).schema
         assert schema.get("title"), key
         assert schema.get("description_md") or schema.get("description"), key
     assert params.get_param("profile").schema["enum"] == ["smoke", "nightly", "release"]
+    assert params.get_param("build_image").value is False  # the image is opt-in
 
 
 @pytest.mark.parametrize(
@@ -121,6 +123,7 @@ def test_params_form_is_titled_and_described(dag) -> None:
         ({"target_overrides": {"made_up_metric": 1}}, "made_up_metric"),
         ({"target_overrides": {"p99_latency_ms": "fast"}}, "p99_latency_ms"),
         ({"build_package": "yes"}, "build_package"),
+        ({"build_image": "yes"}, "build_image"),
     ],
 )
 def test_invalid_params_are_refused_by_the_form_schema(dag, conf, message) -> None:
@@ -143,6 +146,15 @@ def test_overrides_that_relax_a_target_are_refused_unless_allowed() -> None:
     assert ok["targets"]["p99_latency_ms"].target == 900
     tightened = validate_conf({"target_overrides": {"p99_latency_ms": 100}})
     assert tightened["targets"]["p99_latency_ms"].target == 100
+
+
+def test_build_image_is_a_conf_key_off_by_default() -> None:
+    from pipeline.orchestrate import ConfError, validate_conf
+
+    assert validate_conf({})["build_image"] is False
+    assert validate_conf({"build_image": True})["build_image"] is True
+    with pytest.raises(ConfError, match=r"conf\.build_image must be true or false"):
+        validate_conf({"build_image": "yes"})
 
 
 def test_performance_tasks_share_the_perf_pool_and_cheap_tasks_run_freely(dag) -> None:

@@ -211,27 +211,68 @@ def test_service_config_is_the_default_engine_settings(package) -> None:
     assert json.loads((top / "config/service.json").read_text())["env"] == data
 
 
+def _pins(requirements: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a hashed requirements file."""
+    logical = requirements.replace("\\\n", " ").splitlines()
+    out = {}
+    for line in logical:
+        if not line.strip() or line.startswith("#"):
+            continue
+        pin, *hashes = line.split()
+        name, version = pin.split("==")
+        out[name.lower().replace("_", "-")] = (version, [h.removeprefix("--hash=") for h in hashes])
+    return out
+
+
 def test_dockerfile_and_requirements(package) -> None:
     _, _, top = package
     dockerfile = (top / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert dockerfile.startswith("#")
+    # the base is a build argument whose default is pinned by digest, never a floating tag
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, flags=re.M).group(1)
+    assert re.fullmatch(r"docker\.io/library/python:3\.11-slim\S*@sha256:[0-9a-f]{64}", base)
+    assert [line for line in dockerfile.splitlines() if line.startswith("FROM")] == [
+        "FROM ${BASE_IMAGE}"
+    ]
+    install = re.search(
+        r"^RUN --mount=type=bind,source=wheels.*?-r (\S+)$", dockerfile, re.M | re.S
+    )
+    assert install and install.group(1) == "/app/requirements.txt"
+    assert "--require-hashes" in install.group(0) and "--no-index" in install.group(0)
     assert "USER 10001" in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health/live" in dockerfile
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", dockerfile, flags=re.M).group(1))
     assert entrypoint[:5] == ["python", "-m", "pipeline.serve", "--model-dir", "/models"]
     assert entrypoint[entrypoint.index("--port") + 1] == "8000"
     assert entrypoint[entrypoint.index("--host") + 1] == "0.0.0.0"  # reachable by probes
-    constraints = set((Path(__file__).parents[2] / "constraints.txt").read_text().splitlines())
-    pins = [
-        line
-        for line in (top / "requirements.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    assert set(pins) <= constraints  # exact lines of constraints.txt
-    names = {re.split(r"==", p)[0].lower().replace("_", "-") for p in pins}
-    assert {"numpy", "onnxruntime", "starlette", "uvicorn", "prometheus-client"} <= names
-    assert {"uvloop", "httptools", "psutil", "pyyaml"} <= names
-    assert "torch" not in names  # ONNX models only
+    constraints = (Path(__file__).parents[2] / "constraints.txt").read_text()
+    locked = {
+        name.lower().replace("_", "-"): version
+        for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", constraints, re.M)
+    }
+    pins = _pins((top / "requirements.txt").read_text())
+    for name, (version, hashes) in pins.items():
+        assert locked[name] == version, name  # the version of constraints.txt
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    # the service's packages and what they need, down to the leaves; no torch for ONNX
+    assert {"numpy", "onnxruntime", "starlette", "uvicorn", "prometheus-client"} <= set(pins)
+    assert {"uvloop", "httptools", "psutil", "pyyaml"} <= set(pins)
+    assert {"anyio", "h11", "click", "protobuf", "flatbuffers", "idna"} <= set(pins)
+    assert "torch" not in pins
+    assert not (top / "wheels").exists()  # the wheelhouse ships with --image only
+
+
+def test_service_locks_are_the_closure_of_constraints(tmp_path: Path) -> None:
+    from pipeline.package.requirements import MODEL_FORMATS, service_closure, service_lock_path
+
+    for fmt in MODEL_FORMATS:
+        closure = {p.name.lower().replace("_", "-"): p.version for p in service_closure(fmt)}
+        lock = _pins(service_lock_path(fmt).read_text())
+        assert {name: version for name, (version, _) in lock.items()} == closure, (
+            f"{service_lock_path(fmt)} disagrees with constraints.txt: "
+            "run .venv/bin/python scripts/service_locks.py"
+        )
+    assert "torch" in _pins(service_lock_path("torchscript").read_text())
 
 
 def test_docs_are_generated_from_the_run(package) -> None:
@@ -259,7 +300,9 @@ def test_docs_are_generated_from_the_run(package) -> None:
     ):
         assert topic in runbook, topic
     checklist = (top / "deployment_checklist.md").read_text()
-    steps = ("docker build", "sha256sum -c", "kubectl apply -k", "smoke_test.py", "rollout undo")
+    steps = ("build --format docker", "sha256sum -c", "kubectl apply -k", "smoke_test.py")
+    steps += ("rollout undo",)
+    assert "pip download --no-deps --only-binary=:all: --require-hashes" in guide
     for step in steps:
         assert step in checklist, step
     cert = json.loads((top / "performance_certification_report.json").read_text())
@@ -506,7 +549,7 @@ def test_engine_settings_come_from_the_load_stage(run_dir: Path) -> None:
         "512",
     )
     assert (data["POOL_MB"], data["CACHE_ENTRIES"]) == ("300", "5000")
-    assert "torch==2.13.0" in requirements.splitlines()
+    assert _pins(requirements)["torch"][0] == "2.13.0"
     assert f"{TOP}/models/quality_predictor.pt" in names
     assert f"{TOP}/models/quality_predictor.onnx" not in names
     assert golden["model_format"] == "torchscript"
@@ -699,3 +742,74 @@ def test_smoke_script_passes_against_the_real_service(package) -> None:
             _, errors = server.communicate()
     assert completed.returncode == 0, completed.stdout + errors
     assert "smoke test PASSED: 12 of 12 checks passed" in completed.stdout
+
+
+_SERVE_AND_LIST_MODULES = """
+import json, os, sys, threading, time, urllib.request
+
+def probe(url, out):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    body = json.dumps({"features": [0.5] * 10}).encode()
+    request = urllib.request.Request(url + "/api/v1/predict/quality", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    urllib.request.urlopen(request, timeout=5).read()
+    urllib.request.urlopen(url + "/metrics", timeout=5).read()
+    with open(out, "w") as handle:
+        json.dump(sorted(sys.modules), handle)
+    os._exit(0)
+
+model_dir, port, out = sys.argv[1:]
+threading.Thread(target=probe, args=(f"http://127.0.0.1:{port}", out), daemon=True).start()
+from pipeline.serve.__main__ import main
+main(["--model-dir", model_dir, "--port", port, "--format", "onnx"])
+"""
+
+
+def _top_level_modules(*args: str, tmp_path: Path) -> set[str]:
+    out = tmp_path / "modules.json"
+    code = "import json, sys; json.dump(sorted(sys.modules), open(sys.argv[1], 'w'))"
+    script = _SERVE_AND_LIST_MODULES if args else code
+    command = [sys.executable, "-c", script, *args, str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
+    return {name.split(".")[0] for name in json.loads(out.read_text())}
+
+
+#: imported only when installed (uvicorn's optional websockets, reload and WSGI support;
+#: starlette's form parsing; anyio's sniffio): the image has none of them, and the image test
+#: shows the service runs without them
+_USED_WHEN_INSTALLED = {"a2wsgi", "python_multipart", "sniffio", "watchfiles", "websockets"}
+
+
+def test_the_onnx_lock_holds_everything_the_service_imports(
+    built_models: Path, tmp_path: Path
+) -> None:
+    """The image installs only the lock: every package the running service imports (ONNX
+    models loaded, a prediction served, metrics exported) must come from it."""
+    import importlib.metadata as metadata
+
+    from pipeline.package.requirements import read_service_lock
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serving = _top_level_modules(str(built_models), str(port), tmp_path=tmp_path)
+    imported = serving - _top_level_modules(tmp_path=tmp_path) - set(sys.stdlib_module_names)
+    providers = metadata.packages_distributions()
+    locked = {r.name.lower().replace("_", "-") for r in read_service_lock("onnx")}
+    outside = {
+        module: providers[module]
+        for module in imported - {"pipeline"} - _USED_WHEN_INSTALLED
+        if module in providers  # not e.g. cython_runtime, which no distribution provides
+        and not {d.lower().replace("_", "-") for d in providers[module]} & locked
+    }
+    assert not outside, f"imported by the service but not in the ONNX lock: {outside}"
+    assert {"onnxruntime", "uvicorn", "starlette", "numpy"} <= imported
+    assert "torch" not in imported
