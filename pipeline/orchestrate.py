@@ -88,12 +88,12 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     path = path if path.is_absolute() else PROJECT_ROOT / path
     if not path.is_file():
         raise ConfError(f"conf.models_file: {models_file} does not exist")
+    allow_relaxed = bool(params.get("allow_relaxed_targets", False))
     try:
-        targets = load_targets().with_overrides(
-            overrides, allow_relaxed=bool(params.get("allow_relaxed_targets", False))
-        )
+        targets = load_targets().with_overrides(overrides, allow_relaxed=allow_relaxed)
     except TargetsError as exc:
         raise ConfError(f"conf.target_overrides: {exc}") from None
+    targets = _with_models_targets(targets, path, allow_relaxed)
     return {
         "profile": profile,
         "models_file": str(path),
@@ -105,11 +105,25 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _targets_yaml(targets) -> str:
-    import yaml
+def _with_models_targets(targets, models_file: Path, allow_relaxed: bool):
+    """The run's targets with each model's own values from the models file (the same
+    tightening rule as the form's overrides)."""
+    from pipeline.build import BuildError, load_models_config
+    from pipeline.targets import TargetsError
 
-    entries = [{k: v for k, v in t.to_dict().items() if k != "threshold"} for t in targets.values()]
-    return yaml.safe_dump({"version": 1, "targets": entries}, sort_keys=False)
+    try:
+        specs = load_models_config(models_file)
+    except BuildError as exc:
+        raise ConfError(f"conf.models_file: {exc}") from None
+    for spec in specs:
+        if spec.targets:
+            try:
+                targets = targets.with_model_overrides(
+                    spec.name, dict(spec.targets), allow_relaxed=allow_relaxed
+                )
+            except TargetsError as exc:
+                raise ConfError(f"conf.models_file: {models_file}: {exc}") from None
+    return targets
 
 
 def _store() -> ArtifactStore:
@@ -153,7 +167,7 @@ def prepare_run(
         # a cleared or repeated run starts a new attempt: the earlier attempt's evidence
         # moves to attempts/<id>/ and is never read as this attempt's
         context["attempt_id"] = RunDir.of(run_dir).start_attempt()
-        atomic_write_text(run_dir / "targets.yaml", _targets_yaml(conf["targets"]))
+        atomic_write_text(run_dir / "targets.yaml", conf["targets"].to_yaml())
         atomic_write_text(
             run_dir / "conf.json", json.dumps(context, indent=2, sort_keys=True) + "\n"
         )

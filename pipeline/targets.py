@@ -8,6 +8,7 @@ target `measured >= target * (1 - tolerance)` (the original plan's rule).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_TARGETS_FILE",
     "KNOWN_METRICS",
     "TARGETS_FILE_ENV",
+    "Relaxation",
     "Target",
     "Targets",
     "TargetsError",
@@ -42,7 +44,7 @@ _METRIC_DIRECTIONS: dict[str, Direction] = {m.name: m.direction for m in METRICS
 
 _REQUIRED_KEYS = ("name", "category", "target", "tolerance", "direction", "unit")
 _OPTIONAL_KEYS = ("description",)
-_TOP_LEVEL_KEYS = ("version", "targets")
+_TOP_LEVEL_KEYS = ("version", "targets", "models", "relaxed")
 
 
 class TargetsError(ValueError):
@@ -141,11 +143,41 @@ def tolerance_phrase(target: Target) -> str:
 
 
 @dataclass(frozen=True)
+class Relaxation:
+    """A target a run certified against a weaker bar than the targets file declares."""
+
+    metric: str
+    declared: float
+    effective: float
+    model: str | None = None  # None: the run-level target; else that model's own
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "model": self.model,
+            "declared": self.declared,
+            "effective": self.effective,
+        }
+
+    def describe(self) -> str:
+        who = f" for model {self.model}" if self.model else ""
+        return (
+            f"{self.metric}{who} relaxed from {format_number(self.declared)} to "
+            f"{format_number(self.effective)}"
+        )
+
+
+@dataclass(frozen=True)
 class Targets(Mapping[str, Target]):
-    """The declared targets: a read-only mapping name -> Target, in file order."""
+    """The declared targets: a read-only mapping name -> Target, in file order.
+
+    `models` holds per-model target values (a model's own budget, from the models file),
+    `relaxed` every target this run relaxes (by the form or a model's own value)."""
 
     items_in_order: tuple[Target, ...]
     source: str = field(default="<memory>", compare=False)
+    models: Mapping[str, Mapping[str, float]] = field(default_factory=dict, compare=False)
+    relaxed: tuple[Relaxation, ...] = field(default=(), compare=False)
     _index: dict[str, Target] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +214,31 @@ class Targets(Mapping[str, Target]):
         threshold}} in file order."""
         return {target.name: target.to_dict() for target in self.items_in_order}
 
+    def _check_override(
+        self, name: str, value: Any, allow_relaxed: bool, where: str
+    ) -> tuple[Target, bool]:
+        """The replaced target and whether the new value relaxes it (refused unless
+        allowed)."""
+        if name not in _METRIC_DIRECTIONS:
+            raise TargetsError(
+                f"{where}: unknown metric; known metrics: {', '.join(KNOWN_METRICS)}"
+            )
+        if name not in self._index:
+            raise TargetsError(f"{where}: metric is not declared in {self.source}")
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise TargetsError(f"{where}: value must be a finite number >= 0, got {value!r}")
+        current = self._index[name]
+        relaxes = value > current.target if current.direction == "max" else value < current.target
+        if relaxes and not allow_relaxed:
+            stricter = "lower" if current.direction == "max" else "higher"
+            raise TargetsError(
+                f"{where}: {format_number(value)} relaxes the declared target "
+                f"{format_number(current.target)}{format_unit(current.unit)} "
+                f"(direction {current.direction}: only a {stricter} value tightens it); "
+                "relaxing needs allow_relaxed=True"
+            )
+        return dataclasses.replace(current, target=float(value)), relaxes
+
     def with_overrides(
         self, overrides: Mapping[str, float], allow_relaxed: bool = False
     ) -> Targets:
@@ -189,44 +246,80 @@ class Targets(Mapping[str, Target]):
 
         Only declared metrics can be overridden, and only towards a stricter value (lower for
         max, higher for min) unless `allow_relaxed` is True: a run may not quietly certify
-        against a weaker bar than the one in the targets file.
+        against a weaker bar than the one in the targets file. Every relaxed target is
+        recorded in `relaxed`.
         """
         replaced: dict[str, Target] = {}
+        relaxed = list(self.relaxed)
         for name, value in overrides.items():
-            where = f"target override {name!r}"
-            if name not in _METRIC_DIRECTIONS:
-                raise TargetsError(
-                    f"{where}: unknown metric; known metrics: {', '.join(KNOWN_METRICS)}"
-                )
-            if name not in self._index:
-                raise TargetsError(f"{where}: metric is not declared in {self.source}")
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise TargetsError(f"{where}: value must be a finite number >= 0, got {value!r}")
-            current = self._index[name]
-            if current.direction == "max":
-                relaxes = value > current.target
-            else:
-                relaxes = value < current.target
-            if relaxes and not allow_relaxed:
-                stricter = "lower" if current.direction == "max" else "higher"
-                raise TargetsError(
-                    f"{where}: {format_number(value)} relaxes the declared target "
-                    f"{format_number(current.target)}{format_unit(current.unit)} "
-                    f"(direction {current.direction}: only a {stricter} value tightens it); "
-                    "relaxing needs allow_relaxed=True"
-                )
-            replaced[name] = Target(
-                name=current.name,
-                category=current.category,
-                target=float(value),
-                tolerance=current.tolerance,
-                direction=current.direction,
-                unit=current.unit,
-                description=current.description,
+            target, relaxes = self._check_override(
+                name, value, allow_relaxed, f"target override {name!r}"
             )
-        return Targets(
-            tuple(replaced.get(t.name, t) for t in self.items_in_order), source=self.source
+            replaced[name] = target
+            if relaxes:
+                relaxed.append(Relaxation(name, self._index[name].target, float(value)))
+        return dataclasses.replace(
+            self,
+            items_in_order=tuple(replaced.get(t.name, t) for t in self.items_in_order),
+            relaxed=tuple(relaxed),
         )
+
+    def with_model_overrides(
+        self, model: str, overrides: Mapping[str, Any], allow_relaxed: bool = False
+    ) -> Targets:
+        """A copy where `model` has its own values for some targets (a model's own budget,
+        from its models-file entry). The same rule as `with_overrides` holds against the
+        run's targets: tightening only, unless relaxing is allowed (and then recorded)."""
+        values: dict[str, float] = {}
+        relaxed = list(self.relaxed)
+        per_model = [n for n, m in METRICS.items() if m.scope != "run"]
+        for name, value in overrides.items():
+            where = f"model {model!r}: target {name!r}"
+            self._check_override(name, value, allow_relaxed, where)
+            if name not in per_model:
+                raise TargetsError(
+                    f"{where}: {name} is certified for the run as a whole, not per model "
+                    f"(per-model metrics: {', '.join(per_model)})"
+                )
+            current = self._index[name]
+            relaxes = (
+                value > current.target if current.direction == "max" else value < current.target
+            )
+            if relaxes:
+                relaxed.append(Relaxation(name, current.target, float(value), model))
+            values[name] = float(value)
+        models = {**self.models, model: values}
+        return dataclasses.replace(self, models=models, relaxed=tuple(relaxed))
+
+    def for_model(self, model: str) -> Targets:
+        """The targets that hold for `model`: the run's, with the model's own values."""
+        own = self.models.get(model) or {}
+        if not own:
+            return self
+        return dataclasses.replace(
+            self,
+            items_in_order=tuple(
+                dataclasses.replace(t, target=own[t.name]) if t.name in own else t
+                for t in self.items_in_order
+            ),
+            models={},
+        )
+
+    def to_yaml(self) -> str:
+        """The targets as a targets file (a run's effective targets.yaml): per-model values
+        and relaxations included."""
+        document: dict[str, Any] = {
+            "version": SUPPORTED_VERSION,
+            "targets": [
+                {k: v for k, v in t.to_dict().items() if k != "threshold"}
+                for t in self.items_in_order
+            ],
+        }
+        if self.models:
+            document["models"] = {m: dict(v) for m, v in self.models.items()}
+        if self.relaxed:
+            document["relaxed"] = [r.to_dict() for r in self.relaxed]
+        return yaml.safe_dump(document, sort_keys=False)
 
 
 def _display_path(path: Path) -> str:
@@ -354,4 +447,24 @@ def load_targets(path: str | os.PathLike[str] | None = None) -> Targets:
     parsed = tuple(
         _parse_entry(entry, f"{shown}: targets[{i}]", seen) for i, entry in enumerate(entries)
     )
-    return Targets(parsed, source=shown)
+    targets = Targets(parsed, source=shown)
+    models = document.get("models") or {}
+    if not isinstance(models, dict):
+        raise TargetsError(f"{shown}: 'models' must map model names to target values")
+    for model, values in models.items():
+        if not isinstance(values, dict):
+            raise TargetsError(f"{shown}: models.{model} must map metrics to values")
+        targets = targets.with_model_overrides(str(model), values, allow_relaxed=True)
+    relaxed = document.get("relaxed") or []
+    try:
+        recorded = tuple(
+            Relaxation(
+                str(r["metric"]), float(r["declared"]), float(r["effective"]), r.get("model")
+            )
+            for r in relaxed
+        )
+    except (TypeError, KeyError, ValueError):
+        raise TargetsError(
+            f"{shown}: 'relaxed' must be a list of {{metric, declared, effective, model}}"
+        ) from None
+    return dataclasses.replace(targets, relaxed=recorded)

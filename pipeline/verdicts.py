@@ -59,6 +59,8 @@ class Criterion:
     """One certification criterion: the target, what was measured and the verdict."""
 
     name: str
+    metric: str
+    model: str  # "" for the run as a whole (the mix of every model)
     category: str
     status: Status
     target: float
@@ -102,8 +104,11 @@ class Criterion:
 
         samples = number("samples")
         min_samples = number("min_samples")
+        model = row.get("model")
         return cls(
             name=str(row.get("name") or ""),
+            metric=str(row.get("metric") or row.get("name") or ""),
+            model="" if model is None or model != model else str(model),
             category=str(row.get("category") or ""),
             status=Status(str(row.get("status") or Status.NOT_RUN)),
             target=number("target"),
@@ -127,9 +132,12 @@ def judge(
     *,
     status: Status | None = None,
     detail: str = "",
+    metric: str = "",
+    model: str | None = None,
 ) -> Criterion:
-    """The criterion for `target` (a pipeline.targets.Target) from a measurement, or from a
-    status with its reason (NOT_RUN, NOT_APPLICABLE) when there is no measurement."""
+    """The criterion for `target` (a pipeline.targets.Target, named as the criterion) from
+    a measurement, or from a status with its reason (NOT_RUN, NOT_APPLICABLE) when there is
+    no measurement."""
     if measurement is not None:
         status = measurement.status
         value, samples, need = measurement.value, measurement.samples, measurement.min_samples
@@ -143,6 +151,8 @@ def judge(
     met = status == Status.MEASURED and bool(target.passes(value))
     return Criterion(
         name=target.name,
+        metric=metric or target.name,
+        model=model or "",
         category=target.category,
         status=status,
         target=target.target,

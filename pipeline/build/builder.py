@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 PROBE_COUNT = 1024
 HOLDOUT_DIR = "holdout"
+#: where imported models' evaluation sets and reference inputs/outputs are kept
+EVALUATION_DIR = "evaluation"
+REFERENCE_DIR = "reference"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 Progress = Callable[[str], None]
@@ -97,7 +100,7 @@ def resolve_builder(spec: ModelSpec) -> Callable[[_dt.date, int], BuiltModel]:
     return target
 
 
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
+def npz_bytes(**arrays: np.ndarray) -> bytes:
     """An ``.npz`` (np.load-able) with fixed zip timestamps, unlike np.savez."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -263,7 +266,20 @@ def _build_one(
         )
 
     holdout_rel = f"{HOLDOUT_DIR}/{name}.npz"
-    atomic_write_bytes(folder / holdout_rel, _npz_bytes(x=built.x_holdout, y=built.y_holdout))
+    atomic_write_bytes(folder / holdout_rel, npz_bytes(x=built.x_holdout, y=built.y_holdout))
+    sla = None
+    if spec.sla is not None:
+        if spec.sla.truth_kind == "labels" and built.model_type != "classification":
+            raise BuildError(
+                f"model {name!r}: sla.metric {spec.sla.metric} needs class labels, but the "
+                f"builder {spec.builder} makes a {built.model_type} model"
+            )
+        sla = {
+            **spec.sla.to_record(),
+            "evaluation_file": holdout_rel,
+            "truth_kind": spec.sla.truth_kind,
+            "rows": int(built.x_holdout.shape[0]),
+        }
 
     entry: dict[str, Any] = {
         "name": name,
@@ -294,6 +310,8 @@ def _build_one(
         "training": dict(built.training),
         "holdout_metrics": metrics,
         "holdout_file": holdout_rel,
+        "sla": sla,
+        "targets": dict(spec.targets),
         "parity": parity,
         "build": {
             "torch": torch.__version__,
@@ -417,7 +435,8 @@ def build_models(
     model_seconds: dict[str, float] = {}
     try:
         os.chmod(work, 0o755)
-        (work / HOLDOUT_DIR).mkdir()
+        for folder in (HOLDOUT_DIR, EVALUATION_DIR, REFERENCE_DIR):
+            (work / folder).mkdir()
         info: dict[str, dict[str, Any]] = {}
         for spec in specs:
             t0 = time.perf_counter()
@@ -439,8 +458,9 @@ def build_models(
             info[spec.name] = entry
             model_seconds[spec.name] = time.perf_counter() - t0
             say(f"{spec.name}: done in {model_seconds[spec.name]:.1f} s")
-        if not any((work / HOLDOUT_DIR).iterdir()):
-            (work / HOLDOUT_DIR).rmdir()
+        for folder in (HOLDOUT_DIR, EVALUATION_DIR, REFERENCE_DIR):
+            if (work / folder).is_dir() and not any((work / folder).iterdir()):
+                (work / folder).rmdir()
         write_model_info(work, info)
         write_sha256sums(work)
         _make_readable(work)

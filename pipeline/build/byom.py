@@ -20,6 +20,16 @@ batch dim runs all rows in one call; a fixed batch dim ``B`` runs the rows ``B``
 
 Output spec. ``output_shape`` is the batch dim of the graph's output (int, or null when
 dynamic; for TorchScript the input's batch dim) followed by the observed per-row shape.
+
+What relcert serves, and so imports: inputs of float32, float64 or int64 (fed as declared),
+and a batch dimension that is dynamic (requests are batched) or fixed at 1 (each request
+runs alone). A fixed batch larger than 1 is refused with a clear error: a request is one
+sample, and padding it with made-up rows could change what the model computes (re-export
+the model with a dynamic or batch-1 dimension).
+
+The model's evaluation set (``sla.evaluation``) and reference arrays are copied into the
+models folder (``evaluation/<name>.npz``, ``reference/<name>.npz``, as ``x`` and ``y``) so
+later stages score the model and draw realistic request inputs from them.
 """
 
 from __future__ import annotations
@@ -278,6 +288,70 @@ def _check_reference_inputs(
         )
 
 
+def _check_servable(spec: ModelSpec, src: Path, shape: tuple[int | None, ...], dtype: str) -> None:
+    from pipeline.build.config import INPUT_DTYPES
+
+    where = f"model {spec.name!r}"
+    if dtype not in INPUT_DTYPES:
+        raise BuildError(
+            f"{where}: {src} takes {dtype} inputs; relcert serves {', '.join(INPUT_DTYPES)} "
+            "inputs (fed to the model as declared): re-export the model with one of these"
+        )
+    if shape[0] not in (None, 1):
+        raise BuildError(
+            f"{where}: {src} has a fixed batch dimension of {shape[0]}; relcert serves a "
+            "dynamic batch dimension (requests are batched) or a fixed batch of 1 (each "
+            "request alone), never a padded batch: re-export with a dynamic or batch-1 "
+            f"dimension (input shape {_shape_text(shape)})"
+        )
+
+
+def _evaluation(
+    spec: ModelSpec, out_dir: Path, shape: tuple[int | None, ...], dtype: str, y_per_row: int
+) -> dict[str, Any] | None:
+    """Copy the SLA's evaluation set into the models folder; its model_info record."""
+    from pipeline.build.builder import EVALUATION_DIR, npz_bytes
+
+    sla = spec.sla
+    if sla is None:
+        return None
+    assert sla.inputs is not None and sla.truth is not None  # config: imported models
+    where = f"model {spec.name!r}"
+    x = _load_npy(spec, sla.inputs, "sla evaluation inputs")
+    y = _load_npy(spec, sla.truth, f"sla evaluation {sla.truth_kind}")
+    fits = x.ndim == len(shape) and all(
+        d is None or d == n for d, n in zip(shape[1:], x.shape[1:], strict=True)
+    )
+    if not fits or x.shape[0] == 0:
+        raise BuildError(
+            f"{where}: evaluation inputs {sla.inputs} have shape {list(x.shape)}, which does "
+            f"not fit the input shape {_shape_text(shape)}"
+        )
+    if y.shape[0] != x.shape[0]:
+        raise BuildError(
+            f"{where}: evaluation {sla.truth_kind} {sla.truth} have {y.shape[0]} rows for "
+            f"{x.shape[0]} input rows (one each needed)"
+        )
+    if sla.truth_kind == "labels":
+        if y.dtype.kind not in "iu" and not np.all(np.mod(y, 1) == 0):
+            raise BuildError(f"{where}: evaluation labels {sla.truth} must be class indices")
+        if y.min() < 0 or y.max() >= y_per_row:
+            raise BuildError(
+                f"{where}: evaluation labels {sla.truth} range {int(y.min())}..{int(y.max())}, "
+                f"but the model outputs {y_per_row} classes per row"
+            )
+    rel = f"{EVALUATION_DIR}/{spec.name}.npz"
+    (out_dir / EVALUATION_DIR).mkdir(exist_ok=True)
+    (out_dir / rel).write_bytes(npz_bytes(x=np.ascontiguousarray(x.astype(dtype)), y=y))
+    return {
+        **sla.to_record(),
+        "evaluation_file": rel,
+        "truth_kind": sla.truth_kind,
+        "rows": int(x.shape[0]),
+        "source": {"inputs": sla.inputs.name, sla.truth_kind: sla.truth.name},
+    }
+
+
 def import_model(
     spec: ModelSpec,
     out_dir: str | os.PathLike[str],
@@ -301,6 +375,7 @@ def import_model(
 
     loaded = (_load_onnx if spec.format == "onnx" else _load_torchscript)(spec, src, dest)
     shape, dtype = loaded.input_shape, loaded.input_dtype
+    _check_servable(spec, src, shape, dtype)
     if spec.feature_names is not None and (len(shape) != 2 or shape[1] is None):
         raise BuildError(
             f"{where}: feature_names in {spec.models_file} need an input shape [batch, n]; "
@@ -358,7 +433,13 @@ def import_model(
                 f"{spec.reference.outputs}: max abs difference {diff:.3g} exceeds atol "
                 f"{spec.reference.atol:g}"
             )
+        from pipeline.build.builder import REFERENCE_DIR, npz_bytes
+
+        (Path(out_dir) / REFERENCE_DIR).mkdir(exist_ok=True)
+        reference_rel = f"{REFERENCE_DIR}/{spec.name}.npz"
+        (Path(out_dir) / reference_rel).write_bytes(npz_bytes(x=x, y=ref))
         reference_record = {
+            "file": reference_rel,
             "inputs": spec.reference.inputs.name,
             "outputs": spec.reference.outputs.name,
             "count": int(x.shape[0]),
@@ -386,6 +467,8 @@ def import_model(
         "training_data": None,
         "holdout_metrics": None,
         "holdout_file": None,
+        "sla": _evaluation(spec, Path(out_dir), shape, dtype, int(np.prod(y.shape[1:]))),
+        "targets": dict(spec.targets),
         "parity": {
             "reference": reference_record,
             "probe_count": int(x.shape[0]),

@@ -13,7 +13,12 @@ The file is a mapping with one key, ``models``, a list of entries. Each entry is
   ``imported-<sha256[:12]>``), ``model_type`` (default ``imported``), ``feature_names``,
   ``class_names``.
 
-Both kinds accept ``description``. Any other key is an error, so a typo never goes unnoticed.
+Both kinds accept ``description``, ``sla`` (the model's quality evidence: ``metric``
+(accuracy, top_k_accuracy, pearson_r, mae, rmse), ``threshold``, ``k`` for top-k accuracy,
+and ``evaluation``: ``holdout`` for a built model, ``{inputs: x.npy, labels: y.npy}`` or
+``{inputs: x.npy, targets: y.npy}`` for an imported one) and ``targets`` (the model's own
+target values, e.g. ``{p99_latency_ms: 50}``: tightening the run's unless relaxing is
+allowed). Any other key is an error, so a typo never goes unnoticed.
 This module imports neither torch nor onnx.
 """
 
@@ -38,6 +43,7 @@ __all__ = [
     "INPUT_DTYPES",
     "ModelSpec",
     "ReferenceSpec",
+    "SlaSpec",
     "default_models_file",
     "load_models_config",
 ]
@@ -46,13 +52,14 @@ DEFAULT_BASE_VERSION = "1.0"
 DEFAULT_ATOL = 1e-5
 FORMATS = ("onnx", "torchscript")
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript"}
-INPUT_DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
+#: input element types relcert serves, fed to the model as declared
+INPUT_DTYPES = ("float32", "float64", "int64")
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _BUILDER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
-_COMMON_KEYS = {"name", "version", "description"}
+_COMMON_KEYS = {"name", "version", "description", "sla", "targets"}
 _BUILT_KEYS = _COMMON_KEYS | {"builder"}
 _IMPORTED_KEYS = _COMMON_KEYS | {
     "path",
@@ -68,6 +75,8 @@ _IMPORTED_KEYS = _COMMON_KEYS | {
     "class_names",
 }
 _REFERENCE_KEYS = {"inputs", "outputs", "atol"}
+_SLA_KEYS = {"metric", "threshold", "k", "evaluation"}
+HOLDOUT = "holdout"
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,24 @@ class ReferenceSpec:
     inputs: Path
     outputs: Path
     atol: float = DEFAULT_ATOL
+
+
+@dataclass(frozen=True)
+class SlaSpec:
+    """A model's quality SLA: `metric` >= (or <=) `threshold` on its evaluation set.
+
+    `inputs`/`truth` are .npy files (imported models); both None means the built model's
+    hold-out split. `truth_kind` is "labels" (class indices) or "targets" (values)."""
+
+    metric: str
+    threshold: float
+    k: int | None = None
+    inputs: Path | None = None
+    truth: Path | None = None
+    truth_kind: str = "labels"
+
+    def to_record(self) -> dict[str, Any]:
+        return {"metric": self.metric, "threshold": self.threshold, "k": self.k}
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,8 @@ class ModelSpec:
     feature_names: tuple[str, ...] | None = None
     class_names: tuple[str, ...] | None = None
     description: str | None = None
+    sla: SlaSpec | None = None
+    targets: tuple[tuple[str, float], ...] = ()
 
     @property
     def source(self) -> str:
@@ -190,6 +219,78 @@ def _reference(where: str, base: Path, value: Any) -> ReferenceSpec:
     )
 
 
+def _sla(where: str, base: Path, value: Any, built: bool) -> SlaSpec:
+    from pipeline.quality import SLA_METRICS
+
+    if not isinstance(value, Mapping):
+        raise _fail(
+            where, f"sla must be a mapping with metric, threshold, evaluation, got {value!r}"
+        )
+    unknown = sorted(set(map(str, value)) - _SLA_KEYS)
+    if unknown:
+        raise _fail(
+            where,
+            f"sla has unknown key(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {', '.join(sorted(_SLA_KEYS))})",
+        )
+    metric = value.get("metric")
+    if metric not in SLA_METRICS:
+        raise _fail(where, f"sla.metric must be one of {', '.join(SLA_METRICS)}, got {metric!r}")
+    if "threshold" not in value:
+        raise _fail(where, "sla needs a threshold (the value the metric must reach)")
+    threshold = _float(where, "sla.threshold", value["threshold"])
+    k = value.get("k")
+    if metric == "top_k_accuracy":
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise _fail(where, f"sla.k must be a positive int for top_k_accuracy, got {k!r}")
+    elif k is not None:
+        raise _fail(where, f"sla.k only applies to top_k_accuracy, not {metric}")
+    needs = SLA_METRICS[metric].needs
+    evaluation = value.get("evaluation")
+    if built:
+        if evaluation not in (None, HOLDOUT):
+            raise _fail(
+                where,
+                f"sla.evaluation of a built model must be '{HOLDOUT}' (its hold-out split), "
+                f"got {evaluation!r}",
+            )
+        return SlaSpec(metric, threshold, k, truth_kind=needs)
+    if not isinstance(evaluation, Mapping) or set(evaluation) != {"inputs", needs}:
+        raise _fail(
+            where,
+            f"sla.evaluation must be {{inputs: x.npy, {needs}: y.npy}} for {metric}, "
+            f"got {evaluation!r}",
+        )
+    return SlaSpec(
+        metric,
+        threshold,
+        k,
+        inputs=_resolve(base, evaluation["inputs"], where, "sla.evaluation.inputs"),
+        truth=_resolve(base, evaluation[needs], where, f"sla.evaluation.{needs}"),
+        truth_kind=needs,
+    )
+
+
+def _own_targets(where: str, value: Any) -> tuple[tuple[str, float], ...]:
+    """A model's own target values: known per-model metrics, finite numbers >= 0 (the
+    tightening rule is checked against the run's targets when a run starts)."""
+    from pipeline.metrics import METRICS
+
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"targets must map metric names to values, got {value!r}")
+    per_model = [n for n, m in METRICS.items() if m.scope != "run"]
+    out = []
+    for name, number in value.items():
+        if name not in per_model:
+            raise _fail(
+                where,
+                f"targets: {name!r} is not a per-model metric (per-model metrics: "
+                f"{', '.join(per_model)})",
+            )
+        out.append((str(name), _float(where, f"targets.{name}", number)))
+    return tuple(out)
+
+
 def _format(where: str, fmt: Any, path: Path) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
@@ -242,6 +343,9 @@ def _entry(index: int, raw: Any, models_file: Path) -> ModelSpec:
     description = raw.get("description")
     if description is not None:
         description = _string(where, "description", description)
+    base = models_file.parent
+    sla = None if raw.get("sla") is None else _sla(where, base, raw["sla"], has_builder)
+    targets = () if raw.get("targets") is None else _own_targets(where, raw["targets"])
 
     if has_builder:
         builder = raw["builder"]
@@ -253,9 +357,10 @@ def _entry(index: int, raw: Any, models_file: Path) -> ModelSpec:
             builder=builder,
             version=version,
             description=description,
+            sla=sla,
+            targets=targets,
         )
 
-    base = models_file.parent
     path = _resolve(base, raw["path"], where, "path")
     fmt = _format(where, raw.get("format"), path)
     input_shape = _shape(where, raw.get("input_shape"))
@@ -268,7 +373,9 @@ def _entry(index: int, raw: Any, models_file: Path) -> ModelSpec:
     input_dtype = raw.get("input_dtype")
     if input_dtype is not None and input_dtype not in INPUT_DTYPES:
         raise _fail(
-            where, f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}"
+            where,
+            f"input_dtype must be one of {', '.join(INPUT_DTYPES)} (relcert feeds inputs to the "
+            f"model as declared), got {input_dtype!r}",
         )
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
@@ -304,6 +411,8 @@ def _entry(index: int, raw: Any, models_file: Path) -> ModelSpec:
         if raw.get("class_names") is None
         else _string_list(where, "class_names", raw["class_names"]),
         description=description,
+        sla=sla,
+        targets=targets,
     )
 
 

@@ -358,11 +358,18 @@ def run_gate(
     `<run_dir>/data_docs/`. Raises GateError when the table is missing or lacks a contract
     column; a failed expectation is not an error here (see `raise_for_gate`).
     """
-    from pipeline.stages.common import RunDir
+    from pipeline.stages.common import RunDir, StageError
 
     root = Path(run_dir).resolve()
-    attempt_id = RunDir(root).attempt_id()
-    specs = suite_spec(stage, targets if targets is not None else load_targets(), attempt_id)
+    run = RunDir(root)
+    attempt_id = run.attempt_id()
+    try:
+        model_info = run.model_info()
+    except StageError:
+        model_info = None  # no models in this folder: the run-level criteria only
+    specs = suite_spec(
+        stage, targets if targets is not None else load_targets(), attempt_id, model_info
+    )
     contract = TABLES[stage]
     if table is None:
         table = _read_table(contract, root)

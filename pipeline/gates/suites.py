@@ -7,9 +7,11 @@ Which target bounds which column is one table (`TARGET_BOUNDS`), not code per st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.criteria import Planned, plan
 from pipeline.gates.contracts import STAGES, TABLES, TableContract
 from pipeline.names import Status
 from pipeline.stages.contracts import ATTEMPT_COLUMN
@@ -68,20 +70,6 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
         "parity_max_abs_diff",
         "parity max |diff| of every exported model",
         floor=0.0,
-    ),
-    TargetBound(
-        "integration",
-        "routing_accuracy",
-        "measured",
-        "routing accuracy of every model_sla_routing_accuracy check",
-        where=(("check", "model_sla_routing_accuracy"), _MEASURED),
-    ),
-    TargetBound(
-        "integration",
-        "quality_correlation",
-        "measured",
-        "quality correlation of every model_sla_quality_correlation check",
-        where=(("check", "model_sla_quality_correlation"), _MEASURED),
     ),
     TargetBound(
         "integration",
@@ -191,18 +179,26 @@ def _bound_spec(bound: TargetBound, target: Target) -> ExpectationSpec:
     )
 
 
-def _certification_bounds(targets: Targets) -> tuple[TargetBound, ...]:
-    """One independent re-check per declared target, on that target's measured row."""
-    return tuple(
-        TargetBound(
-            "certify", name, "measured", f"measured {name}", where=(("name", name), _MEASURED)
+def _certification_bounds(planned: list[Planned]) -> list[tuple[TargetBound, Target]]:
+    """One independent re-check per planned criterion with a target, on its measured row."""
+    return [
+        (
+            TargetBound(
+                "certify",
+                p.name,
+                "measured",
+                f"measured {p.name}",
+                where=(("name", p.name), _MEASURED),
+            ),
+            p.target,
         )
-        for name in targets
-    )
+        for p in planned
+        if p.target is not None
+    ]
 
 
 def _row_count_specs(
-    stage: str, contract: TableContract, targets: Targets
+    stage: str, contract: TableContract, targets: Targets, planned: list[Planned]
 ) -> list[ExpectationSpec]:
     if stage != "certify":
         return [
@@ -212,16 +208,18 @@ def _row_count_specs(
                 f"{contract.path} has at least one {contract.row_noun}",
             )
         ]
+    names = [p.name for p in planned]
     return [
         ExpectationSpec(
             "expect_table_row_count_to_equal",
-            {"value": len(targets)},
-            f"{contract.path} has one row per declared target ({len(targets)} rows)",
+            {"value": len(names)},
+            f"{contract.path} has one row per planned criterion ({len(names)} rows)",
         ),
         ExpectationSpec(
             "expect_column_distinct_values_to_equal_set",
-            {"column": "name", "value_set": list(targets)},
-            f"the criteria are exactly the {len(targets)} targets declared in {targets.source}",
+            {"column": "name", "value_set": names},
+            f"the criteria are exactly the {len(names)} planned from {targets.source} and the "
+            "run's models",
         ),
     ]
 
@@ -253,10 +251,15 @@ def _status_specs(contract: TableContract, verdict: str) -> list[ExpectationSpec
 
 
 def suite_spec(
-    stage: str, targets: Targets, attempt_id: str | None = None
+    stage: str,
+    targets: Targets,
+    attempt_id: str | None = None,
+    model_info: Mapping[str, Any] | None = None,
 ) -> list[ExpectationSpec]:
     """The expectations of `stage`'s gate, with thresholds taken from `targets`; with an
-    `attempt_id`, every row must carry it (evidence of another attempt fails the gate).
+    `attempt_id`, every row must carry it (evidence of another attempt fails the gate). The
+    certify gate expects exactly the criteria planned for `targets` and the run's models
+    (`model_info`, pipeline.criteria.plan) and re-checks each against its own target.
 
     A target bound whose metric is not declared in `targets` is left out: a targets file
     may certify a subset of the known metrics.
@@ -264,7 +267,8 @@ def suite_spec(
     if stage not in TABLES:
         raise ValueError(f"unknown gate stage {stage!r}; known stages: {', '.join(STAGES)}")
     contract = TABLES[stage]
-    specs = _row_count_specs(stage, contract, targets)
+    planned = plan(targets, model_info) if stage == "certify" else []
+    specs = _row_count_specs(stage, contract, targets, planned)
     if attempt_id is not None:
         specs.append(_attempt_spec(contract, attempt_id))
     if stage in _STATUS_VERDICT:
@@ -282,12 +286,13 @@ def suite_spec(
             )
         )
 
-    bounds = TARGET_BOUNDS + (_certification_bounds(targets) if stage == "certify" else ())
-    for bound in bounds:
-        if bound.stage != stage or bound.target not in targets:
+    bounds = [(b, targets[b.target]) for b in TARGET_BOUNDS if b.target in targets]
+    bounds += _certification_bounds(planned)
+    for bound, target in bounds:
+        if bound.stage != stage:
             continue
         specs.append(_not_null(contract, bound.column, bound.where))
-        specs.append(_bound_spec(bound, targets[bound.target]))
+        specs.append(_bound_spec(bound, target))
 
     for bound_stage, column, low, high, meaning in _FIXED_BOUNDS:
         if bound_stage == stage:

@@ -347,25 +347,30 @@ class ProductionInferenceEngine:
 
     @staticmethod
     def _coerce(model: LoadedModel, value: Any) -> np.ndarray:
+        dtype = model.dtype
         if isinstance(value, np.ndarray):
             x = value
         elif hasattr(value, "detach"):  # a torch tensor; no torch import needed
             x = value.detach().cpu().numpy()
         else:
             try:
-                x = np.asarray(value, dtype=np.float32)
-            except (TypeError, ValueError) as exc:
+                x = np.asarray(value, dtype=dtype if dtype.kind == "f" else None)
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidInputError(
-                    f"model {model.info.key!r}: input must be numeric with shape "
+                    f"model {model.info.key!r}: input must be numeric ({dtype}) with shape "
                     f"{list(model.feature_shape)}, got {type(value).__name__}: {exc}"
                 ) from None
-        if x.dtype != np.float32:
+        if x.dtype != dtype:
             if x.dtype.kind not in "fiub":
                 raise InvalidInputError(
-                    f"model {model.info.key!r}: input dtype must be numeric (float32 expected), "
-                    f"got {x.dtype}"
+                    f"model {model.info.key!r}: input dtype must be numeric ({dtype} "
+                    f"expected), got {x.dtype}"
                 )
-            x = x.astype(np.float32)
+            if dtype.kind in "iu" and x.dtype.kind == "f" and not _integral(x):
+                raise InvalidInputError(
+                    f"model {model.info.key!r}: takes {dtype} inputs; got non-integer values"
+                )
+            x = x.astype(dtype)
         shape = model.feature_shape
         if x.shape != shape:
             if x.shape == (1, *shape):
@@ -463,16 +468,22 @@ class ProductionInferenceEngine:
         pool = self.memory_pool
         if pool is not None:
             try:
-                base = pool.allocate_tensor((_bucket(n, self._max_batch), *model.feature_shape))
+                base = pool.allocate_tensor(
+                    (_bucket(n, self._max_batch), *model.feature_shape), model.dtype
+                )
                 inputs = base[:n]
             except PoolExhaustedError:
                 self._stats["unpooled_batches"] += 1
-                inputs = np.empty((n, *model.feature_shape), dtype=np.float32)
+                inputs = np.empty((n, *model.feature_shape), dtype=model.dtype)
         else:
-            inputs = np.empty((n, *model.feature_shape), dtype=np.float32)
+            inputs = np.empty((n, *model.feature_shape), dtype=model.dtype)
         try:
             np.stack([r.x for r in batch], out=inputs)
-            finite = np.isfinite(inputs.reshape(n, -1)).all(axis=1)
+            finite = (
+                np.isfinite(inputs.reshape(n, -1)).all(axis=1)
+                if model.dtype.kind == "f"
+                else np.ones(n, dtype=bool)
+            )
             if not finite.all():
                 for request, ok in zip(batch, finite, strict=True):
                     if not ok:
@@ -725,3 +736,8 @@ class ProductionInferenceEngine:
 def as_batch(inputs: Sequence[Any]) -> np.ndarray:
     """Stack request inputs into one float32 batch (a helper for callers and tests)."""
     return np.stack([np.asarray(x, dtype=np.float32) for x in inputs])
+
+
+def _integral(x: np.ndarray) -> bool:
+    """Every value of a float array is a whole number (fit for an integer input)."""
+    return bool(np.isfinite(x).all() and np.all(np.mod(x, 1) == 0))

@@ -69,6 +69,10 @@ class ModelInfo(RecordMixin):
         return int(first) if first is not None else None
 
 
+#: input element types the engine serves (fed to the model as declared)
+SERVED_DTYPES = ("float32", "float64", "int64")
+
+
 @dataclass
 class LoadedModel:
     """A loaded, verified runtime plus the facts a batch needs. Swapped whole on reload."""
@@ -81,6 +85,19 @@ class LoadedModel:
     fixed_batch_size: int | None
     priority: bool = False
     last_used: float = 0.0
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+
+
+def dummy_batch(
+    shape: tuple[int, ...], dtype: Any, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """A batch for warm-up and probing: uniform [0, 1) floats, or zeros for integer inputs
+    (0 is a valid index for any embedding or category input)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        rng = rng or np.random.default_rng(0)
+        return rng.random(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)
 
 
 class ProductionModelManager:
@@ -143,6 +160,13 @@ class ProductionModelManager:
         input_shape = entry.get("input_shape")
         output_shape = entry.get("output_shape")
         legacy = bool(entry) and not files
+        if legacy:
+            # the original plan wrote feature dimensions only (`input_shape: [10]`,
+            # `output_shape: [1]`): the batch dimension is implied and dynamic
+            if input_shape and len(input_shape) == 1:
+                input_shape = [None, *input_shape]
+            if output_shape and len(output_shape) == 1:
+                output_shape = [None, *output_shape]
         metadata = {k: v for k, v in entry.items() if k not in {"files", "input_shape"}}
         metadata["legacy_info"] = legacy
         return ModelInfo(
@@ -224,6 +248,11 @@ class ProductionModelManager:
 
     def _build(self, info: ModelInfo, *, priority: bool) -> LoadedModel:
         started = time.perf_counter()
+        if info.input_dtype not in SERVED_DTYPES:
+            raise ModelLoadError(
+                f"model {info.key!r}: input dtype {info.input_dtype} is not served; relcert "
+                f"serves {', '.join(SERVED_DTYPES)} inputs"
+            )
         data, digest = self._read_verified(info)
         runtime = load_runtime(info.format, data, num_threads=self.num_threads, label=info.key)
         self._settle_shapes(info, runtime)
@@ -232,7 +261,7 @@ class ProductionModelManager:
         if info.format == "torchscript" and info.metadata.get("legacy_info") and fixed == 1:
             # The plan's model_info.json wrote example shapes like [1, 10]; a TorchScript
             # module may still accept any batch. Probe it rather than trust the example.
-            fixed = None if _accepts_batch(runtime, info.feature_shape, 2) else 1
+            fixed = None if _accepts_batch(runtime, info.feature_shape, 2, info.input_dtype) else 1
         warm_ms = None
         if self.warmup_enabled:
             warm_started = time.perf_counter()
@@ -253,6 +282,7 @@ class ProductionModelManager:
             fixed_batch_size=fixed,
             priority=priority,
             last_used=time.monotonic(),
+            dtype=np.dtype(info.input_dtype),
         )
 
     @staticmethod
@@ -260,6 +290,8 @@ class ProductionModelManager:
         spec = getattr(runtime, "spec", None)
         if spec is not None:  # ONNX: the graph is the authority on shapes
             graph_shape = list(spec.input_shape)
+            if info.metadata.get("legacy_info") and len(info.input_shape) == len(graph_shape) - 1:
+                info.input_shape = [graph_shape[0], *info.input_shape]  # feature dims only
             if info.input_shape and len(info.input_shape) != len(graph_shape):
                 raise ModelLoadError(
                     f"model {info.key!r}: model_info.json input_shape {info.input_shape} "
@@ -292,7 +324,7 @@ class ProductionModelManager:
         sizes = (fixed,) if fixed else self.warmup_batch_sizes
         for _ in range(self.warmup_rounds):
             for size in sizes:
-                batch = rng.random((size, *info.feature_shape), dtype=np.float32)
+                batch = dummy_batch((size, *info.feature_shape), info.input_dtype, rng)
                 try:
                     out = runtime.run(batch)
                 except Exception as exc:
@@ -371,7 +403,11 @@ class ProductionModelManager:
             return False
 
     def register_null_model(
-        self, name: str, feature_shape: tuple[int, ...], output_shape: tuple[int, ...] = (1,)
+        self,
+        name: str,
+        feature_shape: tuple[int, ...],
+        output_shape: tuple[int, ...] = (1,),
+        dtype: str = "float32",
     ) -> str:
         """Register and load `<name>_null`: a model that does no work, for measuring the
         harness's own ceiling (calibration). Returns its key."""
@@ -386,6 +422,7 @@ class ProductionModelManager:
             version="null",
             input_shape=[None, *feature_shape],
             output_shape=[None, *output_shape],
+            input_dtype=dtype,
             loaded=True,
             warmup_complete=True,
             generation=1,
@@ -394,7 +431,13 @@ class ProductionModelManager:
         with self._lock:
             self.model_info[key] = info
             self._loaded[key] = LoadedModel(
-                info, NullRuntime(output_shape), 1, "null", tuple(feature_shape), None
+                info,
+                NullRuntime(output_shape),
+                1,
+                "null",
+                tuple(feature_shape),
+                None,
+                dtype=np.dtype(dtype),
             )
         return key
 
@@ -456,9 +499,11 @@ class ProductionModelManager:
         }
 
 
-def _accepts_batch(runtime: Runtime, feature_shape: tuple[int, ...], size: int) -> bool:
+def _accepts_batch(
+    runtime: Runtime, feature_shape: tuple[int, ...], size: int, dtype: str = "float32"
+) -> bool:
     try:
-        out = runtime.run(np.zeros((size, *feature_shape), dtype=np.float32))
+        out = runtime.run(np.zeros((size, *feature_shape), dtype=dtype))
     except Exception:
         return False
     return out.shape[0] == size

@@ -316,28 +316,36 @@ def _evidence_gate(source: str) -> str | None:
 
 
 def _measure_sources() -> dict[str, str]:
-    try:
-        from pipeline.stages.certify import MEASURES
-    except ImportError:  # pragma: no cover - the stages package is part of relcert
-        return {}
-    return {name: source for name, (_, source) in MEASURES.items()}
+    """metric -> the table or summary its measurement reads."""
+    from pipeline.metrics import MODEL_QUALITY
+    from pipeline.stages.certify import MEASURES, QUALITY_MEASURE
+
+    sources = {name: source for name, (_, source) in MEASURES.items()}
+    sources[MODEL_QUALITY] = QUALITY_MEASURE[1]
+    return sources
 
 
 def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
-    """One row per criterion: the certify table's record (its target, threshold, measured,
-    met and valid), in the order of `targets`, then any other rows of the table. A target
-    without a row (the certify stage did not run) is unmet and unmeasured."""
+    """One row per criterion: the certify table's record (target, threshold, status,
+    measured, met), in the order of the run's plan (pipeline.criteria.plan: each target for
+    the mix and per model, then each model's quality SLA), then any other rows of the table.
+    A planned criterion without a row (the certify stage did not run) is not run."""
+    from pipeline.criteria import plan
     from pipeline.targets import Target
 
     table = read_csv(root, CRITERIA_TABLE)
     by_name = {row.get("name"): row for row in table or []}
-    declared = {t.name: t for t in targets.values()} if targets is not None else {}
-    names = list(declared) + [n for n in by_name if n and n not in declared]
+    info = read_json(root, "models/model_info.json") or {}
+    planned = {p.name: p for p in plan(targets, info)} if targets is not None else {}
+    names = list(planned) + [n for n in by_name if n and n not in planned]
     sources = _measure_sources()
     rows = []
     for name in names:
         row = by_name.get(name)
-        declared_target = declared.get(name)
+        wanted = planned.get(name)
+        declared_target = wanted.target if wanted is not None else None
+        metric = (wanted.metric if wanted else None) or (row or {}).get("metric") or name
+        model = (wanted.model if wanted else None) or (row or {}).get("model") or None
         if row is not None:
             direction = row.get("direction") or (declared_target and declared_target.direction)
             target = Target(
@@ -349,7 +357,7 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
                 unit=row.get("unit") or (declared_target.unit if declared_target else ""),
             )
             measured = as_float(row.get("measured"))
-            source = row.get("source") or sources.get(name, "")
+            source = row.get("source") or sources.get(metric, "")
             met, valid = as_bool(row.get("met")) is True, as_bool(row.get("valid")) is True
             status = row.get("status") or str(Status.NOT_RUN)
             samples = int(as_float(row.get("samples")) or 0)
@@ -357,20 +365,24 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
             threshold = as_float(row.get("threshold"))
             threshold = target.threshold if threshold is None else threshold
         else:
-            target = declared_target
+            from pipeline.criteria import placeholder_target
+
+            target = declared_target or placeholder_target(wanted)
             measured, met, valid, samples = None, False, False, 0
             status = str(Status.NOT_RUN)
-            source = sources.get(name, "")
+            source = sources.get(metric, "")
             threshold = target.threshold
             detail = (
                 "not measured: the certify stage did not run"
                 if table is None
-                else f"not measured: {CRITERIA_TABLE} has no row for this target"
+                else f"not measured: {CRITERIA_TABLE} has no row for this criterion"
             )
         margin = target.margin(measured)
         rows.append(
             {
                 "name": name,
+                "metric": metric,
+                "model": model,
                 "category": target.category,
                 "description": declared_target.description if declared_target else "",
                 "rule": target.describe(),

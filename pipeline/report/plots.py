@@ -129,9 +129,14 @@ def _latency_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 def _latency_vs_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     table = "stages/load/capacity.csv"
     frame = _read(root, table, ("offered_rps", "p50_ms", "p99_ms")).sort_values("offered_rps")
+    if "subject" not in frame.columns:
+        frame["subject"] = "mix"
     fig, (ax,) = _figure()
-    ax.plot(frame["offered_rps"], frame["p50_ms"], "o-", color=_COLOURS["p50"], label="p50")
-    ax.plot(frame["offered_rps"], frame["p99_ms"], "s-", color=_COLOURS["p99"], label="p99")
+    mix = frame[frame["subject"] == "mix"]
+    ax.plot(mix["offered_rps"], mix["p50_ms"], "o-", color=_COLOURS["p50"], label="p50 (mix)")
+    ax.plot(mix["offered_rps"], mix["p99_ms"], "s-", color=_COLOURS["p99"], label="p99 (mix)")
+    for subject, part in frame[frame["subject"] != "mix"].groupby("subject"):
+        ax.plot(part["offered_rps"], part["p99_ms"], "^--", linewidth=1, label=f"p99 ({subject})")
     bound = _threshold(criteria, "p99_latency_ms")
     if bound:
         ax.axhline(bound, color=_COLOURS["p99"], linestyle="--", linewidth=1, label="p99 bound")

@@ -33,12 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.criteria import Planned, placeholder_target, plan
 from pipeline.loadgen import min_samples_for
+from pipeline.metrics import MODEL_QUALITY
 from pipeline.names import Status
+from pipeline.stages.common import StageError
 from pipeline.stages.context import StageContext
 from pipeline.verdicts import Criterion, Measurement, NotApplicable, NotRun, judge
 
-__all__ = ["MEASURES", "measure_targets", "run"]
+__all__ = ["MEASURES", "QUALITY_MEASURE", "measure_targets", "run"]
 
 #: samples a mean latency or a success rate needs to be claimed
 MIN_REQUESTS = 100
@@ -82,16 +85,25 @@ class Evidence:
         return requests[~requests["warmup"].astype(bool)]
 
 
-Measure = Callable[[Evidence], Measurement]
+Measure = Callable[[Evidence, str | None], Measurement]
+
+
+def _requests(ev: Evidence, model: str | None):
+    requests = ev.load_requests()
+    return requests if model is None else requests[requests["model"] == model]
+
+
+def _who(model: str | None) -> str:
+    return "load-scenario requests" if model is None else f"load-scenario requests of {model}"
 
 
 def _latency(q: float | None) -> tuple[Measure, str]:
-    def measure(ev: Evidence) -> Measurement:
-        lat = ev.load_requests()["latency_ms"].to_numpy(dtype=float)
+    def measure(ev: Evidence, model: str | None) -> Measurement:
+        lat = _requests(ev, model)["latency_ms"].to_numpy(dtype=float)
         lat = lat[np.isfinite(lat)]
         need = min_samples_for(q) if q else MIN_REQUESTS
         if not len(lat):
-            return Measurement(math.nan, 0, need, "no load-scenario request was answered")
+            return Measurement(math.nan, 0, need, f"no {_who(model)} was answered")
         value = float(lat.mean()) if q is None else float(np.percentile(lat, q))
         what = "mean" if q is None else f"p{q:g}"
         warmup_s = ev.summary("load")["warmup_s"]
@@ -99,41 +111,47 @@ def _latency(q: float | None) -> tuple[Measure, str]:
             value,
             len(lat),
             need,
-            f"{what} over {len(lat)} load-scenario requests after a {warmup_s:g} s warm-up "
-            f"per scenario (needs >= {need} samples)",
+            f"{what} over {len(lat)} {_who(model)} after a {warmup_s:g} s warm-up per "
+            f"scenario (needs >= {need} samples)",
         )
 
     return measure, "stages/load/requests.csv"
 
 
 def _success(error: bool) -> tuple[Measure, str]:
-    def measure(ev: Evidence) -> Measurement:
-        requests = ev.load_requests()
+    def measure(ev: Evidence, model: str | None) -> Measurement:
+        requests = _requests(ev, model)
         n = len(requests)
         rate = float(requests["success"].astype(bool).mean()) if n else math.nan
         return Measurement(
             1.0 - rate if error else rate,
             n,
             MIN_REQUESTS,
-            f"over {n} load-scenario requests after warm-up (lost requests count as errors)",
+            f"over {n} {_who(model)} after warm-up (lost requests count as errors)",
         )
 
     return measure, "stages/load/requests.csv"
 
 
-def _sustained(ev: Evidence) -> Measurement:
+def _sustained(ev: Evidence, model: str | None) -> Measurement:
     cap = ev.summary("load")["capacity"]
+    if model is not None:
+        per_model = cap.get("per_model") or {}
+        if model not in per_model:
+            raise NotRun("load", f"not run: the load stage searched no capacity for {model}")
+        cap = per_model[model]
     capped = " (the search's cap: capacity is at least this)" if cap["capped"] else ""
+    who = "the mix" if model is None else f"{model} alone"
     return Measurement(
         float(cap["max_sustained_rps"]),
         int(cap["best_samples"]) if cap["trials"] else 0,
         1,
-        f"highest open-loop rate with p99 <= {cap['p99_bound_ms']:g} ms, success >= 99%, "
-        f"generator valid, over {cap['trials']} trials{capped}",
+        f"highest open-loop rate of {who} with p99 <= {cap['p99_bound_ms']:g} ms, success >= "
+        f"99%, generator valid, over {cap['trials']} trials{capped}",
     )
 
 
-def _peak(ev: Evidence) -> Measurement:
+def _peak(ev: Evidence, model: str | None) -> Measurement:
     peak = ev.summary("load")["peak"]
     samples = sum(int(b["requests"]) for b in peak["bursts"])
     return Measurement(
@@ -144,7 +162,7 @@ def _peak(ev: Evidence) -> Measurement:
     )
 
 
-def _memory(ev: Evidence) -> Measurement:
+def _memory(ev: Evidence, model: str | None) -> Measurement:
     memory = ev.summary("load")["memory"]
     samples = len(ev.table("load", "resources"))
     return Measurement(
@@ -155,7 +173,7 @@ def _memory(ev: Evidence) -> Measurement:
     )
 
 
-def _reuse(ev: Evidence) -> Measurement:
+def _reuse(ev: Evidence, model: str | None) -> Measurement:
     memory = ev.summary("load")["memory"]
     value = memory.get("pool_reuse_ratio")
     allocations = int(memory.get("pool_allocations") or 0)
@@ -167,7 +185,7 @@ def _reuse(ev: Evidence) -> Measurement:
     )
 
 
-def _concurrency(ev: Evidence) -> Measurement:
+def _concurrency(ev: Evidence, model: str | None) -> Measurement:
     conc = ev.summary("load")["concurrency"]
     return Measurement(
         float(conc["supported_users"]),
@@ -178,7 +196,7 @@ def _concurrency(ev: Evidence) -> Measurement:
     )
 
 
-def _cache(ev: Evidence) -> Measurement:
+def _cache(ev: Evidence, model: str | None) -> Measurement:
     cache = ev.summary("load")["cache"]
     return Measurement(
         float(cache["hit_rate"]),
@@ -188,27 +206,44 @@ def _cache(ev: Evidence) -> Measurement:
     )
 
 
-def _integration(check: str, reduce: str = "single") -> tuple[Measure, str]:
-    def measure(ev: Evidence) -> Measurement:
-        checks = ev.table("integration", "checks")
-        rows = checks[checks["check"].astype(str).str.startswith(check)]
-        rows = rows[rows["status"] != str(Status.NOT_APPLICABLE)]
-        if rows.empty:
-            raise NotApplicable(f"no '{check}' check applies to this run's models")
-        values = rows["measured"].astype(float)
-        if values.isna().any():
-            return Measurement(
-                math.nan, len(rows), len(rows), f"{check}: a check could not measure"
-            )
-        if reduce in ("max", "min"):
-            value = float(values.max() if reduce == "max" else values.min())
-            return Measurement(value, len(rows), 1, f"worst of {len(rows)} {check} checks")
-        return Measurement(float(values.iloc[0]), 1, 1, str(rows["detail"].iloc[0]))
-
-    return measure, "stages/integration/checks.csv"
+def _checks(ev: Evidence, check: str, model: str | None):
+    """The integration rows of `check` (a prefix) for `model` (None: every model) that
+    apply (not applicable rows are left out); NotApplicable when none does."""
+    checks = ev.table("integration", "checks")
+    rows = checks[checks["check"].astype(str).str.startswith(check)]
+    if model is not None:
+        rows = rows[rows["model"] == model]
+    applicable = rows[rows["status"] != str(Status.NOT_APPLICABLE)]
+    if applicable.empty:
+        why = "; ".join(sorted(set(rows["detail"].dropna().astype(str)))) or "no check applies"
+        raise NotApplicable(f"not applicable: {why}")
+    return applicable
 
 
-#: metric name -> (measure(evidence) -> Measurement, the table or summary it reads)
+def _initialisation(ev: Evidence, model: str | None) -> Measurement:
+    rows = _checks(ev, "initialization", None)
+    value = float(rows["measured"].iloc[0])
+    return Measurement(value, 1, 1, str(rows["detail"].iloc[0]))
+
+
+def _parity(ev: Evidence, model: str | None) -> Measurement:
+    rows = _checks(ev, "parity_", model)
+    values = rows["measured"].astype(float)
+    if values.isna().any():
+        return Measurement(math.nan, len(rows), len(rows), "a parity check could not measure")
+    checks = ", ".join(sorted(set(rows["check"].astype(str))))
+    return Measurement(float(values.max()), len(rows), 1, f"worst of {len(rows)} checks ({checks})")
+
+
+def _quality(ev: Evidence, model: str | None) -> Measurement:
+    rows = _checks(ev, MODEL_QUALITY, model)
+    row = rows.iloc[0]
+    return Measurement(
+        float(row["measured"]), int(row.get("samples", 1) or 1), 1, str(row["detail"])
+    )
+
+
+#: metric name -> (measure(evidence, model or None) -> Measurement, what it reads)
 MEASURES: dict[str, tuple[Measure, str]] = {
     "average_inference_latency_ms": _latency(None),
     "p95_latency_ms": _latency(95),
@@ -221,31 +256,47 @@ MEASURES: dict[str, tuple[Measure, str]] = {
     "error_rate": _success(error=True),
     "concurrent_users_supported": (_concurrency, "stages/load/summary.json"),
     "cache_hit_rate": (_cache, "stages/load/summary.json"),
-    "routing_accuracy": _integration("model_sla_routing_accuracy", "min"),
-    "quality_correlation": _integration("model_sla_quality_correlation", "min"),
-    "model_initialization_s": _integration("initialization"),
-    "parity_max_abs_diff": _integration("parity_", "max"),
+    "model_initialization_s": (_initialisation, "stages/integration/checks.csv"),
+    "parity_max_abs_diff": (_parity, "stages/integration/checks.csv"),
 }
+#: each model's quality SLA (model_quality[<model>]), measured by the integration stage
+QUALITY_MEASURE: tuple[Measure, str] = (_quality, "stages/integration/checks.csv")
+
+
+def _criterion(evidence: Evidence, planned: Planned) -> Criterion:
+    measure, source = (
+        QUALITY_MEASURE if planned.metric == MODEL_QUALITY else MEASURES[planned.metric]
+    )
+    who = {"metric": planned.metric, "model": planned.model}
+    if planned.target is None:
+        return judge(
+            placeholder_target(planned),
+            source,
+            status=Status.NOT_APPLICABLE,
+            detail=f"not applicable: {planned.reason}",
+            **who,
+        )
+    try:
+        return judge(planned.target, source, measure(evidence, planned.model), **who)
+    except NotRun as exc:
+        return judge(planned.target, source, status=Status.NOT_RUN, detail=str(exc), **who)
+    except NotApplicable as exc:
+        return judge(planned.target, source, status=Status.NOT_APPLICABLE, detail=str(exc), **who)
 
 
 def measure_targets(
     ctx: StageContext | str | Path, targets=None, profile: str = "smoke"
 ) -> list[Criterion]:
-    """One criterion per target of the run, measured from this attempt's tables."""
+    """One criterion per planned criterion of the run (pipeline.criteria.plan: each target
+    for the mix and per model, each model's quality SLA), measured from this attempt."""
     if not isinstance(ctx, StageContext):
         ctx = StageContext.open(ctx, "certify", profile, targets=targets)
     evidence = Evidence(ctx)
-    criteria = []
-    for target in (targets or ctx.targets).values():
-        measure, source = MEASURES[target.name]
-        try:
-            criterion = judge(target, source, measure(evidence))
-        except NotRun as exc:
-            criterion = judge(target, source, status=Status.NOT_RUN, detail=str(exc))
-        except NotApplicable as exc:
-            criterion = judge(target, source, status=Status.NOT_APPLICABLE, detail=str(exc))
-        criteria.append(criterion)
-    return criteria
+    try:
+        info = ctx.run.model_info()
+    except StageError:
+        info = {}
+    return [_criterion(evidence, p) for p in plan(targets or ctx.targets, info)]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -211,6 +211,8 @@ def check_row(
     limit: float = float("nan"),
     detail: str = "",
     status: str = "measured",
+    fmt: str = "",
+    samples: int = 1,
 ) -> dict[str, Any]:
     """One row of a checks table (integration, infra): the gates' contract columns.
 
@@ -222,9 +224,11 @@ def check_row(
     return {
         "check": check,
         "model": model,
+        "format": fmt,
         "status": str(status),
         "passed": bool(passed) and status == Status.MEASURED,
         "measured": float(measured),
+        "samples": int(samples),
         "unit": unit,
         "limit": float(limit),
         "detail": detail,
@@ -257,18 +261,46 @@ def serving_keys(info: dict[str, Any], fmt: str = SERVING_FORMAT) -> dict[str, s
     return keys
 
 
+def row_shapes(entry: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(one request's input shape, one answer's output shape) of a model_info entry. An
+    entry written the original plan's way (no `files`) gives feature dimensions only."""
+    legacy = not entry.get("files")
+    shapes = []
+    for key in ("input_shape", "output_shape"):
+        shape = list(entry.get(key) or [])
+        if not (legacy and len(shape) == 1):
+            shape = shape[1:]
+        shapes.append(tuple(int(d) for d in shape if d is not None))
+    return shapes[0], shapes[1]
+
+
+def _source_rows(run: RunDir, entry: dict[str, Any]) -> np.ndarray | None:
+    """Realistic inputs recorded with the model: its hold-out split, its evaluation set or
+    its reference inputs (the first that exists)."""
+    sla = entry.get("sla") or {}
+    reference = (entry.get("parity") or {}).get("reference") or {}
+    for rel in (entry.get("holdout_file"), sla.get("evaluation_file"), reference.get("file")):
+        if rel and (run.models / rel).exists():
+            with np.load(run.models / rel) as data:
+                return np.asarray(data["x"])
+    return None
+
+
 def input_pool(run: RunDir, info: dict[str, Any], name: str, count: int, seed: int) -> np.ndarray:
-    """`count` realistic request inputs for model `name`: rows of its hold-out split when
-    there is one (resampled with a little jitter, so they do not repeat), else uniform
-    random values of its input shape."""
+    """`count` realistic request inputs for model `name`, in its own input dtype: rows of
+    its hold-out split, evaluation set or reference inputs when it has one (resampled, with
+    a little jitter for float inputs so they do not repeat), else random values of its
+    input shape (uniform [0, 1) floats; 0/1 for integer inputs)."""
     entry = info[name]
     rng = np.random.default_rng(seed)
-    feature_shape = [int(d) for d in entry["input_shape"][1:]]
-    holdout = entry.get("holdout_file")
-    if holdout and (run.models / holdout).exists():
-        with np.load(run.models / holdout) as data:
-            base = np.asarray(data["x"], dtype=np.float32)
-        rows = base[rng.integers(0, len(base), size=count)]
-        jitter = rng.normal(0, 1e-3, size=rows.shape).astype(np.float32)
-        return np.ascontiguousarray(rows + jitter)
-    return rng.random((count, *feature_shape), dtype=np.float32)
+    dtype = np.dtype(entry.get("input_dtype") or "float32")
+    feature_shape, _ = row_shapes(entry)
+    base = _source_rows(run, entry)
+    if base is not None and tuple(base.shape[1:]) == feature_shape:
+        rows = base[rng.integers(0, len(base), size=count)].astype(dtype)
+        if dtype.kind == "f":
+            rows = rows + rng.normal(0, 1e-3, size=rows.shape).astype(dtype)
+        return np.ascontiguousarray(rows)
+    if dtype.kind == "f":
+        return rng.random((count, *feature_shape)).astype(dtype)
+    return rng.integers(0, 2, size=(count, *feature_shape)).astype(dtype)

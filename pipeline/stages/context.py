@@ -30,19 +30,27 @@ def _quiet(_: str) -> None:
 
 
 def run_targets(run: RunDir, targets_file: str | Path | None = None) -> Targets:
-    """The run's effective targets: `targets_file` when given, else the run's own
-    `targets.yaml` (written when the run started, overrides applied), else the project's
-    targets file. A missing or malformed file is an error (TargetsError), never a default."""
+    """The run's effective targets: the run's own `targets.yaml` (written when the run
+    started: overrides and each model's own values applied), else `targets_file` or the
+    project's targets file with each built model's own values (model_info.json; tightening
+    only). A missing or malformed file is an error (TargetsError), never a default."""
     import dataclasses
+    import json
 
     from pipeline.targets import load_targets
 
-    if targets_file is not None:
-        return load_targets(targets_file)
     own = run.root / "targets.yaml"
-    if own.exists():
+    if targets_file is None and own.exists():
         return dataclasses.replace(load_targets(own), source="targets.yaml")
-    return load_targets()
+    targets = load_targets(targets_file)
+    try:
+        info = json.loads((run.models / "model_info.json").read_text())
+    except (OSError, ValueError):
+        return targets
+    for name, entry in sorted(info.items()):
+        if isinstance(entry, dict) and entry.get("targets"):
+            targets = targets.with_model_overrides(name, entry["targets"])
+    return targets
 
 
 @dataclass(frozen=True)

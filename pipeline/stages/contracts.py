@@ -134,10 +134,12 @@ COMMON_SUMMARY_KEYS: tuple[tuple[str, str], ...] = (
 #: the columns of a checks table (integration, infra): one row per end-to-end check
 CHECK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("check", "str"),
-    ("model", "str"),
+    ("model", "str"),  # the model's name ("all" or "mixed" for checks of the whole run)
+    ("format", "str"),  # the model file's format (onnx, torchscript) when the check is per file
     ("status", "str"),
     ("passed", "bool"),
     ("measured", "float"),
+    ("samples", "int"),  # how much evidence `measured` rests on (requests, rows, ...)
     ("unit", "str"),
     ("limit", "float"),
     ("detail", "str"),

@@ -11,7 +11,8 @@ frame must be that token: the child answers "OK", or "DENIED" and closes the con
 no other local user can drive (or disturb) the engine under measurement.
 
 Frame: u32 little-endian length, then the body.
-  request  body: u32 id, u8 op, then for PREDICT: u8 model index, float32 values
+  request  body: u32 id, u8 op, then for PREDICT: u8 model index, the input values in the
+           model's own input dtype (model_info.json: float32, float64 or int64)
   response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
                  UTF-8 error text (not ok); for control ops: UTF-8 JSON
 
@@ -92,6 +93,20 @@ class HostConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _input_dtypes(model_dir: Path, keys: Sequence[str]) -> dict[str, np.dtype]:
+    """Each engine key's input dtype, from model_info.json (keys are `<name>_<format>`)."""
+    try:
+        info = json.loads((Path(model_dir) / "model_info.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    out = {}
+    for key in keys:
+        name = key.rsplit("_", 1)[0]
+        entry = info.get(name) if isinstance(info, dict) else None
+        out[key] = np.dtype((entry or {}).get("input_dtype") or "float32")
+    return out
+
+
 @dataclass
 class HostResult:
     """What a request to the hosted engine returned."""
@@ -146,7 +161,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 load_errors[key] = f"no model {name!r} to take a null model's shapes from"
                 continue
             out_shape = tuple(int(d) for d in real.output_shape[1:]) or (1,)
-            manager.register_null_model(name, real.feature_shape, out_shape)
+            manager.register_null_model(name, real.feature_shape, out_shape, real.input_dtype)
         elif not manager.load_model(key, priority=True):
             load_errors[key] = manager.load_errors.get(key, "unknown error")
     init_s = time.perf_counter() - init_started
@@ -154,6 +169,11 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
         manager, settings=settings, monitor=RealTimePerformanceMonitor(window_seconds=60)
     )
     keys = list(config.models)
+    # request payloads carry each model's own input dtype (float32, float64 or int64)
+    dtypes = [
+        np.dtype(manager.model_info[k].input_dtype if k in manager.model_info else "float32")
+        for k in keys
+    ]
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
     held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
     gc.collect()
@@ -259,7 +279,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 request_id, op = _CTL.unpack_from(body)
                 if op == OP_PREDICT:
                     _, _, index = _REQ.unpack_from(body)
-                    x = np.frombuffer(body, dtype=np.float32, offset=_REQ.size)
+                    x = np.frombuffer(body, dtype=dtypes[index], offset=_REQ.size)
                     future = engine.predict(keys[index], x)
                     future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
                     continue
@@ -403,6 +423,7 @@ class EngineHost:
     _pending: dict[int, tuple[asyncio.Future, bool]] = field(default_factory=dict)
     _next_id: int = 0
     _index: dict[str, int] = field(default_factory=dict)
+    _dtypes: dict[str, np.dtype] = field(default_factory=dict)
     _reader_task: asyncio.Task | None = None
     _token: bytes = field(default_factory=lambda: secrets.token_bytes(_TOKEN_BYTES), repr=False)
 
@@ -443,6 +464,7 @@ class EngineHost:
         self.port = int(port)
         self.load_errors = json.loads(errors)
         self._index = {k: i for i, k in enumerate(self.config.models)}
+        self._dtypes = _input_dtypes(self.model_dir, self.config.models)
         self._reader, self._writer = await connect_authenticated(self.port, self._token)
         self._reader_task = loop.create_task(self._read_loop())
         return self
@@ -500,7 +522,7 @@ class EngineHost:
     def predict(self, model_key: str, x: np.ndarray) -> asyncio.Future:
         """Send one request now; the future resolves to a HostResult."""
         head = bytearray(_REQ.pack(0, OP_PREDICT, self._index[model_key]))
-        head += np.ascontiguousarray(x, dtype=np.float32).tobytes()
+        head += np.ascontiguousarray(x, dtype=self._dtypes[model_key]).tobytes()
         return self._send(head, control=False)
 
     async def _control(self, op: int, extra: bytes = b"") -> dict[str, Any]:
@@ -524,7 +546,7 @@ class EngineHost:
             future = loop.create_future()
             self._pending[self._next_id] = (future, False)
             body = _REQ.pack(self._next_id, OP_PREDICT, self._index[model_key])
-            body += np.ascontiguousarray(x, dtype=np.float32).tobytes()
+            body += np.ascontiguousarray(x, dtype=self._dtypes[model_key]).tobytes()
             frames += _LEN.pack(len(body)) + body
             futures.append(future)
         self._writer.write(bytes(frames))

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.loadgen import percentiles, run_users
-from pipeline.stages.common import check_row, input_pool
+from pipeline.metrics import MODEL_QUALITY
+from pipeline.stages.common import check_row, input_pool, row_shapes
 from pipeline.stages.context import StageContext
 
 __all__ = ["run", "validate_performance"]
@@ -106,6 +107,12 @@ class Bench:
     def name_of(self, key: str) -> str:
         return self.manager.model_info[key].name
 
+    def format_of(self, key: str) -> str:
+        return self.manager.model_info[key].format
+
+    def fixed_batch(self, key: str) -> int | None:
+        return self.manager.get_model(key).fixed_batch_size
+
 
 # --------------------------------------------------------------------------- the checks
 def initialisation(ctx: StageContext, manager) -> tuple[list[dict[str, Any]], float]:
@@ -157,11 +164,10 @@ def initialisation(ctx: StageContext, manager) -> tuple[list[dict[str, Any]], fl
 
 async def end_to_end(b: Bench) -> list[dict[str, Any]]:
     """Per model file: requests one at a time; output shape, success and mean latency."""
-    target = b.ctx.targets["average_inference_latency_ms"]
     rows = []
     for key in b.loaded:
         name = b.name_of(key)
-        expected = tuple(int(d) for d in (b.info[name].get("output_shape") or [None, 1])[1:])
+        expected = row_shapes(b.info[name])[1]
         latencies, shapes_ok, ok = [], True, 0
         for x in b.probes[name][:END_TO_END_REQUESTS]:
             t = time.perf_counter()
@@ -170,26 +176,43 @@ async def end_to_end(b: Bench) -> list[dict[str, Any]]:
             ok += result.success
             shapes_ok &= result.success and tuple(result.output.shape) == expected
         p = percentiles(latencies)
+        target = b.ctx.targets.for_model(name)["average_inference_latency_ms"]
         rows.append(
             check_row(
                 "end_to_end",
-                key,
+                name,
                 shapes_ok and ok == END_TO_END_REQUESTS and target.passes(p.mean_ms),
                 p.mean_ms,
                 "ms",
                 target.threshold,
                 f"{ok}/{END_TO_END_REQUESTS} succeeded, output shape {list(expected)}: "
                 f"{'all correct' if shapes_ok else 'WRONG or failed'}, p95 {p.p95_ms:.2f} ms",
+                fmt=b.format_of(key),
+                samples=len(latencies),
             )
         )
     return rows
 
 
 async def batching(b: Bench) -> list[dict[str, Any]]:
-    """Requests submitted together form batches larger than 1."""
+    """Requests submitted together form batches larger than 1 (not applicable to a model
+    whose batch dimension is fixed at 1: it is served one request at a time by design)."""
     rows = []
     for key in b.loaded:
         name = b.name_of(key)
+        if b.fixed_batch(key) == 1:
+            rows.append(
+                check_row(
+                    "batching",
+                    name,
+                    False,
+                    detail="not applicable: the model's batch dimension is fixed at 1, so "
+                    "each request runs alone by design",
+                    status="not_applicable",
+                    fmt=b.format_of(key),
+                )
+            )
+            continue
         results = await asyncio.gather(
             *(b.engine.predict(key, x, use_cache=False) for x in b.probes[name][:BATCH_PROBE])
         )
@@ -197,12 +220,14 @@ async def batching(b: Bench) -> list[dict[str, Any]]:
         rows.append(
             check_row(
                 "batching",
-                key,
+                name,
                 largest > 1 and all(r.success for r in results),
                 largest,
                 "requests",
                 1,
                 f"{BATCH_PROBE} requests submitted together; largest batch",
+                fmt=b.format_of(key),
+                samples=len(results),
             )
         )
     return rows
@@ -234,13 +259,15 @@ async def memory_management(b: Bench) -> dict[str, Any]:
     )
     return check_row(
         "memory_management",
-        "+".join(serving),
+        "all",
         passed,
         reuse,
         "reuse ratio",
         MIN_REUSE,
-        f"{ok}/{count} succeeded; pool {stats.current_pool_size_mb:.3f} MB (limit "
-        f"{POOL_LIMIT_MB:g}); RSS growth {growth:.1f} MB (limit {RSS_GROWTH_LIMIT_MB:g})",
+        f"{ok}/{count} succeeded alternating {', '.join(serving)}; pool "
+        f"{stats.current_pool_size_mb:.3f} MB (limit {POOL_LIMIT_MB:g}); RSS growth "
+        f"{growth:.1f} MB (limit {RSS_GROWTH_LIMIT_MB:g})",
+        samples=count,
     )
 
 
@@ -292,9 +319,11 @@ async def workflow(b: Bench) -> dict[str, Any]:
     if not {"routing_classifier", "quality_predictor"} <= set(names):
         return check_row(
             "cross_model_workflow",
-            "n/a",
-            True,
-            detail="skipped: the run has no routing_classifier + quality_predictor pair",
+            "all",
+            False,
+            detail="not applicable: the workflow needs the routing_classifier + "
+            "quality_predictor pair of the original plan; this run has " + ", ".join(sorted(names)),
+            status="not_applicable",
         )
     classes = b.info["routing_classifier"].get("class_names") or []
     started = time.perf_counter()
@@ -344,23 +373,28 @@ async def workflow(b: Bench) -> dict[str, Any]:
         elapsed,
         "s",
         10,
-        f"{len(requests)}/10 conversion requests built (status {statuses}); validation: mean "
+        f"{len(requests)}/10 conversion requests built (status {statuses}, routed by "
+        f"predicted quality >= 0.5); validation: mean "
         f"{validation['mean_latency_ms']:.2f} ms, {validation['throughput_rps']:.0f} req/s, "
         f"engine memory {validation['memory_mb']:.2f} MB (process RSS "
         f"{validation['process_rss_mb']:.0f} MB) -> {checks}"
         + (f"; problems: {problems[:3]}" if problems else ""),
+        samples=10,
     )
 
 
 async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[dict, Any]:
-    x = b.probes[b.name_of(key)][:64]
+    name, fmt = b.name_of(key), b.format_of(key)
+    x = b.probes[name][:64]
     single = [await b.engine.predict(key, row, use_cache=False) for row in x]
     batched = await asyncio.gather(*(b.engine.predict(key, row) for row in x))
     cached = await asyncio.gather(*(b.engine.predict(key, row) for row in x))
     if not all(r.success for r in single + list(batched) + list(cached)):
-        row = check_row("parity_batched_single_cached", key, False, detail="some requests failed")
+        row = check_row(
+            "parity_batched_single_cached", name, False, detail="some requests failed", fmt=fmt
+        )
         return row, None
-    s = np.stack([r.output for r in single])
+    s = np.stack([r.output for r in single]).astype(np.float64)
     diff = float(
         max(
             np.abs(s - np.stack([r.output for r in batched])).max(),
@@ -370,28 +404,33 @@ async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[d
     hits = sum(r.cache_hit for r in cached)
     row = check_row(
         "parity_batched_single_cached",
-        key,
+        name,
         diff <= tolerance and hits == len(x),
         diff,
         "max abs diff",
         tolerance,
-        f"64 probes alone vs batched (largest batch {max(r.batch_size for r in batched)}) "
-        f"vs cached ({hits} hits)",
+        f"{len(x)} probes alone vs batched (largest batch "
+        f"{max(r.batch_size for r in batched)}) vs cached ({hits} hits)",
+        fmt=fmt,
+        samples=len(x),
     )
     return row, s
 
 
 async def parity(b: Bench) -> list[dict[str, Any]]:
-    """TorchScript vs ONNX, alone vs batched vs cached, and the build's eager parity."""
+    """Alone vs batched vs cached per model file; TorchScript vs ONNX where a model has
+    both (not applicable to a single-format import); the build's recorded parity (eager vs
+    exports, or the model's reference outputs)."""
     rows = []
-    tolerance = b.ctx.targets["parity_max_abs_diff"].threshold
     for name in sorted(b.info):
+        tolerance = b.ctx.targets.for_model(name)["parity_max_abs_diff"].threshold
         outputs = {}
         for key in [k for k in b.loaded if b.name_of(k) == name]:
             row, alone = await _alone_batched_cached(b, key, tolerance)
             rows.append(row)
             if alone is not None:
-                outputs[b.manager.model_info[key].format] = alone
+                outputs[b.format_of(key)] = alone
+        formats = sorted(b.info[name].get("files") or {})
         if len(outputs) == 2:
             diff = float(np.abs(outputs["torchscript"] - outputs["onnx"]).max())
             rows.append(
@@ -403,66 +442,124 @@ async def parity(b: Bench) -> list[dict[str, Any]]:
                     "max abs diff",
                     tolerance,
                     "64 probes through the engine",
+                    samples=64,
                 )
             )
-        recorded = (b.info[name].get("parity") or {}).get("max_abs_diff") or {}
-        if recorded:
-            worst = max(float(v) for v in recorded.values())
+        elif len(formats) < 2:
             rows.append(
                 check_row(
-                    "parity_eager_build",
+                    "parity_torchscript_onnx",
                     name,
-                    worst <= tolerance,
-                    worst,
-                    "max abs diff",
-                    tolerance,
-                    f"recorded by the build: {recorded}",
+                    False,
+                    detail=f"not applicable: the model comes in one format only "
+                    f"({', '.join(formats) or 'none'})",
+                    status="not_applicable",
                 )
             )
+        rows.append(_recorded_parity(b.info[name], name, tolerance))
     return rows
 
 
-async def model_slas(b: Bench) -> list[dict[str, Any]]:
-    """The hold-out SLAs, recomputed through the engine."""
+def _recorded_parity(entry: dict[str, Any], name: str, tolerance: float) -> dict[str, Any]:
+    """The build's own parity record: eager vs TorchScript vs ONNX (built models), or the
+    imported file against its reference outputs; not applicable when neither exists."""
+    parity = entry.get("parity") or {}
+    recorded = parity.get("max_abs_diff") or {}
+    reference = parity.get("reference") or {}
+    if recorded:
+        worst = max(float(v) for v in recorded.values())
+        what = f"recorded by the build (eager vs exports): {recorded}"
+        samples = int(parity.get("probe_count") or 1)
+    elif reference:
+        worst = float(reference["max_abs_diff"])
+        tolerance = max(tolerance, float(reference.get("atol") or 0.0))
+        what = (
+            f"the imported file against its reference outputs {reference.get('outputs')} "
+            f"({reference.get('count')} inputs, atol {reference.get('atol')})"
+        )
+        samples = int(reference.get("count") or 1)
+    else:
+        return check_row(
+            "parity_eager_build",
+            name,
+            False,
+            detail="not applicable: an imported model without reference outputs has no "
+            "eager or reference output to compare with",
+            status="not_applicable",
+        )
+    return check_row(
+        "parity_eager_build",
+        name,
+        worst <= tolerance,
+        worst,
+        "max abs diff",
+        tolerance,
+        what,
+        samples=samples,
+    )
+
+
+async def model_quality(b: Bench) -> list[dict[str, Any]]:
+    """Each model's quality SLA (its models-file entry: metric, threshold, evaluation set),
+    scored through the engine; not applicable when the model declares none."""
+    from pipeline.quality import SLA_METRICS, score
+
     rows = []
     for name, key in sorted(b.serving.items()):
-        entry = b.info[name]
-        holdout = entry.get("holdout_file")
-        if not holdout or not (b.ctx.run.models / holdout).exists():
+        sla = b.info[name].get("sla")
+        if not sla:
+            rows.append(
+                check_row(
+                    MODEL_QUALITY,
+                    name,
+                    False,
+                    detail="not applicable: no quality evidence given (the models file "
+                    "declares no sla for this model)",
+                    status="not_applicable",
+                )
+            )
             continue
-        with np.load(b.ctx.run.models / holdout) as data:
-            x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
+        with np.load(b.ctx.run.models / sla["evaluation_file"]) as data:
+            x, y = np.asarray(data["x"]), np.asarray(data["y"])
         results = []
         for start in range(0, len(x), 512):
             results += await asyncio.gather(
                 *(b.engine.predict(key, row, use_cache=False) for row in x[start : start + 512])
             )
-        if not all(r.success for r in results):
-            failed = sum(not r.success for r in results)
+        metric = SLA_METRICS[sla["metric"]]
+        rule = f"{metric.name} {'>=' if metric.direction == 'min' else '<='} {sla['threshold']:g}"
+        failed = sum(not r.success for r in results)
+        if failed:
             rows.append(
                 check_row(
-                    f"model_sla_{name}", key, False, detail=f"{failed} hold-out requests failed"
+                    MODEL_QUALITY,
+                    name,
+                    False,
+                    detail=f"{failed} of {len(x)} evaluation requests failed ({rule})",
+                    fmt=b.format_of(key),
+                    samples=len(x),
                 )
             )
             continue
         out = np.stack([r.output for r in results])
-        if entry.get("model_type") == "classification":
-            target = b.ctx.targets["routing_accuracy"]
-            measured = float(np.mean(np.argmax(out, axis=1) == y.astype(int)))
-            check, unit = "model_sla_routing_accuracy", "accuracy"
-        else:
-            target = b.ctx.targets["quality_correlation"]
-            measured = float(np.corrcoef(out.reshape(-1), y.reshape(-1).astype(float))[0, 1])
-            check, unit = "model_sla_quality_correlation", "pearson r"
+        measured = score(metric.name, out, y, int(sla.get("k") or 1))
+        passed = (
+            measured >= sla["threshold"]
+            if metric.direction == "min"
+            else measured <= sla["threshold"]
+        )
         rows.append(
             check_row(
-                check,
-                key,
-                target.passes(measured),
+                MODEL_QUALITY,
+                name,
+                bool(passed),
                 measured,
-                unit,
-                target.threshold,
-                f"{len(x)} hold-out rows through the engine ({entry.get('version')})",
+                metric.name,
+                float(sla["threshold"]),
+                f"{metric.name} on {len(x)} rows of {sla['evaluation_file']} through the engine "
+                f"(needs {rule}; version {b.info[name].get('version')})",
+                fmt=b.format_of(key),
+                samples=len(x),
             )
         )
     return rows
@@ -504,7 +601,7 @@ async def _run(ctx: StageContext) -> dict:
     rows.append(await concurrent_clients(bench))
     rows.append(await workflow(bench))
     rows += await parity(bench)
-    rows += await model_slas(bench)
+    rows += await model_quality(bench)
     return _finish(ctx, rows, manager, engine, init_s)
 
 

@@ -319,13 +319,16 @@ async def _open_loop(
     seed: int,
     percentile: float,
     null: bool = False,
+    only: str | None = None,
 ):
-    """Open-loop Poisson traffic over the mix at `rate`; its summary (loadgen.summarize)."""
+    """Open-loop Poisson traffic over the mix (or one model: `only`) at `rate`; its
+    summary (loadgen.summarize)."""
+    names, weights = ([only], np.ones(1)) if only else (lr.names, lr.weights)
     rng = np.random.default_rng(seed)
     count = int(rate * (duration_s + warmup_s) * 1.5) + 64
-    choice = rng.choice(len(lr.names), size=count, p=lr.weights)
-    keys = [(lr.null_keys if null else lr.work.keys)[n] for n in lr.names]
-    inputs = [lr.work.pools[n] for n in lr.names]
+    choice = rng.choice(len(names), size=count, p=weights)
+    keys = [(lr.null_keys if null else lr.work.keys)[n] for n in names]
+    inputs = [lr.work.pools[n] for n in names]
 
     def send(i: int):
         m = choice[i % count]
@@ -379,9 +382,11 @@ async def scenarios(lr: LoadRun) -> tuple[list[tuple], list[dict], list[dict]]:
     return request_rows, scenario_rows, window_rows
 
 
-async def capacity(lr: LoadRun, p99_bound_ms: float):
-    """The highest open-loop rate sustained with p99 within bound (the search's result)."""
+async def capacity(lr: LoadRun, p99_bound_ms: float, only: str | None = None):
+    """The highest open-loop rate sustained with p99 within bound (the search's result), for
+    the mix or for one model alone (`only`, against its own p99 bound)."""
     cfg = lr.profile.capacity
+    who = f" {only}" if only else ""
 
     async def trial(rate: float):
         return await _open_loop(
@@ -391,6 +396,7 @@ async def capacity(lr: LoadRun, p99_bound_ms: float):
             warmup_s=cfg.warmup_s,
             seed=lr.profile.seeds.capacity + int(rate),
             percentile=50,
+            only=only,
         )
 
     return await find_max_sustained_rate(
@@ -401,8 +407,36 @@ async def capacity(lr: LoadRun, p99_bound_ms: float):
         refine_steps=cfg.refine_steps,
         max_error_rate=MAX_ERROR_RATE,
         require_valid=True,
-        progress=lambda line: lr.ctx.say(f"load: capacity {line.strip()}"),
+        progress=lambda line: lr.ctx.say(f"load: capacity{who} {line.strip()}"),
     )
+
+
+def _capacity_summary(search, p99_bound_ms: float) -> dict[str, Any]:
+    best = search.best
+    return {
+        "max_sustained_rps": search.max_sustained_rps,
+        "capped": search.capped,
+        "p99_bound_ms": p99_bound_ms,
+        "max_error_rate": MAX_ERROR_RATE,
+        "best_p99_ms": best.p99_ms if best else None,
+        "best_samples": best.scheduled if best else 0,
+        "trials": len(search.trials),
+    }
+
+
+async def capacities(lr: LoadRun, p99_bound_ms: float) -> tuple[dict[str, Any], list[dict]]:
+    """Capacity of the mix, then of each model alone (a slow model must not hide behind a
+    fast one); (summary with `per_model`, the trial table)."""
+    search = await capacity(lr, p99_bound_ms)
+    summary = _capacity_summary(search, p99_bound_ms)
+    table = [{"subject": "mix", **row} for row in search.trial_table()]
+    summary["per_model"] = {}
+    for name in lr.work.names:
+        bound = lr.ctx.targets.for_model(name)["p99_latency_ms"].threshold
+        own = await capacity(lr, bound, only=name)
+        summary["per_model"][name] = _capacity_summary(own, bound)
+        table += [{"subject": name, **row} for row in own.trial_table()]
+    return summary, table
 
 
 async def _burst(lr: LoadRun, count: int, seed: int) -> dict[str, float]:
@@ -585,27 +619,18 @@ async def _run(ctx: StageContext) -> dict:
     try:
         summary["calibration"] = await calibrate(lr)
         request_rows, scenario_rows, window_rows = await scenarios(lr)
-        search = await capacity(lr, p99_bound)
-        best = search.best
-        summary["capacity"] = {
-            "max_sustained_rps": search.max_sustained_rps,
-            "capped": search.capped,
-            "p99_bound_ms": p99_bound,
-            "max_error_rate": MAX_ERROR_RATE,
-            "best_p99_ms": best.p99_ms if best else None,
-            "best_samples": best.scheduled if best else 0,
-            "trials": len(search.trials),
-        }
+        summary["capacity"], capacity_rows = await capacities(lr, p99_bound)
+        sustained = summary["capacity"]["max_sustained_rps"]
         summary["peak"] = await peak(lr)
         ctx.say(
-            f"load: capacity {search.max_sustained_rps:.0f} req/s"
-            f"{' (search cap reached)' if search.capped else ''}; peak burst "
+            f"load: capacity {sustained:.0f} req/s"
+            f"{' (search cap reached)' if summary['capacity']['capped'] else ''}; peak burst "
             f"{summary['peak']['throughput_rps']:.0f} req/s"
         )
         summary["concurrency"], levels = await concurrency(lr, p95_bound)
         summary["cache"] = await cache(lr)
         if ctx.profile.soak_s:
-            summary["soak"] = await soak(lr, search.max_sustained_rps)
+            summary["soak"] = await soak(lr, sustained)
         summary["memory"], stats = await memory(lr)
         summary["engine_stats"] = stats["engine"]
         summary["models"] = stats["models"]
@@ -619,7 +644,7 @@ async def _run(ctx: StageContext) -> dict:
     ctx.write_table("requests", requests)
     ctx.write_table("windows", window_rows)
     ctx.write_table("scenarios", scenario_rows)
-    ctx.write_table("capacity", search.trial_table())
+    ctx.write_table("capacity", capacity_rows)
     ctx.write_table("concurrency", levels)
     ctx.write_table(
         "resources",

@@ -172,7 +172,13 @@ STAGES: tuple[Stage, ...] = (
                 ("scenario", "window"),
                 "window",
             ),
-            _t("load", "capacity", (("offered_rps", "float"),), ("offered_rps",), "trial"),
+            _t(
+                "load",
+                "capacity",
+                (("subject", "str"), ("offered_rps", "float"), ("p99_ms", "float")),
+                ("subject", "offered_rps"),
+                "trial",
+            ),
             _t(
                 "load",
                 "concurrency",
@@ -296,6 +302,8 @@ STAGES: tuple[Stage, ...] = (
                 "criteria",
                 (
                     ("name", "str"),
+                    ("metric", "str"),
+                    ("model", "str"),
                     ("category", "str"),
                     ("status", "str"),
                     ("target", "float"),

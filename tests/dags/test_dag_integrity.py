@@ -99,16 +99,11 @@ def test_the_shape_follows_the_architecture(dag) -> None:
 
 
 def test_params_form_is_titled_and_described(dag) -> None:
+    from pipeline.names import CONF_KEYS
+
     params = dag.params
-    for key in (
-        "profile",
-        "models_file",
-        "target_overrides",
-        "allow_relaxed_targets",
-        "build_package",
-        "build_image",
-        "reason",
-    ):
+    assert set(params.keys()) == set(CONF_KEYS), "the form and the conf check agree"
+    for key in CONF_KEYS:
         schema = params.get_param(key).schema
         assert schema.get("title"), key
         assert schema.get("description_md") or schema.get("description"), key

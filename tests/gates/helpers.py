@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.criteria import plan
 from pipeline.gates import TABLES
 from pipeline.targets import Targets
 
@@ -31,8 +32,8 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
     if stage in ("integration", "infra"):
         rows = [
             ("load_models", "routing", True, NAN, "", NAN, "loaded"),
-            ("model_sla_routing_accuracy", "routing", True, 0.97, "ratio", 0.95, ""),
-            ("model_sla_quality_correlation", "quality", True, 0.93, "pearson_r", 0.9, ""),
+            ("model_quality", "routing", True, 0.97, "accuracy", 0.95, ""),
+            ("model_quality", "quality", True, 0.93, "pearson_r", 0.9, ""),
             ("initialization", "routing", True, 0.4, "s", 3.0, ""),
             ("initialization", "quality", True, 0.6, "s", 3.0, ""),
         ]
@@ -44,7 +45,9 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
         frame = pd.DataFrame(
             rows, columns=["check", "model", "passed", "measured", "unit", "limit", "detail"]
         )
-        frame.insert(2, "status", "measured")
+        frame.insert(2, "format", "onnx")
+        frame.insert(3, "status", "measured")
+        frame.insert(6, "samples", 100)
         return frame
     if stage == "load":
         return pd.DataFrame(
@@ -84,6 +87,8 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
         rows = [
             {
                 "name": t.name,
+                "metric": t.name,
+                "model": "",
                 "category": t.category,
                 "status": "measured",
                 "target": t.target,
@@ -99,7 +104,7 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 "detail": "",
                 "unit": t.unit,
             }
-            for t in targets.values()
+            for t in (p.target for p in plan(targets, None))
         ]
         return pd.DataFrame(rows)
     raise ValueError(stage)

@@ -55,10 +55,9 @@ VIOLATIONS = [
     ("build", 0, "version", math.nan, "version is present for every exported model"),
     ("integration", 0, "passed", False, "passed is True for every measured check"),
     ("integration", 0, "status", "invalid", "every check was measured or is not applicable"),
-    ("integration", 1, "measured", 0.9, "routing accuracy of every model_sla_routing_accuracy"),
-    ("integration", 2, "measured", 0.8, "quality correlation of every model_sla_quality_corr"),
+    ("integration", 1, "passed", False, "passed is True for every measured check"),
     ("integration", 4, "measured", 3.5, "initialisation time of every initialization check"),
-    ("integration", 1, "measured", math.nan, "measured is present for every model_sla_routing"),
+    ("integration", 3, "measured", math.nan, "measured is present for every initialization"),
     ("integration", 0, "check", math.nan, "check is present for every check"),
     ("stress", 1, "lost", 1, "no request is lost in any stress test"),
     ("stress", 0, "survived", False, "survived is True for every stress test"),
@@ -168,9 +167,11 @@ def test_certification_passes_and_needs_one_row_per_target(
 
     write_table(run_dir, "certify", table[table["name"] != "cache_hit_rate"])
     result = run_gate("certify", run_dir)
+    planned = len(table)
     assert result.failed == (
-        f"stages/certify/criteria.csv has one row per declared target ({len(targets)} rows)",
-        f"the criteria are exactly the {len(targets)} targets declared in {targets.source}",
+        f"stages/certify/criteria.csv has one row per planned criterion ({planned} rows)",
+        f"the criteria are exactly the {planned} planned from {targets.source} and the run's "
+        "models",
     )
 
 

@@ -54,10 +54,10 @@ def test_load_suite_takes_thresholds_from_targets(targets: Targets) -> None:
     assert by_meaning(specs, "valid is True").kwargs == {"column": "valid", "value_set": [True]}
 
 
-def test_min_targets_are_lower_bounds_on_filtered_rows(targets: Targets) -> None:
+def test_bounds_apply_to_filtered_measured_rows(targets: Targets) -> None:
     specs = suite_spec("integration", targets)
-    routing = by_meaning(specs, "routing accuracy")
-    assert routing.kwargs == {
+    init = by_meaning(specs, "initialisation time")
+    assert init.kwargs == {
         "column": "measured",
         "row_condition": {
             "type": "and",
@@ -66,7 +66,7 @@ def test_min_targets_are_lower_bounds_on_filtered_rows(targets: Targets) -> None
                     "type": "comparison",
                     "column": {"name": "check"},
                     "operator": "==",
-                    "parameter": "model_sla_routing_accuracy",
+                    "parameter": "initialization",
                 },
                 {
                     "type": "comparison",
@@ -76,12 +76,28 @@ def test_min_targets_are_lower_bounds_on_filtered_rows(targets: Targets) -> None
                 },
             ],
         },
-        "min_value": 0.95,
+        "max_value": 3.0,
     }
-    assert by_meaning(specs, "quality correlation").kwargs["min_value"] == 0.9
-    init = by_meaning(specs, "initialisation time")
-    assert init.kwargs["max_value"] == 3.0
     assert init.meaning.endswith("<= 3 s (target 3 s, no tolerance)")
+
+
+def test_the_certify_gate_expects_each_models_own_criteria(targets: Targets) -> None:
+    info = {
+        "fast": {"sla": {"metric": "accuracy", "threshold": 0.9}},
+        "slow": {"targets": {}},
+    }
+    own = targets.with_model_overrides("fast", {"p99_latency_ms": 50})
+    specs = suite_spec("certify", own, model_info=info)
+    names = by_meaning(specs, "the criteria are exactly").kwargs["value_set"]
+    assert "p99_latency_ms[fast]" in names and "p99_latency_ms[slow]" in names
+    assert "model_quality[fast]" in names and "model_quality[slow]" in names
+    fast = by_meaning(specs, "measured p99_latency_ms[fast]")
+    assert fast.kwargs["max_value"] == 60.0  # the model's own 50 ms +20%
+    assert by_meaning(specs, "measured p99_latency_ms[slow]").kwargs["max_value"] == 360.0
+    quality = by_meaning(specs, "measured model_quality[fast]")
+    assert quality.kwargs["min_value"] == 0.9
+    # a model without an sla has no bound: its row is not applicable
+    assert not [s for s in specs if s.meaning.startswith("measured model_quality[slow]")]
 
 
 def test_build_parity_is_between_zero_and_its_threshold(targets: Targets) -> None:
@@ -90,13 +106,17 @@ def test_build_parity_is_between_zero_and_its_threshold(targets: Targets) -> Non
 
 
 def test_certification_rechecks_every_target_on_its_own_row(targets: Targets) -> None:
+    from pipeline.criteria import plan
+
     specs = suite_spec("certify", targets)
-    assert specs[0].kwargs == {"value": len(targets)}
+    run_level = [p.target for p in plan(targets, None)]  # no models: the run's own criteria
+    assert specs[0].kwargs == {"value": len(run_level)}
     rechecks = [spec for spec in specs if spec.target is not None]
-    assert [spec.target for spec in rechecks] == list(targets)
-    for spec, target in zip(rechecks, targets.values(), strict=True):
+    assert [spec.target for spec in rechecks] == [t.name for t in run_level]
+    for spec, target in zip(rechecks, run_level, strict=True):
         pairs = row_condition_pairs(spec.kwargs["row_condition"])
         assert pairs == [("name", target.name), ("status", "measured")]
+        assert spec.target == target.name
         bound = "max_value" if target.direction == "max" else "min_value"
         assert spec.kwargs[bound] == target.threshold
     success = by_meaning(specs, "measured success_rate")

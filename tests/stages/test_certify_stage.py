@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.criteria import plan
 from pipeline.stages import run_stage
 from pipeline.stages.certify import measure_targets
 from pipeline.targets import load_targets
@@ -48,8 +50,11 @@ def test_too_small_a_sample_is_invalid_not_a_pass(
 def test_every_target_is_measured_from_the_run(measured_run: Path) -> None:
     result = run_stage("certify", measured_run)
     criteria = pd.read_csv(measured_run / "stages/certify/criteria.csv")
-    targets = load_targets()
-    assert list(criteria["name"]) == list(targets)
+    info = json.loads((measured_run / "models/model_info.json").read_text())
+    assert list(criteria["name"]) == [p.name for p in plan(load_targets(), info)]
+    per_model = criteria[criteria["model"].notna()]
+    assert set(per_model["model"]) == {"quality_predictor", "routing_classifier"}
+    assert "p99_latency_ms[routing_classifier]" in set(criteria["name"])
     assert criteria["measured"].notna().all()
     assert criteria["met"].all(), criteria[~criteria["met"]].to_dict("records")
     assert result["gate"]["success"], result["gate"]["failed"]
@@ -67,8 +72,11 @@ def test_every_target_is_measured_from_the_run(measured_run: Path) -> None:
     p95 = criteria.set_index("name").loc["p95_latency_ms"]
     assert p95["source"] == "stages/load/requests.csv" and p95["samples"] <= len(requests)
     checks = pd.read_csv(measured_run / "stages/integration/checks.csv")
-    accuracy = checks[checks["check"] == "model_sla_routing_accuracy"]["measured"].iloc[0]
-    assert criteria.set_index("name").loc["routing_accuracy", "measured"] == pytest.approx(accuracy)
+    quality = checks[checks["check"] == "model_quality"].set_index("model")
+    accuracy = quality.loc["routing_classifier", "measured"]
+    row = criteria.set_index("name").loc["model_quality[routing_classifier]"]
+    assert row["measured"] == pytest.approx(accuracy) and row["unit"] == "accuracy"
+    assert row["threshold"] == 0.95  # the model's own SLA, from its models-file entry
 
 
 def test_an_impossible_target_fails_the_certification_gate(measured_run: Path) -> None:
@@ -77,13 +85,19 @@ def test_an_impossible_target_fails_the_certification_gate(measured_run: Path) -
     assert not result["gate"]["success"]
     assert any("p99_latency_ms" in failed for failed in result["gate"]["failed"])
     criteria = pd.read_csv(measured_run / "stages/certify/criteria.csv").set_index("name")
-    assert not criteria.loc["p99_latency_ms", "met"]
-    assert criteria.drop(index="p99_latency_ms")["met"].all()
+    p99 = [n for n in criteria.index if n.startswith("p99_latency_ms")]
+    assert len(p99) == 3  # the mix and each model, all held to the run's p99
+    assert not criteria.loc[p99, "met"].any()
+    assert criteria.drop(index=p99)["met"].all()
 
 
 def test_a_stage_that_did_not_run_leaves_its_criteria_unmet(run_dir: Path) -> None:
     rows = {c.name: c.row() for c in measure_targets(run_dir)}
-    for name in ("p99_latency_ms", "sustained_throughput_rps", "routing_accuracy"):
+    for name in (
+        "p99_latency_ms",
+        "sustained_throughput_rps[quality_predictor]",
+        "model_quality[routing_classifier]",
+    ):
         assert not rows[name]["met"] and not rows[name]["valid"]
         assert rows[name]["status"] == "not_run"
         assert math.isnan(rows[name]["measured"])

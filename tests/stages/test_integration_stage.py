@@ -31,13 +31,16 @@ def test_healthy_models_pass_every_integration_check(run_dir: Path, mini_profile
         "parity_batched_single_cached",
         "parity_torchscript_onnx",
         "parity_eager_build",
-        "model_sla_routing_accuracy",
-        "model_sla_quality_correlation",
+        "model_quality",
     ):
         assert kind in kinds
     assert (checks[checks["check"] == "batching"]["measured"] > 1).all()
-    sla = checks[checks["check"] == "model_sla_routing_accuracy"]["measured"].iloc[0]
-    assert sla > 0.95
+    quality = checks[checks["check"] == "model_quality"].set_index("model")
+    assert quality.loc["routing_classifier", "unit"] == "accuracy"
+    assert quality.loc["routing_classifier", "measured"] > 0.95
+    assert quality.loc["quality_predictor", "unit"] == "pearson_r"
+    assert quality.loc["quality_predictor", "measured"] > 0.9
+    assert (quality["samples"] > 100).all()  # the whole hold-out split
     gate = json.loads((run_dir / "gates/integration.json").read_text())
     assert gate["success"] is True
     assert (run_dir / "data_docs/index.html").exists()

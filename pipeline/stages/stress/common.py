@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.inference.settings import EngineSettings
 from pipeline.loadgen import percentiles, run_users
 from pipeline.profiles import Profile
-from pipeline.stages.common import RunDir, StageError, input_pool, serving_keys
+from pipeline.stages.common import RunDir, StageError, input_pool, row_shapes, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, HostResult, ResourceSampler
 
@@ -281,7 +281,7 @@ async def stress_context(
         names[n]: _Feed(input_pool(run, info, n, INPUTS_PER_MODEL, seed=seed + i))
         for i, n in enumerate(sorted(names))
     }
-    sizes = {names[n]: int(np.prod([int(d) for d in info[n]["output_shape"][1:]])) for n in names}
+    sizes = {names[n]: int(np.prod(row_shapes(info[n])[1])) for n in names}
     engine = EngineSettings(**{"max_queue_size": QUEUE_SIZE, **host_settings})
     config = HostConfig(models=tuple(keys), engine=engine)
     host = EngineHost(run.models, config)
