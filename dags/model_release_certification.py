@@ -18,6 +18,7 @@ re-certifies each date's snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -116,6 +117,18 @@ def _check(result: dict) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def _no_retry_for_model_defects():
+    """A model defect (a build refusal, a model file that does not load) fails the task for
+    good: retries are for infrastructure faults."""
+    from pipeline.stages.common import ModelDefect
+
+    try:
+        yield
+    except ModelDefect as exc:
+        raise AirflowFailException(f"model defect (not retried): {exc}") from None
+
+
 def _stage_task(spec: Stage):
     """The task that runs one registered stage (its title is the task's doc)."""
     options = {**(PERF if spec.perf else {})}
@@ -126,7 +139,8 @@ def _stage_task(spec: Stage):
     def run_stage(run: dict) -> dict:
         from pipeline.orchestrate import stage
 
-        return stage(run, spec.name, progress=_progress)
+        with _no_retry_for_model_defects():
+            return stage(run, spec.name, progress=_progress)
 
     return run_stage
 
@@ -178,7 +192,8 @@ def model_release_certification():
         """Build (train + export) or import one model of the run."""
         from pipeline.orchestrate import build_part
 
-        return build_part(run, name, progress=_progress)
+        with _no_retry_for_model_defects():
+            return build_part(run, name, progress=_progress)
 
     @task(task_id=STAGES[0].task_id, execution_timeout=dt.timedelta(minutes=10))
     def build_models(run: dict, parts: list[dict]) -> dict:

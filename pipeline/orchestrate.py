@@ -187,20 +187,30 @@ def _targets(run_dir: Path):
 
 
 def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = print) -> dict:
-    """Build one model of the run into `<run>/parts/<name>` (a mapped task)."""
-    from pipeline.build import build_models
+    """Build one model of the run into `<run>/parts/<name>` (a mapped task). A build
+    refusal is recorded for the report (stages/build/error-<name>.json) and raised as a
+    ModelDefect: the model is at fault, a retry cannot help."""
+    from pipeline.build import BuildError, build_models
+    from pipeline.stages.common import ModelDefect, RunDir
 
     started = time.perf_counter()
     store = _store()
     with workspace(ctx, store=store, say=progress) as run_dir:
         out = run_dir / "parts" / name
-        result = build_models(
-            out,
-            snapshot_date=ctx["snapshot_date"],
-            models_file=ctx["models_file"],
-            progress=progress,
-            only=[name],
-        )
+        run = RunDir.of(run_dir)
+        run.clear_stage_error("build", part=name)
+        try:
+            result = build_models(
+                out,
+                snapshot_date=ctx["snapshot_date"],
+                models_file=ctx["models_file"],
+                progress=progress,
+                only=[name],
+            )
+        except BuildError as exc:
+            message = str(exc).replace(str(run.root), "<run>")
+            run.record_stage_error("build", message, ctx.get("attempt_id"), part=name)
+            raise ModelDefect(message) from None
     entry = result.models[name]
     return {
         "name": name,

@@ -38,6 +38,7 @@ def execute_stage(
 
     `targets` default to the run's own targets.yaml (else the project's targets file);
     `attempt_id`, when given, must be the run's current attempt."""
+    from pipeline.stages.common import StageError
     from pipeline.stages.context import StageContext
 
     ctx = StageContext.open(
@@ -50,11 +51,12 @@ def execute_stage(
         models_file=models_file,
         progress=progress,
     )
-    (ctx.run.root / "stages" / name / "error.json").unlink(missing_ok=True)
+    ctx.run.clear_stage_error(name)
     try:
         return ctx.stage.load_runner()(ctx)
     except Exception as exc:
-        ctx.run.record_stage_error(name, f"{type(exc).__name__}: {exc}", ctx.attempt_id)
+        message = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+        ctx.run.record_stage_error(name, message, ctx.attempt_id)
         raise
 
 

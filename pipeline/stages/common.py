@@ -20,6 +20,7 @@ from pipeline.stages.contracts import ATTEMPT_COLUMN, ContractError
 
 __all__ = [
     "ATTEMPT_FILE",
+    "ModelDefect",
     "RunDir",
     "StageError",
     "StaleAttempt",
@@ -36,6 +37,11 @@ SERVING_FORMAT = "onnx"
 
 class StageError(RuntimeError):
     """A stage could not run (missing inputs, a model that does not load, ...)."""
+
+
+class ModelDefect(StageError):
+    """The model itself is at fault (a build refusal, a model file that does not load):
+    running the task again cannot help, so the DAG does not retry it."""
 
 
 class StaleAttempt(StageError):
@@ -116,28 +122,40 @@ class RunDir:
         return attempt_id
 
     # ------------------------------------------------------------------ failures
-    def record_stage_error(self, stage: str, message: str, attempt_id: str | None = None) -> Path:
-        """Record why a stage failed (stages/<stage>/error.json), so certification, the
-        report and the view can say what failed instead of "did not run"."""
+    def record_stage_error(
+        self, stage: str, message: str, attempt_id: str | None = None, part: str | None = None
+    ) -> Path:
+        """Record why a stage (or one `part` of it, e.g. one model's build) failed
+        (stages/<stage>/error[-<part>].json), so certification, the report and the view can
+        say what failed instead of "did not run"."""
+        name = f"error-{part}.json" if part else "error.json"
         return atomic_write_json(
-            self.stage(stage) / "error.json",
+            self.stage(stage) / name,
             {
                 "stage": stage,
+                "part": part,
                 ATTEMPT_COLUMN: attempt_id or self.attempt_id(),
                 "error": message,
             },
         )
 
+    def clear_stage_error(self, stage: str, part: str | None = None) -> None:
+        name = f"error-{part}.json" if part else "error.json"
+        (self.root / "stages" / stage / name).unlink(missing_ok=True)
+
     def stage_error(self, stage: str) -> str | None:
-        """The message of this attempt's failure of `stage`, if it recorded one."""
-        path = self.root / "stages" / stage / "error.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get(ATTEMPT_COLUMN) != self.attempt_id(create=False):
-            return None
-        return str(data.get("error") or "") or None
+        """This attempt's failure messages of `stage` (every part), if it recorded any."""
+        folder = self.root / "stages" / stage
+        attempt = self.attempt_id(create=False)
+        messages = []
+        for path in sorted(folder.glob("error*.json")) if folder.is_dir() else []:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get(ATTEMPT_COLUMN) == attempt and data.get("error"):
+                messages.append(str(data["error"]))
+        return "; ".join(messages) or None
 
     # ------------------------------------------------------------------ summaries
     def write_summary(self, stage: str, summary: dict[str, Any]) -> Path:

@@ -43,7 +43,7 @@ from pipeline.loadgen import (
     summarize,
 )
 from pipeline.profiles import Profile, Scenario
-from pipeline.stages.common import RunDir, StageError, input_pool, serving_keys
+from pipeline.stages.common import ModelDefect, RunDir, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, ResourceSampler
 
@@ -595,7 +595,7 @@ async def _start(ctx: StageContext) -> LoadRun:
     ctx.say(f"load: engine process {host.pid} serving {', '.join(keys.values())}")
     if host.load_errors:
         await host.stop()
-        raise StageError(f"load: models failed to load in the engine process: {host.load_errors}")
+        raise ModelDefect(f"load: models failed to load in the engine process: {host.load_errors}")
     sampler = ResourceSampler(host.pid, interval_s=0.5)
     sampler.start()
     names, weights = work.weights(ctx.profile.mix)

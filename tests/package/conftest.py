@@ -25,8 +25,6 @@ MEASURED = {
     "error_rate": 0.002,
     "concurrent_users_supported": 46,
     "cache_hit_rate": 0.81,
-    "routing_accuracy": 0.972,
-    "quality_correlation": 0.991,
     "model_initialization_s": 0.42,
     "parity_max_abs_diff": 1.8e-7,
 }

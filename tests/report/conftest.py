@@ -25,17 +25,21 @@ scenarios:
   quality_focused:
     {users: 4, requests_per_user: 20, ramp_up_s: 0.2, duration_s: 2, pattern: constant,
      behaviour: quality_only}
+  routing_focused:
+    {users: 4, requests_per_user: 20, ramp_up_s: 0.2, duration_s: 2, pattern: constant,
+     behaviour: routing_only}
 patterns:
   constant: {think_ms: 10}
 behaviours:
-  mixed: {quality_predictor: 0.6, routing_classifier: 0.4}
+  mixed: {quality_predictor: 0.5, routing_classifier: 0.5}
   quality_only: {quality_predictor: 1.0}
+  routing_only: {routing_classifier: 1.0}
 profiles:
   report:
     scenario_time_scale: 1.0
     think_time_scale: 1.0
-    min_requests_per_scenario: 600
-    max_requests_per_user: 250
+    min_requests_per_scenario: 1050  # a p99 per model needs 1,000 of its own requests
+    max_requests_per_user: 300
     warmup_s: 0.2
     window_s: 0.5
     stability_tolerance: 1.0

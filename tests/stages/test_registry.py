@@ -138,4 +138,5 @@ def test_a_failed_stage_names_its_error_in_the_criteria_it_leaves_unmeasured(
     criteria = pd.read_csv(run_dir / "stages/certify/criteria.csv").set_index("name")
     p95 = criteria.loc["p95_latency_ms"]
     assert p95["status"] == Status.NOT_RUN and not p95["met"]
-    assert "the load stage failed: StageError: load: models failed to load" in p95["detail"]
+    assert "the load stage failed: load: models failed to load" in p95["detail"]
+    assert "routing_classifier" in p95["detail"]  # names the model that failed

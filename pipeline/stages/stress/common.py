@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.inference.settings import EngineSettings
 from pipeline.loadgen import percentiles, run_users
 from pipeline.profiles import Profile
-from pipeline.stages.common import RunDir, StageError, input_pool, row_shapes, serving_keys
+from pipeline.stages.common import ModelDefect, RunDir, input_pool, row_shapes, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, HostResult, ResourceSampler
 
@@ -291,7 +291,7 @@ async def stress_context(
     ctx = None
     try:
         if host.load_errors:
-            raise StageError(f"stress: models failed to load in the engine: {host.load_errors}")
+            raise ModelDefect(f"stress: models failed to load in the engine: {host.load_errors}")
         sampler = ResourceSampler(host.pid, interval_s=sample_interval_s)
         sampler.sample()
         sampler.start()
