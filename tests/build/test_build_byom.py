@@ -392,3 +392,31 @@ def test_the_trigger_form_refuses_a_models_file_the_cli_builds(
         validate_conf({"models_file": str(models)})
     assert main(["build", "--out", str(tmp_path / "out"), "--models", str(models)]) == 0
     assert list(read_model_info(tmp_path / "out")) == ["conv"]
+
+
+def test_an_oversized_model_file_is_refused_before_it_is_read(
+    write_models_yaml, tmp_path, monkeypatch
+) -> None:
+    """Larger than the memory budget (RELCERT_MAX_MODEL_MB, default the engine's
+    max_memory_mb): refused by its size, before its checksum or contents are read."""
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(8 * 2**20)  # sparse: 8 MB of zeros to whoever reads it
+    entry = {"name": "big", "path": str(big), "sha256": "0" * 64}
+    models = write_models_yaml({"models": [entry]})
+    monkeypatch.setenv("RELCERT_MAX_MODEL_MB", "1")
+    with pytest.raises(BuildError) as caught:
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)
+    message = str(caught.value)
+    assert f"model 'big': file {big} is 8.0 MB, more than the 1 MB" in message
+    assert "RELCERT_MAX_MODEL_MB" in message and "sha256" not in message
+    assert not (tmp_path / "out").exists() and _hidden(tmp_path) == []
+
+    monkeypatch.delenv("RELCERT_MAX_MODEL_MB")  # the engine's default budget, 500 MB
+    with open(big, "wb") as handle:
+        handle.truncate(501 * 2**20)
+    with pytest.raises(BuildError, match=r"501\.0 MB, more than the 500 MB .*max_memory_mb"):
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)
+    monkeypatch.setenv("RELCERT_MAX_MODEL_MB", "lots")
+    with pytest.raises(BuildError, match="RELCERT_MAX_MODEL_MB='lots': expected a positive"):
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)
