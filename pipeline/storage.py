@@ -26,7 +26,9 @@ the task works there with ordinary file APIs, and on exit the folder is staged o
   only staging, which the next push of the run deletes (at once on a local store, where
   pushes hold the lock; after `STALE_PENDING_S` on an object store, where another task may
   still be staging); a push killed after it is finished by the next pull or push of the run
-  (roll forward). So a pull sees every file of a task's upload or none. Temporary files
+  (roll forward). So after a kill a pull sees every file of a task's upload or none (on an
+  object store a pull that runs while another task's upload is being moved in may still see
+  part of it: there is no lock there). Temporary files
   (`.<name>.*.tmp` from `pipeline._io.atomic_path`) and host-local lock files are never
   uploaded;
 * outputs are uploaded on success and after an ordinary exception (files are complete,
@@ -370,7 +372,7 @@ class ArtifactStore:
         """Finish every committed push of the run (roll forward: its record says what to
         move in and delete; a staged file already gone was already moved); delete dead
         pushes' uncommitted staging: all of it when `locked` (no push is staging now), else
-        only staging older than STALE_PENDING_S. Pull runs it too, without deleting."""
+        only staging older than STALE_PENDING_S."""
         records, staged = self._pending_state(base)
         for token in sorted(records):
             try:
