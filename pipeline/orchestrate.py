@@ -80,6 +80,17 @@ def _check_trusted_models(models_file: str) -> None:
         raise ConfError(f"conf.models_file: {exc}") from None
 
 
+def _check_trusted_build(models_file: str, name: str) -> None:
+    """`prepare`'s check again where the code runs (the models file may have changed since),
+    and model `name`'s builder must be defined under a builder prefix (this imports it)."""
+    from pipeline.build import load_models_config
+    from pipeline.trust import check_builder_callables, check_models_file, check_specs
+
+    specs = load_models_config(check_models_file(models_file))
+    check_specs(specs)
+    check_builder_callables([spec for spec in specs if spec.name == name])
+
+
 def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     """Check a run's params beyond what the trigger form's JSON schema can say."""
     from pipeline.targets import TargetsError, load_targets
@@ -189,15 +200,10 @@ def _targets(run_dir: Path):
 
 def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] = print) -> dict:
     """Build one model of the run into `<run>/parts/<name>` (a mapped task)."""
-    from pipeline.build import build_models, load_models_config
-    from pipeline.trust import check_builder_callables, check_models_file, check_specs
-
-    # again where the code runs: the models file may have changed since `prepare`
-    specs = load_models_config(check_models_file(ctx["models_file"]))
-    check_specs(specs)
-    check_builder_callables([spec for spec in specs if spec.name == name])
+    from pipeline.build import build_models
 
     started = time.perf_counter()
+    _check_trusted_build(ctx["models_file"], name)
     store = _store()
     with workspace(ctx, store=store, say=progress) as run_dir:
         out = run_dir / "parts" / name
