@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -105,7 +106,8 @@ def main() -> None:
         root = Path(tmp)
         files = {n: models_file(root, n) for n in args.models}
         for workers in args.workers:
-            extra = {}
+            # the models files are generated here: a models folder of the deployment
+            extra = {"RELCERT_MODELS_DIRS": os.pathsep.join([str(root), str(PROJECT / "include")])}
             if args.profile == "smoke":
                 extra["RELCERT_PROFILES_FILE"] = str(PROJECT / "include" / "profiles.yaml")
             cluster = AirflowCluster(root / f"w{workers}", "CeleryExecutor", extra_env=extra)

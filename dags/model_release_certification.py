@@ -49,7 +49,9 @@ PARAMS = {
         minLength=1,
         title="Models file",
         description_md="The models to certify (relative to the project, or absolute): built "
-        "by a builder or imported from an `.onnx` / TorchScript `.pt` file.",
+        "by a builder or imported from an `.onnx` / TorchScript `.pt` file. The file and every "
+        "file it names must lie in a models folder (`RELCERT_MODELS_DIRS`, default `include/`), "
+        "its builders under `RELCERT_BUILDER_PREFIXES`; anything else fails `prepare`.",
         section="Run",
     ),
     "target_overrides": Param(

@@ -1,6 +1,6 @@
 """`relcert`: the command line.
 
-relcert build --out DIR [--date YYYY-MM-DD] [--models include/models.yaml]
+relcert build --out DIR [--date YYYY-MM-DD] [--models include/models.yaml] [--force]
 relcert stage NAME --run-dir DIR        one stage and its gate
 relcert report --run-dir DIR            the final report and decision
 relcert package --run-dir DIR [--image] the deployment package (and its OCI image)
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         "--date", type=_date, default=None, help="snapshot date YYYY-MM-DD (default: today, UTC)"
     )
     build.add_argument("--models", default=None, help="models file (default: include/models.yaml)")
+    build.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds files that are not a previous build",
+    )
 
     stage = sub.add_parser(
         "stage",
@@ -164,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             result = build_models(
-                args.out, snapshot_date=args.date, models_file=args.models, progress=print
+                args.out,
+                snapshot_date=args.date,
+                models_file=args.models,
+                progress=print,
+                force=args.force,
             )
         except BuildError as exc:
             print(f"relcert build: error: {exc}", file=sys.stderr)

@@ -67,6 +67,30 @@ def run_key(run_id: str) -> str:
     return safe
 
 
+def _check_trusted_models(models_file: str) -> None:
+    """The trigger form is not trusted (`pipeline.trust`): the models file, every file it
+    names and every builder must lie in the configured folders and modules; checked before
+    anything else reads the file."""
+    from pipeline.build import BuildError, load_models_config
+    from pipeline.trust import UntrustedInput, check_models_file, check_specs
+
+    try:
+        check_specs(load_models_config(check_models_file(models_file)))
+    except (UntrustedInput, BuildError) as exc:
+        raise ConfError(f"conf.models_file: {exc}") from None
+
+
+def _check_trusted_build(models_file: str, name: str) -> None:
+    """`prepare`'s check again where the code runs (the models file may have changed since),
+    and model `name`'s builder must be defined under a builder prefix (this imports it)."""
+    from pipeline.build import load_models_config
+    from pipeline.trust import check_builder_callables, check_models_file, check_specs
+
+    specs = load_models_config(check_models_file(models_file))
+    check_specs(specs)
+    check_builder_callables([spec for spec in specs if spec.name == name])
+
+
 def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     """Check a run's params beyond what the trigger form's JSON schema can say."""
     from pipeline.targets import TargetsError, load_targets
@@ -83,6 +107,8 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("allow_relaxed_targets", "build_package", "build_image"):
         if key in params and not isinstance(params[key], bool):
             raise ConfError(f"conf.{key} must be true or false, got {params[key]!r}")
+    _check_trusted_models(params.get("models_file") or "include/models.yaml")
+
     models_file = params.get("models_file") or "include/models.yaml"
     path = Path(models_file)
     path = path if path.is_absolute() else PROJECT_ROOT / path
@@ -194,6 +220,7 @@ def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] =
     from pipeline.stages.common import ModelDefect, RunDir
 
     started = time.perf_counter()
+    _check_trusted_build(ctx["models_file"], name)
     store = _store()
     with workspace(ctx, store=store, say=progress) as run_dir:
         out = run_dir / "parts" / name

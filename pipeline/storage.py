@@ -17,13 +17,25 @@ the task works there with ordinary file APIs, and on exit the folder is staged o
   pulled: if another task changed it meanwhile, `StoreConflict` names the file(s) and nothing
   is uploaded (optimistic concurrency; on a local store the check and the uploads run under
   a lock, on an object store a concurrent writer can still slip between check and upload);
-* each upload is atomic: on a local filesystem a temporary file in the same folder renamed
-  over the target, on an object store one put per object; temporary files (`.<name>.*.tmp`
-  from `pipeline._io.atomic_path`) and host-local lock files are never uploaded;
+* a task's upload is one unit (all its files or none of them), in three steps: every changed
+  file is first written under the run's staging folder `.relcert-pending/<token>/`; then one
+  commit record `.relcert-pending/<token>.json` (the files to move in, the files to delete)
+  is written in one atomic step; then the files are moved into place (a rename on a
+  filesystem, a copy and delete per object on an object store) and the record removed.
+  Readers never list `.relcert-pending/`. A push killed before its commit record exists left
+  only staging, which the next push of the run deletes (at once on a local store, where
+  pushes hold the lock; after `STALE_PENDING_S` on an object store, where another task may
+  still be staging); a push killed after it is finished by the next pull or push of the run
+  (roll forward). So after a kill a pull sees every file of a task's upload or none (on an
+  object store a pull that runs while another task's upload is being moved in may still see
+  part of it: there is no lock there). Temporary files
+  (`.<name>.*.tmp` from `pipeline._io.atomic_path`) and host-local lock files are never
+  uploaded;
 * outputs are uploaded on success and after an ordinary exception (files are complete,
   thanks to atomic local writes, and the final report needs a failed stage's partial
-  outputs); a task killed outright uploads nothing, so the store never holds a half-written
-  file. The temporary folder is always removed.
+  outputs); a task killed outright uploads nothing, and a task killed while uploading
+  uploads all or nothing. The temporary folder is always removed. On a local store a pull
+  takes the run's lock shared, so it never copies a push that is being applied.
 
 This module imports neither Airflow nor anything heavy beyond fsspec.
 """
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import posixpath
@@ -39,6 +52,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -49,6 +63,7 @@ from pipeline._io import atomic_path, sha256_file, sha256_stream
 __all__ = [
     "ENV_ARTIFACTS",
     "ENV_WORKDIR",
+    "STALE_PENDING_S",
     "ArtifactStore",
     "StoreConflict",
     "StoreError",
@@ -68,11 +83,18 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _CHUNK = 1 << 20
 #: a local store's lock file, inside the run folder (never pulled nor pushed)
 _LOCK_NAME = ".relcert-store.lock"
-# host-local leftovers: atomic_path temp files, lock files, assemble_models' staging folders
+#: a run's staging folder for uploads not yet in place: `<token>/<rel>` staged files and
+#: `<token>.json` commit records (never listed, pulled nor pushed as run files)
+_PENDING = ".relcert-pending"
+#: on an object store (no lock), uncommitted staging older than this (s) is a dead push's
+STALE_PENDING_S = 3600.0
+# host-local leftovers: atomic_path temp files, lock files, assemble_models' staging folders,
+# and the store's own staging folder
 _TRANSIENT = (
     re.compile(r"^\..+\.tmp$"),
     re.compile(r"^\.(.*[.-])?lock$"),
     re.compile(r"^\..+\.(assemble|old)-.+$"),
+    re.compile(r"^" + re.escape(_PENDING) + r"$"),
 )
 
 
@@ -266,47 +288,167 @@ class ArtifactStore:
     def pull(
         self, location: str, local_dir: str | os.PathLike[str], transfer: Transfer | None = None
     ) -> dict[str, str]:
-        """Copy every file of `location` into `local_dir`; returns {rel path: sha256}."""
+        """Copy every file of `location` into `local_dir`; returns {rel path: sha256}.
+
+        A push that was committed but stopped part-way is finished first, so the copy holds
+        all of every task's upload or none of it."""
         started = time.perf_counter()
         local = Path(local_dir)
         local.mkdir(parents=True, exist_ok=True)
         manifest: dict[str, str] = {}
         record = transfer if transfer is not None else Transfer()
-        for rel, fs_path in sorted(self.list_files(location).items()):
-            target = local.joinpath(*PurePosixPath(rel).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with self.fs.open(fs_path, "rb") as src, open(target, "wb") as dst:
-                    digest, size = sha256_stream(src, dst)
-            except FileNotFoundError:  # deleted by another task since the listing
-                target.unlink(missing_ok=True)
-                continue
-            manifest[rel] = digest
-            record.files.append(rel)
-            record.bytes += size
+        with self._reading(self.fs_path(location)):
+            for rel, fs_path in sorted(self.list_files(location).items()):
+                target = local.joinpath(*PurePosixPath(rel).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with self.fs.open(fs_path, "rb") as src, open(target, "wb") as dst:
+                        digest, size = sha256_stream(src, dst)
+                except FileNotFoundError:  # deleted by another task since the listing
+                    target.unlink(missing_ok=True)
+                    continue
+                manifest[rel] = digest
+                record.files.append(rel)
+                record.bytes += size
         record.seconds = time.perf_counter() - started
         return manifest
 
     @contextlib.contextmanager
-    def _locked(self, fs_path: str) -> Iterator[None]:
-        """On a local store, serialise pushes into one run folder (across processes)."""
+    def _locked(self, fs_path: str, *, shared: bool = False) -> Iterator[None]:
+        """On a local store, serialise pushes into one run folder (across processes); a
+        shared lock (pulls) excludes pushes but not other pulls."""
         if not self.is_local:
             yield
             return
         os.makedirs(fs_path, exist_ok=True)
         with open(os.path.join(fs_path, _LOCK_NAME), "a+") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _put(self, source: Path, fs_path: str) -> None:
-        if self.is_local:  # a temp file beside the target, fsynced, renamed over it
-            with atomic_path(fs_path) as tmp, open(source, "rb") as src, open(tmp, "wb") as dst:
+    @contextlib.contextmanager
+    def _reading(self, base: str) -> Iterator[None]:
+        """Read a run consistently: finish committed pushes that stopped part-way, and on a
+        local store hold the lock shared while reading (no push is applied meanwhile)."""
+        if not self.is_local:
+            self._recover(base, locked=False)
+            yield
+            return
+        if not os.path.isdir(base):
+            yield
+            return
+        while True:
+            with self._locked(base, shared=True):
+                if not self._pending_state(base)[0]:
+                    yield
+                    return
+            with self._locked(base):
+                self._recover(base, locked=True)
+
+    # ------------------------------------------------------------ uploads as one unit
+
+    def _pending_state(self, base: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The run's staging folder: ({token: commit record}, {token: staged folder})."""
+        pending = posixpath.join(base, _PENDING)
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(pending)
+        try:
+            entries = self.fs.ls(pending, detail=True)
+        except FileNotFoundError:
+            return {}, {}
+        records, staged = {}, {}
+        for entry in entries:
+            path = entry["name"].rstrip("/")
+            name = posixpath.basename(path)
+            if entry.get("type") == "directory":
+                staged[name] = path
+            elif name.endswith(".json") and not is_transient(name):
+                records[name[: -len(".json")]] = path
+        return records, staged
+
+    def _recover(self, base: str, *, locked: bool) -> None:
+        """Finish every committed push of the run (roll forward: its record says what to
+        move in and delete; a staged file already gone was already moved); delete dead
+        pushes' uncommitted staging: all of it when `locked` (no push is staging now), else
+        only staging older than STALE_PENDING_S."""
+        records, staged = self._pending_state(base)
+        for token in sorted(records):
+            try:
+                with self.fs.open(records[token], "rb") as handle:
+                    plan = json.loads(handle.read())
+            except FileNotFoundError:  # finished by its own push meanwhile
+                continue
+            except ValueError as exc:
+                raise StoreError(f"{records[token]}: unreadable commit record: {exc}") from exc
+            _LOG.warning("storage: finishing upload %s into %s (its task stopped)", token, base)
+            self._apply(base, token, plan["files"], plan["deleted"])
+        for token, path in staged.items():
+            if token in records:
+                continue
+            born = token.split("-", 1)[0]
+            old = born.isdigit() and time.time() - int(born) > STALE_PENDING_S
+            if locked or old:
+                _LOG.warning("storage: removing an unfinished upload %s from %s", token, base)
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(path, recursive=True)
+        if locked:  # leftovers of a record being written when its push died
+            with contextlib.suppress(FileNotFoundError):
+                for path in self.fs.ls(posixpath.join(base, _PENDING), detail=False):
+                    if is_transient(posixpath.basename(path.rstrip("/"))):
+                        self.fs.rm(path, recursive=True)
+        self._tidy_pending(base)
+
+    def _tidy_pending(self, base: str) -> None:
+        with contextlib.suppress(OSError):  # not empty (another push), or already gone
+            self.fs.rmdir(posixpath.join(base, _PENDING))
+
+    def _stage(self, source: Path, fs_path: str) -> None:
+        """Write one file of a push into the staging folder (complete before the commit)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(fs_path), exist_ok=True)
+            with open(source, "rb") as src, open(fs_path, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
-        else:  # one put per object: readers see the old object or the new one
+                dst.flush()
+                os.fsync(dst.fileno())
+        else:
             self.fs.put_file(str(source), fs_path)
+
+    def _commit(self, base: str, token: str, files: list[str], deleted: list[str]) -> None:
+        """Write the commit record in one atomic step: from here on the push happens."""
+        record = posixpath.join(base, _PENDING, f"{token}.json")
+        data = json.dumps({"token": token, "files": files, "deleted": deleted}).encode()
+        if self.is_local:
+            with atomic_path(record) as tmp:
+                tmp.write_bytes(data)
+        else:
+            self.fs.pipe_file(record, data)
+
+    def _move_in(self, staged: str, target: str) -> None:
+        """Move a staged file over its target: readers see the old file or the new one."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(staged, target)
+        else:  # one put per object (a copy), then the staged object goes
+            self.fs.cp_file(staged, target)
+            self.fs.rm_file(staged)
+
+    def _apply(self, base: str, token: str, files: list[str], deleted: list[str]) -> None:
+        """Move a committed push's staged files into place, delete what it deleted, and
+        remove its record and staging (idempotent: a roll forward may repeat any step)."""
+        stage = posixpath.join(base, _PENDING, token)
+        for rel in files:
+            with contextlib.suppress(FileNotFoundError):  # moved already
+                self._move_in(posixpath.join(stage, rel), posixpath.join(base, rel))
+        for rel in deleted:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(posixpath.join(base, rel))
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(posixpath.join(base, _PENDING, f"{token}.json"))
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(stage, recursive=True)
+        self._tidy_pending(base)
 
     def push(
         self,
@@ -316,8 +458,9 @@ class ArtifactStore:
         transfer: Transfer | None = None,
     ) -> Transfer:
         """Upload the files of `local_dir` that are new or changed against `manifest` (what
-        `pull` returned) and delete the files the task deleted; StoreConflict (and nothing
-        uploaded) if any of them changed in the store since the pull."""
+        `pull` returned) and delete the files the task deleted, as one unit (see the module
+        doc); StoreConflict (and nothing uploaded) if any of them changed in the store since
+        the pull."""
         started = time.perf_counter()
         record = transfer if transfer is not None else Transfer()
         local = Path(local_dir)
@@ -331,6 +474,7 @@ class ArtifactStore:
             return record
         base = self.fs_path(location)
         with self._locked(base):
+            self._recover(base, locked=self.is_local)
             current = self.list_files(location)
             conflicts, uploads, removals = [], [], []
             for rel in changed:
@@ -351,17 +495,33 @@ class ArtifactStore:
                 (removals if theirs == manifest[rel] else conflicts).append(rel)
             if conflicts:
                 raise StoreConflict(location, conflicts)
-            for rel in uploads:
-                path = local.joinpath(*PurePosixPath(rel).parts)
-                self._put(path, posixpath.join(base, rel))
-                record.files.append(rel)
-                record.bytes += path.stat().st_size
-            for rel in removals:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(posixpath.join(base, rel))
-                record.deleted.append(rel)
+            if uploads or removals:
+                self._push_unit(local, base, uploads, removals, record)
         record.seconds = time.perf_counter() - started
         return record
+
+    def _push_unit(
+        self, local: Path, base: str, uploads: list[str], removals: list[str], record: Transfer
+    ) -> None:
+        """Stage, commit, apply (see the module doc)."""
+        token = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        stage = posixpath.join(base, _PENDING, token)
+        size = 0
+        try:
+            for rel in uploads:
+                path = local.joinpath(*PurePosixPath(rel).parts)
+                self._stage(path, posixpath.join(stage, rel))
+                size += path.stat().st_size
+        except Exception:  # nothing of this push is visible: drop what was staged
+            with contextlib.suppress(Exception):
+                self.fs.rm(stage, recursive=True)
+            self._tidy_pending(base)
+            raise
+        self._commit(base, token, uploads, removals)
+        self._apply(base, token, uploads, removals)
+        record.files.extend(uploads)
+        record.deleted.extend(removals)
+        record.bytes += size
 
 
 def _workdir() -> str | None:

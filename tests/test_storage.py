@@ -104,6 +104,7 @@ def test_transient_names():
     assert is_transient("stages/load/.requests.csv.abc.tmp")
     assert is_transient(".gx/.lock")
     assert is_transient(".models.assemble-x1/model_info.json")
+    assert is_transient(".relcert-pending/1790000000-ab12/report.json")
     assert not is_transient(".gx/expectations/relcert_build.json")
     assert not is_transient("report.tmp.json")
 
@@ -315,6 +316,132 @@ def test_a_killed_task_uploads_nothing(tmp_path: Path, monkeypatch: pytest.Monke
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert _stored(store, location) == {"conf.json": b"{}"}
+
+
+# a push that dies part-way: the store's N-th file write ("upload": a copy into a local
+# store, a put into an object store) or N-th rename/copy into place ("move") kills the pushing
+# process (SIGKILL: no finally, no except runs); local stores only (memory:// is per process)
+_DYING_PUSH = """
+import json, os, shutil, signal, sys
+from pathlib import Path
+from pipeline.storage import ArtifactStore
+root, location, local, manifest, step, after = sys.argv[1:]
+module, name = (shutil, "copyfileobj") if step == "upload" else (os, "replace")
+original, calls = getattr(module, name), []
+def dying(*args, **kwargs):
+    if len(calls) == int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls.append(args)
+    return original(*args, **kwargs)
+store, pulled = ArtifactStore.from_location(root), json.loads(Path(manifest).read_text())
+setattr(module, name, dying)
+store.push(Path(local), location, pulled)
+print("pushed everything")
+"""
+
+
+class _Killed(BaseException):
+    """A kill, in-process (memory://): no `except Exception` of the store catches it."""
+
+
+def _push_killed(store, local: Path, location: str, manifest: dict, step: str, after: int):
+    """Push `local`, killed at the `after`-th (0-based) write ("upload") or move ("move")."""
+    if store.is_local:
+        saved = local.parent / f"{local.name}.manifest.json"
+        saved.write_text(json.dumps(manifest))
+        env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+        argv = [store.root, location, str(local), str(saved), step, str(after)]
+        done = subprocess.run(
+            [sys.executable, "-c", _DYING_PUSH, *argv], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr[-2000:]
+        return
+    name = "put_file" if step == "upload" else "cp_file"
+    original, calls = getattr(type(store.fs), name), []
+
+    def dying(*args, **kwargs):
+        if len(calls) == after:
+            raise _Killed()
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(store.fs), name, dying)
+        with pytest.raises(_Killed):
+            store.push(local, location, manifest)
+
+
+def _old_and_new(store: ArtifactStore, tmp_path: Path) -> tuple[str, dict, dict, Path, dict]:
+    """A run of 30 files; a task's workspace that rewrites 20, adds 5 and deletes 3."""
+    location = _run(store)
+    old = {f"stages/load/part{i:02d}.csv": f"old {i}\n" for i in range(30)}
+    _seed(store, location, old)
+    local = tmp_path / "task"
+    manifest = store.pull(location, local)
+    new = dict(old)
+    for i in range(20):
+        new[f"stages/load/part{i:02d}.csv"] = f"new {i}\n"
+    for i in range(5):
+        new[f"stages/stress/extra{i}.csv"] = f"extra {i}\n"
+    for i in range(27, 30):
+        del new[f"stages/load/part{i:02d}.csv"]
+        (local / f"stages/load/part{i:02d}.csv").unlink()
+    for rel, text in new.items():
+        if old.get(rel) != text:
+            atomic_write_text(local / rel, text)
+    encode = lambda files: {rel: text.encode() for rel, text in files.items()}  # noqa: E731
+    return location, encode(old), encode(new), local, manifest
+
+
+def _pulled(store: ArtifactStore, location: str, folder: Path) -> dict[str, bytes]:
+    manifest = store.pull(location, folder)
+    return {rel: (folder / rel).read_bytes() for rel in manifest}
+
+
+def test_a_push_killed_while_uploading_leaves_the_old_run_whole(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Killed after 12 of its 25 files are in the store's staging: the store shows the old
+    content entirely, a pull sees none of the half-upload, the next push clears it."""
+    location, old, new, local, manifest = _old_and_new(store, tmp_path)
+    _push_killed(store, local, location, manifest, "upload", after=12)
+    assert _stored(store, location) == old
+    assert _pulled(store, location, tmp_path / "reader") == old
+    base = store.fs_path(location)
+    assert store.fs.exists(f"{base}/.relcert-pending")  # the dead push's staging, unlisted
+
+    # the task retried: its push goes through whole, and the dead push's staging is gone
+    monkeypatch.setattr("pipeline.storage.STALE_PENDING_S", -1.0)  # object store: by age
+    retry = tmp_path / "retry"
+    again = store.pull(location, retry)
+    for rel in set(old) - set(new):
+        (retry / rel).unlink()
+    for rel, data in new.items():
+        if old.get(rel) != data:
+            atomic_path_write(retry / rel, data)
+    store.push(retry, location, again)
+    assert _stored(store, location) == new
+    assert not store.fs.exists(f"{base}/.relcert-pending")
+
+
+def test_a_push_killed_while_moving_in_is_finished_by_the_next_pull(
+    store: ArtifactStore, tmp_path: Path
+):
+    """Killed after its commit record and 7 of 25 moves into place: the upload happened; the
+    next pull finishes it (roll forward) and sees the new content entirely, never a mix."""
+    location, old, new, local, manifest = _old_and_new(store, tmp_path)
+    # on a local store the commit record is renamed into place too: the 9th rename is a move
+    _push_killed(store, local, location, manifest, "move", after=8 if store.is_local else 7)
+    raw = _stored(store, location)
+    assert raw != old and raw != new  # the store itself was left mid-way
+    assert _pulled(store, location, tmp_path / "reader") == new
+    assert _stored(store, location) == new
+    assert not store.fs.exists(f"{store.fs_path(location)}/.relcert-pending")
+
+
+def atomic_path_write(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def test_location_of_workspace_files(store: ArtifactStore):

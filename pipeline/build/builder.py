@@ -375,12 +375,31 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_replaceable(out: Path) -> None:
+    """A build replaces ``out`` whole: refuse a non-empty folder that is not a previous build
+    (one holds model_info.json and SHA256SUMS; its other files are the build's to replace)."""
+    previous = (out / "model_info.json").is_file() and (out / "SHA256SUMS").is_file()
+    if not out.is_dir() or previous:
+        return
+    held = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    if held:
+        more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+        raise BuildError(
+            f"out_dir {out} is not empty and is not a previous build (no model_info.json and "
+            f"SHA256SUMS): it holds {', '.join(held[:5])}{more}. A build replaces the whole "
+            "folder, so it was left as it is: choose a new or empty folder, or replace it "
+            "anyway with force=True (relcert build --force)"
+        )
+
+
 def build_models(
     out_dir: str | os.PathLike[str],
     snapshot_date: _dt.date | str | None = None,
     models_file: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     only: Sequence[str] | None = None,
+    *,
+    force: bool = False,
 ) -> BuildResult:
     """Build or import every model listed in the models file into ``out_dir``.
 
@@ -394,6 +413,8 @@ def build_models(
         models_file: the models YAML (default ``$RELCERT_MODELS_FILE`` or
             ``include/models.yaml`` at the repository root).
         progress: optional callable receiving one human-readable line per step.
+        force: replace ``out_dir`` even when it holds files that are not a previous build
+            (otherwise such a folder is refused, before anything is built).
 
     Writes ``<name>.pt`` and ``<name>.onnx`` (built), or the one imported file,
     ``holdout/<name>.npz`` (built), ``model_info.json`` and ``SHA256SUMS``.
@@ -421,6 +442,8 @@ def build_models(
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise BuildError(f"out_dir {out} exists and is not a folder")
+    if not force:
+        _check_replaceable(out)
 
     # Fail fast, before any training: every builder resolves, every imported file exists.
     builders = {spec.name: resolve_builder(spec) for spec in specs if spec.builder is not None}

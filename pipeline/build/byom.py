@@ -67,6 +67,35 @@ def _versions() -> dict[str, str]:
     }
 
 
+#: the largest model file an import reads, in MB (default: the engine's max_memory_mb)
+ENV_MAX_MODEL_MB = "RELCERT_MAX_MODEL_MB"
+
+
+def _check_file_size(where: str, src: Path) -> None:
+    """Refuse a model file larger than the memory budget before reading any of it: its
+    weights need at least its size, so the engine could never load it."""
+    raw = os.environ.get(ENV_MAX_MODEL_MB, "").strip()
+    if raw:
+        try:
+            limit_mb = float(raw)
+        except ValueError:
+            limit_mb = -1.0
+        if not 0 < limit_mb < float("inf"):
+            raise BuildError(f"{ENV_MAX_MODEL_MB}={raw!r}: expected a positive number of MB")
+        source = ENV_MAX_MODEL_MB
+    else:
+        from pipeline.inference.settings import EngineSettings
+
+        limit_mb, source = EngineSettings().max_memory_mb, "the engine's max_memory_mb"
+    size = src.stat().st_size
+    if size > limit_mb * 2**20:
+        raise BuildError(
+            f"{where}: file {src} is {size / 2**20:.1f} MB, more than the {limit_mb:g} MB "
+            f"a model may take ({source}); it was not read (set {ENV_MAX_MODEL_MB} to allow "
+            "larger models, with a matching max_memory_mb for the engine)"
+        )
+
+
 def _shape_text(shape: Any) -> str:
     return "[" + ", ".join("null" if d is None else str(d) for d in shape) + "]"
 
@@ -365,6 +394,7 @@ def import_model(
     src = spec.path
     if not src.is_file():
         raise BuildError(f"{where}: file {src} not found (path in {spec.models_file})")
+    _check_file_size(where, src)
     sha = sha256_file(src)
     if spec.sha256 is not None and sha != spec.sha256:
         raise BuildError(f"{where}: sha256 mismatch for {src}: expected {spec.sha256}, got {sha}")

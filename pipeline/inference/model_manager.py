@@ -226,10 +226,23 @@ class ProductionModelManager:
 
     def _read_verified(self, info: ModelInfo) -> tuple[bytes, str]:
         path = Path(info.path)
+        # a model's weights take at least its file's size: refuse a file over the budget
+        # before reading it (and never read more than the budget, should it grow meanwhile)
+        limit = self.max_memory_mb * 2**20
         try:
-            data = path.read_bytes()
+            size = path.stat().st_size
+            if size <= limit:
+                with open(path, "rb") as handle:
+                    data = handle.read(int(min(limit, 2**62)) + 1)
+                size = max(size, len(data))
         except OSError as exc:
             raise ModelLoadError(f"model {info.key!r}: cannot read {path}: {exc}") from exc
+        if size > limit:
+            raise ModelLoadError(
+                f"model {info.key!r}: {path} is {size / 2**20:.1f} MB, more than "
+                f"max_memory_mb={self.max_memory_mb:g}; not loaded (a model's weights take "
+                "at least its file's size)"
+            )
         digest = hashlib.sha256(data).hexdigest()
         if info.expected_sha256:
             if digest != info.expected_sha256:

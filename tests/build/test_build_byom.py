@@ -340,3 +340,83 @@ def test_custom_builder_failures(
         assert "relcert_test_builders:nan" in str(info.value)
     assert not (tmp_path / "out").exists()
     assert _hidden(tmp_path) == []
+
+
+def test_build_out_keeps_a_folder_that_is_not_a_previous_build(
+    byom_files, write_models_yaml, tmp_path, capsys
+) -> None:
+    """`relcert build --out DIR` replaces DIR whole: a folder with other files is refused
+    (and left as it was) unless --force; a previous build is replaced as before."""
+    from pipeline.cli import main
+
+    models = write_models_yaml({"models": [{"name": "conv", "path": str(byom_files["conv_onnx"])}]})
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "important.txt").write_text("do not lose me")
+    build = ["build", "--out", str(out), "--models", str(models), "--date", SNAPSHOT]
+    assert main(build) == 1
+    error = capsys.readouterr().err
+    assert f"out_dir {out} is not empty and is not a previous build" in error
+    assert "important.txt" in error and "--force" in error
+    assert _tree(out) == {"important.txt": b"do not lose me"}
+    assert _hidden(tmp_path) == []
+
+    fresh = tmp_path / "fresh"
+    assert main(["build", "--out", str(fresh), "--models", str(models), "--date", SNAPSHOT]) == 0
+    previous = _tree(fresh)
+    assert main(["build", "--out", str(fresh), "--models", str(models), "--date", SNAPSHOT]) == 0
+    assert _tree(fresh) == previous  # a previous build is rebuilt in place
+    nested = tmp_path / "nested"
+    (nested / "sub").mkdir(parents=True)
+    (nested / "sub" / "notes.txt").write_text("mine")
+    with pytest.raises(BuildError, match=r"not a previous build .*: it holds sub/notes\.txt\."):
+        build_models(nested, SNAPSHOT, models_file=models)
+    assert (nested / "sub" / "notes.txt").read_text() == "mine"
+    build_models(tmp_path / "empty", SNAPSHOT, models_file=models)  # an empty folder is fine
+
+    assert main([*build, "--force"]) == 0
+    assert sorted(_tree(out)) == ["SHA256SUMS", "conv.onnx", "model_info.json"]
+
+
+def test_the_trigger_form_refuses_a_models_file_the_cli_builds(
+    byom_files, write_models_yaml, tmp_path, monkeypatch
+) -> None:
+    """The CLI is the operator's own shell: any models file; the DAG's form is not trusted:
+    only models files (and model files) in the models folders."""
+    from pipeline.cli import main
+    from pipeline.orchestrate import ConfError, validate_conf
+
+    monkeypatch.delenv("RELCERT_MODELS_DIRS", raising=False)
+    models = write_models_yaml({"models": [{"name": "conv", "path": str(byom_files["conv_onnx"])}]})
+    with pytest.raises(ConfError, match="outside the models folders"):
+        validate_conf({"models_file": str(models)})
+    assert main(["build", "--out", str(tmp_path / "out"), "--models", str(models)]) == 0
+    assert list(read_model_info(tmp_path / "out")) == ["conv"]
+
+
+def test_an_oversized_model_file_is_refused_before_it_is_read(
+    write_models_yaml, tmp_path, monkeypatch
+) -> None:
+    """Larger than the memory budget (RELCERT_MAX_MODEL_MB, default the engine's
+    max_memory_mb): refused by its size, before its checksum or contents are read."""
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(8 * 2**20)  # sparse: 8 MB of zeros to whoever reads it
+    entry = {"name": "big", "path": str(big), "sha256": "0" * 64}
+    models = write_models_yaml({"models": [entry]})
+    monkeypatch.setenv("RELCERT_MAX_MODEL_MB", "1")
+    with pytest.raises(BuildError) as caught:
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)
+    message = str(caught.value)
+    assert f"model 'big': file {big} is 8.0 MB, more than the 1 MB" in message
+    assert "RELCERT_MAX_MODEL_MB" in message and "sha256" not in message
+    assert not (tmp_path / "out").exists() and _hidden(tmp_path) == []
+
+    monkeypatch.delenv("RELCERT_MAX_MODEL_MB")  # the engine's default budget, 500 MB
+    with open(big, "wb") as handle:
+        handle.truncate(501 * 2**20)
+    with pytest.raises(BuildError, match=r"501\.0 MB, more than the 500 MB .*max_memory_mb"):
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)
+    monkeypatch.setenv("RELCERT_MAX_MODEL_MB", "lots")
+    with pytest.raises(BuildError, match="RELCERT_MAX_MODEL_MB='lots': expected a positive"):
+        build_models(tmp_path / "out", SNAPSHOT, models_file=models)

@@ -86,3 +86,16 @@ def test_invalid_conf_is_refused_with_a_message(airflow_env: dict[str, str]) -> 
     result = relcert_run(airflow_env, "--conf", '{"profile": "weekly"}')
     assert result.returncode == 1
     assert "profile" in (result.stdout + result.stderr)
+
+
+def test_a_models_file_outside_the_models_folders_fails_prepare(
+    airflow_env: dict[str, str],
+) -> None:
+    """Whoever triggers a run cannot make a worker read any file: prepare fails, naming the
+    file and the setting, and nothing of the file shows."""
+    result = relcert_run(airflow_env, "--conf", '{"models_file": "../../../../etc/passwd"}')
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "invalid conf: conf.models_file: '../../../../etc/passwd' resolves to" in output
+    assert "outside the models folders (RELCERT_MODELS_DIRS=" in output
+    assert "root:x:" not in output

@@ -185,3 +185,25 @@ def test_a_model_with_nan_outputs_is_refused_at_warm_up(tmp_path: Path) -> None:
     manager = ProductionModelManager(tmp_path)
     assert manager.load_model("broken_torchscript") is False
     assert "NaN" in manager.load_errors["broken_torchscript"]
+
+
+def test_a_file_over_the_memory_budget_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A 64 MB model file and a 16 MB budget: load_model says no, with the reason, without
+    reading the file (it could never fit: its weights take at least its size)."""
+    import tracemalloc
+
+    big = tmp_path / "huge.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(64 * 2**20)  # sparse: no disk, but 64 MB to whoever reads it
+    manager = ProductionModelManager(tmp_path, max_memory_mb=16)
+    tracemalloc.start()
+    try:
+        assert manager.load_model("huge") is False
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # nothing like the file's 64 MB was read
+    reason = manager.load_errors["huge_onnx"]
+    assert f"{big} is 64.0 MB, more than max_memory_mb=16; not loaded" in reason
+    assert manager.model_info["huge_onnx"].last_error == reason
+    assert manager.loaded_models == []
