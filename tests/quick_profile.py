@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # A small profile under the name the DAG's form accepts: every certification criterion
-# gets enough samples to be valid (2,600 load requests, half per example model: a p99 per model needs 1,000 of that
-# model's own; 21 concurrent users, p50/p95
-# claims), so a healthy model is approved and packaged, in about a minute per run.
+# gets enough samples to be valid (2,600 load requests, half per example model, since a p99
+# per model needs 1,000 of that model's own; 21 concurrent users; p50/p95 claims), so a
+# healthy model is approved and packaged, in about a minute per run.
 QUICK_PROFILES = """
 version: 1
 scenarios:
