@@ -5,6 +5,7 @@ relcert stage NAME --run-dir DIR        one stage and its gate
 relcert report --run-dir DIR            the final report and decision
 relcert package --run-dir DIR [--image] the deployment package (and its OCI image)
 relcert demo --model-dir DIR
+relcert baseline pin RUN_KEY | unpin | show [--for RUN_KEY]
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.names import DEFAULT_PROFILE, EXIT_CODES, EXIT_ERROR, NOT_APPROVED, PROFILE_NAMES
+from pipeline.names import (
+    DAG_ID,
+    DEFAULT_PROFILE,
+    EXIT_CODES,
+    EXIT_ERROR,
+    NOT_APPROVED,
+    PROFILE_NAMES,
+)
 from pipeline.stages.registry import STAGES
 
 __all__ = ["main"]
@@ -155,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cli.add_parser(sub)
 
+    _baseline_parser(sub)
+
     demo = sub.add_parser("demo", help="a short demo of the inference engine on built models")
     demo.add_argument("--model-dir", required=True, help="a folder written by `relcert build`")
     demo.add_argument("--rate", type=float, default=1000.0, help="open-loop rate, req/s")
@@ -206,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.local_airflow import run_ui
 
         return run_ui(args.port)
+    if args.command == "baseline":
+        return _baseline(args)
     if args.command == "demo":
         from pipeline.demo import run_demo
 
@@ -216,6 +228,77 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     return 2
+
+
+def _baseline_parser(sub) -> None:
+    baseline = sub.add_parser(
+        "baseline",
+        help="pin, unpin or show the baseline that regression criteria compare with",
+        description="The baseline of a run is the last APPROVED run of the DAG with the same "
+        "models and profile and an earlier snapshot date, unless a run is pinned. The pin is "
+        "stored in the artifact store (<artifacts>/<dag>/baseline.json), so every worker and "
+        "the UI see it. Exit 0 on success, 1 on error or refusal.",
+    )
+    actions = baseline.add_subparsers(dest="action", required=True)
+    pin = actions.add_parser("pin", help="pin an APPROVED run as the baseline")
+    pin.add_argument("run_key", help="the run's folder name under <artifacts>/<dag>/")
+    pin.add_argument("--reason", default="", help="why (recorded with the pin)")
+    unpin = actions.add_parser("unpin", help="remove the pin: the automatic choice applies again")
+    show = actions.add_parser("show", help="show the pin, or the baseline of a run")
+    show.add_argument(
+        "--for",
+        dest="for_run",
+        default=None,
+        metavar="RUN_KEY",
+        help="also show the baseline this run gets",
+    )
+    for action in (pin, unpin, show):
+        action.add_argument(
+            "--artifacts", default=None, help="artifacts root (default $RELCERT_ARTIFACTS)"
+        )
+        action.add_argument("--dag-id", default=DAG_ID, help=f"the DAG (default {DAG_ID})")
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from pipeline.regression.baseline import (
+        BaselineError,
+        find_baseline,
+        pin_baseline,
+        read_pin,
+        unpin_baseline,
+    )
+    from pipeline.storage import ArtifactStore, StoreError
+
+    try:
+        store = ArtifactStore.from_location(args.artifacts)
+        if args.action == "pin":
+            pin = pin_baseline(store, args.run_key, dag_id=args.dag_id, reason=args.reason)
+            print(f"==> pinned {pin.run_key} as the baseline of {args.dag_id}")
+        elif args.action == "unpin":
+            removed = unpin_baseline(store, dag_id=args.dag_id)
+            print(f"==> unpinned {removed.run_key}" if removed else "==> no pinned baseline")
+        else:
+            pin = read_pin(store, dag_id=args.dag_id)
+            if pin:
+                by = f" by {pin.pinned_by}" if pin.pinned_by else ""
+                why = f": {pin.reason}" if pin.reason else ""
+                print(f"pinned: {pin.run_key} (since {pin.pinned_at}{by}{why})")
+            else:
+                print("pinned: none (automatic: the last APPROVED run before each run's date)")
+            if args.for_run:
+                found = find_baseline(store, args.for_run, dag_id=args.dag_id)
+                print(f"baseline of {args.for_run}: {found.reason}")
+                if found.run is not None:
+                    run, host = found.run, found.run.host
+                    versions = ", ".join(f"{k} v{v}" for k, v in sorted(run.models.items()))
+                    print(f"  run id: {run.run_id}; profile: {run.profile}; models: {versions}")
+                    print(f"  host: {host.hostname}, {host.cpu_count} CPUs, {host.cpu_model}")
+                for note in found.notes:
+                    print(f"  note: {note}")
+    except (BaselineError, StoreError) as exc:
+        print(f"relcert baseline {args.action}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

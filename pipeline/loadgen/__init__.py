@@ -16,16 +16,25 @@ behind shows up as latency rather than silently thinning the load (coordinated o
 from pipeline.loadgen.closed import Turn, run_users
 from pipeline.loadgen.issue import OpenLoopRecord, run_open_loop
 from pipeline.loadgen.schedule import poisson_schedule
-from pipeline.loadgen.search import CapacityResult, find_max_sustained_rate
+from pipeline.loadgen.search import (
+    CapacityResult,
+    KneeResult,
+    failure_cause,
+    find_knee,
+    find_max_sustained_rate,
+)
 from pipeline.loadgen.summary import LoadSummary, min_samples_for, summarize
 from pipeline.loadgen.tally import Percentiles, percentiles
 
 __all__ = [
     "CapacityResult",
+    "KneeResult",
     "LoadSummary",
     "OpenLoopRecord",
     "Percentiles",
     "Turn",
+    "failure_cause",
+    "find_knee",
     "find_max_sustained_rate",
     "min_samples_for",
     "percentiles",
