@@ -218,9 +218,13 @@ def build_part(ctx: dict[str, Any], name: str, progress: Callable[[str], None] =
     ModelDefect: the model is at fault, a retry cannot help."""
     from pipeline.build import BuildError, build_models
     from pipeline.stages.common import ModelDefect, RunDir
+    from pipeline.trust import UntrustedInput
 
     started = time.perf_counter()
-    _check_trusted_build(ctx["models_file"], name)
+    try:
+        _check_trusted_build(ctx["models_file"], name)
+    except (UntrustedInput, BuildError) as exc:
+        raise ModelDefect(f"model {name!r}: {exc}") from None  # final, never retried
     store = _store()
     with workspace(ctx, store=store, say=progress) as run_dir:
         out = run_dir / "parts" / name

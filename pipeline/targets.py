@@ -44,7 +44,7 @@ _METRIC_DIRECTIONS: dict[str, Direction] = {m.name: m.direction for m in METRICS
 
 _REQUIRED_KEYS = ("name", "category", "target", "tolerance", "direction", "unit")
 _OPTIONAL_KEYS = ("description",)
-_TOP_LEVEL_KEYS = ("version", "targets", "models", "relaxed")
+_TOP_LEVEL_KEYS = ("version", "targets", "models", "relaxed", "regression")
 
 
 class TargetsError(ValueError):
@@ -178,6 +178,8 @@ class Targets(Mapping[str, Target]):
     source: str = field(default="<memory>", compare=False)
     models: Mapping[str, Mapping[str, float]] = field(default_factory=dict, compare=False)
     relaxed: tuple[Relaxation, ...] = field(default=(), compare=False)
+    #: the allowed change against the baseline per regression metric (pipeline.regression)
+    regression: Any = field(default=None, compare=False)
     _index: dict[str, Target] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -319,7 +321,20 @@ class Targets(Mapping[str, Target]):
             document["models"] = {m: dict(v) for m, v in self.models.items()}
         if self.relaxed:
             document["relaxed"] = [r.to_dict() for r in self.relaxed]
+        if self.regression is not None:
+            block = dict(self.regression.to_dict())
+            block.pop("source", None)
+            document["regression"] = block
         return yaml.safe_dump(document, sort_keys=False)
+
+    def regression_config(self) -> Any:
+        """The regression allowances (pipeline.regression.config): the file's block, else
+        every default."""
+        if self.regression is not None:
+            return self.regression
+        from pipeline.regression.config import default_regression_config
+
+        return default_regression_config()
 
 
 def _display_path(path: Path) -> str:
@@ -467,4 +482,9 @@ def load_targets(path: str | os.PathLike[str] | None = None) -> Targets:
         raise TargetsError(
             f"{shown}: 'relaxed' must be a list of {{metric, declared, effective, model}}"
         ) from None
-    return dataclasses.replace(targets, relaxed=recorded)
+    regression = None
+    if "regression" in document:
+        from pipeline.regression.config import parse_regression_block
+
+        regression = parse_regression_block(document["regression"], shown)
+    return dataclasses.replace(targets, relaxed=recorded, regression=regression)
