@@ -40,7 +40,8 @@ PARAMS = {
         title="Profile",
         description_md="How long and how large the measurements are: `smoke` (minutes), "
         "`nightly` (the full plan, statistically valid), `release` (nightly plus a soak). "
-        "A profile never changes targets.",
+        "A profile never changes targets. Scheduled and backfilled runs certify with "
+        "`nightly` unless their conf names a profile.",
         section="Run",
     ),
     "models_file": Param(
@@ -178,9 +179,18 @@ def model_release_certification():
         from pipeline.orchestrate import ConfError, prepare_run
 
         context = get_current_context()
-        snapshot = context.get("logical_date") or context["dag_run"].run_after
+        dag_run = context["dag_run"]
+        snapshot = context.get("logical_date") or dag_run.run_after
+        run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
         try:
-            return prepare_run(DAG_ID, context["run_id"], snapshot, dict(context["params"]))
+            return prepare_run(
+                DAG_ID,
+                context["run_id"],
+                snapshot,
+                dict(context["params"]),
+                run_type=str(run_type) if run_type else None,
+                dag_run_conf=dict(dag_run.conf or {}),
+            )
         except ConfError as exc:
             raise AirflowFailException(f"invalid conf: {exc}") from None
 

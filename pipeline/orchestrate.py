@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._io import atomic_write_text
-from pipeline.names import CONF_KEYS, DEFAULT_PROFILE, PROFILE_NAMES
+from pipeline.names import CONF_KEYS, DEFAULT_PROFILE, PROFILE_NAMES, SCHEDULED_PROFILE
 from pipeline.storage import ArtifactStore, StoreConflict, artifacts_location, is_url, workspace
 
 __all__ = [
@@ -156,17 +156,41 @@ def _store() -> ArtifactStore:
     return ArtifactStore.from_location()
 
 
+def run_profile(params: dict[str, Any], run_type: str | None, conf: dict[str, Any]) -> str:
+    """The profile a run certifies with: the one its conf names explicitly, else `nightly`
+    for scheduled and backfilled runs (a 02:00 run never approves on the CI profile), else
+    the form's choice (manual runs; default `smoke`)."""
+    if "profile" in (conf or {}):
+        return str(conf["profile"])
+    if run_type in ("scheduled", "backfill"):
+        return SCHEDULED_PROFILE
+    return str(params.get("profile") or DEFAULT_PROFILE)
+
+
 def prepare_run(
-    dag_id: str, run_id: str, snapshot: dt.date | dt.datetime | None, params: dict[str, Any]
+    dag_id: str,
+    run_id: str,
+    snapshot: dt.date | dt.datetime | None,
+    params: dict[str, Any],
+    *,
+    run_type: str | None = None,
+    dag_run_conf: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the conf, create the run folder, record the effective targets and conf.
 
-    Returns the run context every later task receives (small JSON).
+    `run_type` (scheduled, backfill, manual, ...) and the conf given explicitly choose the
+    profile (`run_profile`). Returns the run context every later task receives (small JSON).
     """
     from pipeline.build import load_models_config
+    from pipeline.profiles import ProfileError, load_profile
     from pipeline.stages.common import RunDir
 
+    params = {**params, "profile": run_profile(params, run_type, dag_run_conf or {})}
     conf = validate_conf(params)
+    try:
+        definition = load_profile(conf["profile"]).to_dict()
+    except ProfileError as exc:
+        raise ConfError(f"conf.profile: {exc}") from None
     if snapshot is None:
         day = dt.datetime.now(dt.UTC).date()
     elif isinstance(snapshot, dt.datetime):
@@ -182,12 +206,15 @@ def prepare_run(
         "run_dir": location,
         "snapshot_date": day.isoformat(),
         "profile": conf["profile"],
+        "profile_definition": definition,
+        "run_type": run_type,
         "models_file": conf["models_file"],
         "models": models,
         "build_package": conf["build_package"],
         "build_image": conf["build_image"],
         "reason": conf["reason"],
         "target_overrides": conf["target_overrides"],
+        "relaxed_targets": [r.to_dict() for r in conf["targets"].relaxed],
     }
     with workspace(location, store=store) as run_dir:
         # a cleared or repeated run starts a new attempt: the earlier attempt's evidence

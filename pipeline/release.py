@@ -41,6 +41,9 @@ def report_conf(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "snapshot_date": ctx.get("snapshot_date"),
         "target_overrides": ctx.get("target_overrides", {}),
         "models_file": ctx.get("models_file"),
+        "relaxed_targets": ctx.get("relaxed_targets", []),
+        "profile_definition": ctx.get("profile_definition"),
+        "run_type": ctx.get("run_type"),
     }
 
 

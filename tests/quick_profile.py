@@ -42,6 +42,8 @@ profiles:
     integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
     stress: {scale: 0.1}
     infra: {rates: [250], duration_s: 1.5, warmup_s: 0.2}
+  nightly:  # scheduled and backfilled runs certify with `nightly`: the same quick settings
+    extends: smoke
 """
 
 

@@ -9,11 +9,14 @@ The original plan's rule, made honest:
   applicable (with its reason), no gate of a stage that ran or was expected failed (or is
   missing), and the score is >= 0.9. Failed criteria and failed gates are exactly the high
   risks, so this also means "no high risk".
-- CONDITIONAL_APPROVAL (MEDIUM): not approved, but the score is >= 0.8. Since the smallest
-  pair of terms sums to 0.7, that means the integration, certification, load and stress
-  gates all passed and something outside the score blocks approval: a failed build or
-  infra gate, or an expected stage (e.g. infra) that did not run.
-- NOT_APPROVED (LOW): everything else.
+- CONDITIONAL_APPROVAL (MEDIUM): not approved, but the score is >= 0.8 (so the
+  integration, certification, load and stress gates all passed); or everything passed but
+  the run certified against a relaxed target (or a waived regression): a run held to a
+  weaker bar than declared is never a plain approval.
+- NOT_APPROVED (LOW): everything else, and always when a *shipping* gate failed or did
+  not run: the build (the models that would ship) or the infra stage (the HTTP service
+  that would ship). The service that failed its own validation is the artifact being
+  shipped, so no package is written for it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "GATE_OF_STAGE",
     "NOT_APPROVED",
     "SCORE_TERMS",
+    "SHIPPING_STAGES",
     "STAGE_ORDER",
     "Decision",
     "blocking_issues",
@@ -53,6 +57,9 @@ __all__ = [
 
 APPROVAL_SCORE = 0.9
 CONDITIONAL_SCORE = 0.8
+#: stages whose gate failing (or not running) rules a release out whatever the score: what
+#: they validate is what would ship
+SHIPPING_STAGES = ("build", "infra")
 
 #: stage -> the gate that validates its table (gates/<gate>.json), from the stage registry
 GATE_OF_STAGE = {s.name: s.gate for s in STAGES}
@@ -205,13 +212,25 @@ def blocking_issues(
     return issues
 
 
+def _shipping_failures(
+    gates: Mapping[str, Mapping[str, Any]], stages_ran: Mapping[str, bool]
+) -> list[str]:
+    """Shipping stages (expected or run) whose gate did not pass."""
+    return [
+        stage for stage in SHIPPING_STAGES if stage in stages_ran and not _gate_passed(gates, stage)
+    ]
+
+
 def decide(
     criteria: Sequence[Mapping[str, Any]],
     gates: Mapping[str, Mapping[str, Any]],
     stages_ran: Mapping[str, bool],
     errors: Mapping[str, str] | None = None,
+    caps: Sequence[str] = (),
 ) -> Decision:
-    """(decision, confidence, readiness_score, reasons) for one run; see the module doc."""
+    """(decision, confidence, readiness_score, reasons) for one run; see the module doc.
+    `caps`: why this run can be at most CONDITIONAL_APPROVAL (relaxed targets, waivers),
+    one sentence each."""
     score = readiness_score(gates)
     issues = blocking_issues(criteria, gates, stages_ran, errors)
     terms = ", ".join(
@@ -219,6 +238,27 @@ def decide(
         f" ({weight:g})"
         for label, stages, weight in SCORE_TERMS
     )
+    shipping = _shipping_failures(gates, stages_ran)
+    if shipping:
+        decision = NOT_APPROVED
+        what = {"build": "the models that would ship", "infra": "the HTTP service that would ship"}
+        reasons = [
+            "Not approved: the gate of "
+            + " and of ".join(f"the {s} stage ({what[s]})" for s in shipping)
+            + " did not pass, so nothing is packaged.",
+            f"Readiness score {score:.2f}: {terms}.",
+            *issues,
+            *caps,
+        ]
+        return Decision(decision, CONFIDENCE[decision], score, reasons)
+    if not issues and score >= APPROVAL_SCORE and caps:
+        decision = CONDITIONAL_APPROVAL
+        reasons = [
+            f"Every criterion and gate passed (readiness {score:.2f}), but the run is capped at "
+            "conditional approval:",
+            *caps,
+        ]
+        return Decision(decision, CONFIDENCE[decision], score, reasons)
     if not issues and score >= APPROVAL_SCORE:
         decision = APPROVED
         ran = [
@@ -245,6 +285,7 @@ def decide(
             f"Readiness score {score:.2f} (>= {CONDITIONAL_SCORE}): {terms}; but approval is "
             f"blocked by {len(issues)} issue(s):",
             *issues,
+            *caps,
         ]
     else:
         decision = NOT_APPROVED

@@ -73,6 +73,14 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
   <span class="score">confidence {{ d.confidence }} · readiness score
     <strong>{{ "%.2f"|format(d.readiness_score) }}</strong></span>
   <ul>{% for reason in d.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+  {% if d.relaxed_targets %}<p class="relaxed"><strong>Relaxed targets</strong> (this run was
+    held to a weaker bar than the targets file declares, so it is at most
+    CONDITIONAL_APPROVAL{% if d.conf and d.conf.reason %}; the trigger's reason:
+    {{ d.conf.reason }}{% endif %}):</p>
+  <table><tr><th>target</th><th>model</th><th>declared</th><th>relaxed to</th></tr>
+  {% for r in d.relaxed_targets %}<tr><td>{{ r.metric }}</td><td>{{ r.model or "every model" }}</td>
+  <td class="num">{{ r.declared }}</td><td class="num">{{ r.effective }}</td></tr>{% endfor %}
+  </table>{% endif %}
   <strong>Next steps</strong>
   <ol>{% for step in d.next_steps %}<li>{{ step }}</li>{% endfor %}</ol>
   {% if d.package %}<p>Deployment package: {{ link(d.package) }}</p>{% endif %}
@@ -90,7 +98,10 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
 <th>high risks</th><th>deployment allowed</th></tr>
 <tr>
 <td class="num">{{ s.criteria.met }}/{{ s.criteria.total }}
-  {%- if s.criteria.invalid %} ({{ s.criteria.invalid }} invalid){% endif %}</td>
+  {%- if s.criteria.invalid %} ({{ s.criteria.invalid }} invalid){% endif %}
+  {%- if s.criteria.not_run %} ({{ s.criteria.not_run }} not run){% endif %}
+  {%- if s.criteria.not_applicable %} ({{ s.criteria.not_applicable }} not applicable)
+  {%- endif %}</td>
 <td class="num">{{ s.gates.passed }}/{{ s.gates.total }}</td>
 <td class="num">{{ counts(s.integration_checks) }}</td>
 <td class="num">{{ counts(s.load_scenarios) }}</td>

@@ -100,6 +100,18 @@ def _gates_section(
     return section
 
 
+def _relaxed_sentence(relaxed: list[dict[str, Any]], reason: str) -> str:
+    """`Relaxed targets: p99_latency_ms relaxed from 300 to 1e+09; ... (reason: ...)`."""
+    from pipeline.targets import Relaxation
+
+    parts = [
+        Relaxation(r["metric"], r["declared"], r["effective"], r.get("model")).describe()
+        for r in relaxed
+    ]
+    why = f" (the trigger's reason: {reason})" if reason else " (no reason was given)"
+    return f"Relaxed targets: {'; '.join(parts)}{why}."
+
+
 def _counts(rows: list[dict[str, str]] | None, *columns: str) -> dict[str, int] | None:
     if rows is None:
         return None
@@ -179,7 +191,11 @@ def build_report_data(
         row["marginal"] = is_marginal(row)
 
     errors = collect.stage_errors(root)
-    verdict = decide(criteria, gates, stages_ran, errors)
+    relaxed = [r.to_dict() for r in getattr(targets, "relaxed", ())] or list(
+        (conf or {}).get("relaxed_targets") or []
+    )
+    caps = [_relaxed_sentence(relaxed, (conf or {}).get("reason") or "")] if relaxed else []
+    verdict = decide(criteria, gates, stages_ran, errors, caps)
     issues = blocking_issues(criteria, gates, stages_ran, errors)
     risks = derive_risks(criteria, gates, stages_ran)
     gates_section = _gates_section(gates, stages_ran)
@@ -189,6 +205,8 @@ def build_report_data(
         "attempt_id": collect.current_attempt(root),
         "profile": profile or _profile(found),
         "conf": dict(conf or {}),
+        "relaxed_targets": relaxed,
+        "profile_definition": (conf or {}).get("profile_definition"),
         "generated_by": _generated_by(),
         "generated_at": generated_at,
         "decision": verdict.decision,

@@ -28,12 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-DAG_ID = "model_release_certification"
-
-APPROVED = "APPROVED"
-CONDITIONAL = "CONDITIONAL_APPROVAL"
-NOT_APPROVED = "NOT_APPROVED"
-DECISIONS = (APPROVED, CONDITIONAL, NOT_APPROVED)
+from pipeline.names import APPROVED, DAG_ID, NOT_APPROVED
+from pipeline.names import CONDITIONAL_APPROVAL as CONDITIONAL
 
 # (criterion name in report.json, label, default unit)
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -342,6 +338,8 @@ class RunSummary:
     has_data_docs: bool = False
     package: str | None = None  # file name of the zip in package/
     started: float = 0.0  # mtime of conf.json (or the folder): orders runs of one date
+    why: list[str] = field(default_factory=list)  # the decision's first reasons
+    relaxed: list[str] = field(default_factory=list)  # targets relaxed for this run
 
     @property
     def sort_key(self) -> tuple[str, float, str]:
@@ -361,6 +359,8 @@ class RunSummary:
             "metrics": self.metrics,
             "gates": self.gates,
             "package": self.package,
+            "why": self.why,
+            "relaxed": self.relaxed,
         }
 
 
@@ -473,7 +473,18 @@ def summarize(folder: Path) -> RunSummary:
     summary.gates = _gates(report)
     package = package_file(folder, report)
     summary.package = package.name if package else None
+    reasons = report.get("reasons")
+    if isinstance(reasons, list) and summary.decision != APPROVED:
+        summary.why = [str(r) for r in reasons[:3]]
+    relaxed = report.get("relaxed_targets")
+    if isinstance(relaxed, list):
+        summary.relaxed = [_relaxed_text(r) for r in relaxed if isinstance(r, dict)]
     return summary
+
+
+def _relaxed_text(entry: dict[str, Any]) -> str:
+    who = f" ({entry['model']})" if entry.get("model") else ""
+    return f"{entry.get('metric')}{who}: {entry.get('declared')} -> {entry.get('effective')}"
 
 
 def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:

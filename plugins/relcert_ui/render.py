@@ -56,10 +56,19 @@ def decision_badge(run: RunSummary) -> str:
         return f'<span class="badge" style="color:{fg};background:{bg}">report unreadable</span>'
     decision = run.decision or "UNKNOWN"
     fg, bg = DECISION_COLOURS.get(decision, _RUNNING)
-    return (
+    badge = (
         f'<span class="badge decision-{escape(decision.lower())}" '
         f'style="color:{fg};background:{bg}">{escape(decision)}</span>'
     )
+    if run.relaxed:
+        badge += (
+            '<br><span class="relaxed">relaxed targets: '
+            + escape("; ".join(run.relaxed))
+            + "</span>"
+        )
+    if run.why:
+        badge += '<br><span class="muted why">' + escape(" ".join(run.why)[:400]) + "</span>"
+    return badge
 
 
 def _fmt_number(value: float) -> str:

@@ -85,10 +85,21 @@ def test_a_failed_scored_gate_is_not_approved(failed, score) -> None:
         ((), ("infra",), "infra: did not run"),
     ],
 )
-def test_a_failed_or_missing_gate_outside_the_score_is_conditional(failed, missing, expect) -> None:
+def test_a_failed_or_missing_shipping_gate_is_not_approved(failed, missing, expect) -> None:
+    # the service (infra) and models (build) that failed their validation are what would
+    # ship: never a package for them, whatever the score
     decision, confidence, score, reasons = decide([crit()], gates(failed, missing), ran(missing))
-    assert (decision, confidence, score) == (CONDITIONAL_APPROVAL, "MEDIUM", 1.0)
+    assert (decision, confidence, score) == (NOT_APPROVED, "LOW", 1.0)
+    assert "nothing is packaged" in reasons[0]
     assert any(expect in r for r in reasons)
+
+
+def test_a_relaxed_target_caps_the_decision_at_conditional() -> None:
+    cap = "Relaxed targets: p99_latency_ms relaxed from 300 to 1e+09 (the trigger's reason: x)."
+    decision, confidence, score, reasons = decide([crit()], gates(), ran(), caps=[cap])
+    assert (decision, confidence, score) == (CONDITIONAL_APPROVAL, "MEDIUM", 1.0)
+    assert cap in reasons
+    assert decide([crit()], gates(), ran()).decision == APPROVED  # the same run, not relaxed
 
 
 def test_a_stage_that_did_not_run_counts_as_failed() -> None:

@@ -336,3 +336,25 @@ def test_unreadable_artifacts_fail_their_gate_and_never_crash_the_report(tmp_pat
     assert "stages/load/capacity.csv is not a readable table" in notes
     with pytest.raises(ValueError, match="unknown stage"):
         write_report(tmp_path, stages_expected=("deploy",))
+
+
+def test_a_run_on_relaxed_targets_is_at_most_conditional_and_says_so(good_run: Path) -> None:
+    from pipeline.report import write_report
+    from pipeline.targets import load_targets
+
+    relaxed = load_targets().with_overrides({"p99_latency_ms": 1e9}, allow_relaxed=True)
+    report = write_report(
+        good_run,
+        targets=relaxed,
+        stages_expected=STAGES_RUN,
+        conf={"reason": "canary with a known slow tail"},
+    )
+    assert report.decision == CONDITIONAL_APPROVAL
+    assert report.data["relaxed_targets"] == [
+        {"metric": "p99_latency_ms", "model": None, "declared": 300.0, "effective": 1e9}
+    ]
+    reasons = " ".join(report.data["reasons"])
+    assert "p99_latency_ms relaxed from 300 to 1e+09" in reasons
+    assert "canary with a known slow tail" in reasons
+    text = "".join(parse(report.path_html).text)
+    assert "Relaxed targets" in text and "1000000000.0" in text
