@@ -322,9 +322,7 @@ class Targets(Mapping[str, Target]):
         if self.relaxed:
             document["relaxed"] = [r.to_dict() for r in self.relaxed]
         if self.regression is not None:
-            block = dict(self.regression.to_dict())
-            block.pop("source", None)
-            document["regression"] = block
+            document["regression"] = self.regression.to_block()
         return yaml.safe_dump(document, sort_keys=False)
 
     def regression_config(self) -> Any:

@@ -66,3 +66,26 @@ def test_report_and_package_name_a_missing_run_folder(
     assert f"--run-dir {missing}: no such run folder" in capsys.readouterr().err
     assert main(["package", "--run-dir", str(tmp_path)]) == 1  # a folder, but no report
     assert "report.json is missing" in capsys.readouterr().err
+
+
+def test_a_report_of_an_earlier_attempt_never_releases_a_package(
+    certified_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.stages.common import RunDir
+
+    assert main(["report", "--run-dir", str(certified_run)]) == 0
+    approved = (certified_run / "report.json").read_bytes()
+    run = RunDir.of(certified_run)
+    old = run.attempt_id()
+    run.start_attempt()  # the run is cleared: the approved attempt's evidence moves aside
+    assert (certified_run / "attempts" / old / "report.json").read_bytes() == approved
+    (certified_run / "report.json").write_bytes(approved)  # a stale report put back
+    capsys.readouterr()
+    assert main(["package", "--run-dir", str(certified_run)]) == 1
+    err = capsys.readouterr().err
+    assert f"is from attempt {old}" in err and "current attempt" in err
+    assert not (certified_run / "package").exists()
+    # and re-reporting the new attempt, with nothing measured, cannot approve it
+    assert main(["report", "--run-dir", str(certified_run)]) == 20
+    report = json.loads((certified_run / "report.json").read_text())
+    assert report["decision"] == "NOT_APPROVED" and report["readiness_score"] == 0.0

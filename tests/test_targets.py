@@ -284,3 +284,21 @@ def test_a_subset_of_known_metrics_is_allowed(tmp_path: Path) -> None:
     assert tuple(targets) == ("success_rate", "p99_latency_ms")
     assert targets["success_rate"].threshold == pytest.approx(0.9801)
     assert targets["success_rate"].description == ""
+
+
+def test_a_runs_targets_file_reads_back_whole(tmp_path: Path) -> None:
+    """The run's copy (overrides, each model's own values, relaxations, the regression
+    allowances) reads back as the same targets: stages judge by exactly what was decided."""
+    run = (
+        load_targets()
+        .with_overrides({"p99_latency_ms": 250, "error_rate": 0.5}, allow_relaxed=True)
+        .with_model_overrides("slow", {"p95_latency_ms": 90})
+    )
+    copy = tmp_path / "targets.yaml"
+    copy.write_text(run.to_yaml())
+    back = load_targets(copy)
+    assert [t.to_dict() for t in back.values()] == [t.to_dict() for t in run.values()]
+    assert back.for_model("slow")["p95_latency_ms"].target == 90
+    assert back.for_model("other")["p95_latency_ms"].target == 100
+    assert [r.to_dict() for r in back.relaxed] == [r.to_dict() for r in run.relaxed]
+    assert back.regression_config().to_block() == run.regression_config().to_block()

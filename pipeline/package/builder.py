@@ -97,7 +97,21 @@ def _load_report(run: Path) -> dict[str, Any]:
         raise PackageError(f"{path}: not a readable JSON file: {exc}") from None
     if not isinstance(report, dict):
         raise PackageError(f"{path}: expected a JSON object, got {type(report).__name__}")
+    _check_attempt(run, report)
     return report
+
+
+def _check_attempt(run: Path, report: Mapping[str, Any]) -> None:
+    """A report of another attempt of the run never releases this attempt's files."""
+    from pipeline.stages.common import RunDir
+
+    current = RunDir(run).attempt_id(create=False)
+    recorded = report.get("attempt_id")
+    if current is not None and recorded != current:
+        raise PackageError(
+            f"{run / 'report.json'} is from attempt {recorded}, but the run's current attempt "
+            f"is {current}: write this attempt's report first (relcert report)"
+        )
 
 
 def _check_decision(report: Mapping[str, Any]) -> str:

@@ -111,15 +111,24 @@ def _format_of_models(models: Any) -> str | None:
 
 
 def _load_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The load stage's summary.json, or None when the run has none."""
+    """The load stage's summary.json of the run's current attempt, or None when it has
+    none; a summary of another attempt or one breaking its contract is an error."""
+    from pipeline.stages.common import RunDir, StageError
+
     path = run_dir / "stages" / "load" / "summary.json"
     if not path.exists():
         return None
+    run = RunDir(Path(run_dir))
+    if run.attempt_id(create=False) is None:  # a folder made by hand: no attempts to check
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PackageError(f"{path}: not a readable JSON file: {exc}") from None
+        return summary if isinstance(summary, dict) else {}
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{path}: not a readable JSON file: {exc}") from None
-    return summary if isinstance(summary, dict) else {}
+        return run.read_summary("load")
+    except StageError as exc:
+        raise PackageError(str(exc)) from None
 
 
 def certified_capacity_for_run(run_dir: Path) -> float | None:

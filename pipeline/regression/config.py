@@ -208,6 +208,19 @@ class RegressionConfig(Mapping[str, Allowance]):
     def __len__(self) -> int:
         return len(self.allowances)
 
+    def to_block(self) -> dict[str, Any]:
+        """The `regression:` block of a targets file that reads back as this config."""
+        metrics = {}
+        for a in self.allowances:
+            key = "max_absolute_drop" if a.max_absolute_drop is not None else "max_relative_change"
+            metrics[a.name] = {key: getattr(a, key), "alpha": a.alpha}
+        return {
+            "alpha": self.alpha,
+            "bootstrap_resamples": self.bootstrap_resamples,
+            "envelope_safety_factor": self.envelope_safety_factor,
+            "metrics": metrics,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,

@@ -67,3 +67,24 @@ def test_a_slowed_model_fails_the_latency_gate(tmp_path: Path, mini_profile) -> 
     scenarios = pd.read_csv(run / "stages/load/scenarios.csv")
     assert (scenarios["mean_ms"] > 33).all()
     assert os.path.exists(run / "gates/load.json")
+
+
+def test_the_stage_measures_against_the_runs_own_targets(run_dir: Path, mini_profile) -> None:
+    from pipeline.targets import load_targets
+
+    tight = load_targets().with_overrides({"p95_latency_ms": 0.001, "p99_latency_ms": 0.001})
+    (run_dir / "targets.yaml").write_text(tight.to_yaml())  # the run's effective targets
+    run_stage("load", run_dir, "mini")
+    summary = json.loads((run_dir / "stages/load/summary.json").read_text())
+    assert summary["targets"] == {"p95_bound_ms": 0.00115, "p99_bound_ms": 0.0012}
+    assert summary["concurrency"]["supported_users"] == 0  # no level has p95 <= 1.15 us
+    assert "0.00115 ms" in summary["concurrency"]["criterion"]
+    assert summary["capacity"]["max_sustained_rps"] == 0.0
+
+
+def test_a_broken_run_targets_file_is_an_error_not_a_default(run_dir: Path, mini_profile) -> None:
+    from pipeline.targets import TargetsError
+
+    (run_dir / "targets.yaml").write_text("version: 1\ntargets: [")
+    with pytest.raises(TargetsError, match="targets.yaml: malformed YAML"):
+        run_stage("load", run_dir, "mini")
