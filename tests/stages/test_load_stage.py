@@ -86,5 +86,5 @@ def test_a_broken_run_targets_file_is_an_error_not_a_default(run_dir: Path, mini
     from pipeline.targets import TargetsError
 
     (run_dir / "targets.yaml").write_text("version: 1\ntargets: [")
-    with pytest.raises(TargetsError, match="targets.yaml: malformed YAML"):
+    with pytest.raises(TargetsError, match=r"targets\.yaml: malformed YAML"):
         run_stage("load", run_dir, "mini")
