@@ -48,6 +48,9 @@ METRICS: dict[str, Metric] = {
         Metric("error_rate", "max", "reliability", "ratio", "both"),
         Metric("concurrent_users_supported", "min", "concurrency", "users"),
         Metric("cache_hit_rate", "min", "cache", "ratio"),
+        Metric("soak_p99_drift_ratio", "max", "stability", "ratio"),
+        Metric("soak_rss_growth_mb", "max", "stability", "MB"),
+        Metric("soak_error_rate", "max", "stability", "ratio"),
         Metric("model_initialization_s", "max", "initialization", "s"),
         Metric("parity_max_abs_diff", "max", "model_quality", "abs", "model"),
     )

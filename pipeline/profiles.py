@@ -27,6 +27,7 @@ __all__ = [
     "CapacitySettings",
     "ConcurrencySettings",
     "InfraSettings",
+    "InjectionSettings",
     "IntegrationSettings",
     "Profile",
     "ProfileError",
@@ -73,6 +74,17 @@ class CacheSettings:
     requests: int
     zipf_a: float
     concurrency: int
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """The plan's error test: `requests` requests from `users` closed-loop users, every
+    `scale_up_every`-th input scaled x1000 and every `scale_down_every`-th x0.001."""
+
+    requests: int
+    users: int
+    scale_up_every: int
+    scale_down_every: int
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,7 @@ class Profile:
     burst_requests: int
     concurrency: ConcurrencySettings
     cache: CacheSettings
+    error_injection: InjectionSettings
     calibration_s: float
     integration: IntegrationSettings
     stress: StressSettings

@@ -36,8 +36,8 @@ profiles:
     percentiles_claimed: [50, 95]
     capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 400, refine_steps: 0}
     burst_requests: 100
-    concurrency: {users: [1, 21], requests_per_user: 3, think_ms: 10}
-    cache: {distinct_inputs: 20, requests: 100, zipf_a: 1.3, concurrency: 2}
+    concurrency: {users: [1, 11, 21], requests_per_user: 20, think_ms: 10}
+    cache: {distinct_inputs: 50, requests: 500, zipf_a: 1.3, concurrency: 4}
     calibration_s: 0.3
     integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
     stress: {scale: 0.1}

@@ -69,6 +69,7 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
         "parity_max_abs_diff",
         "parity_max_abs_diff",
         "parity max |diff| of every exported model",
+        where=(("parity_status", "measured"),),
         floor=0.0,
     ),
     TargetBound(
@@ -90,7 +91,7 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
 # Boolean columns that must be True on every row (each also must not be empty: GX column
 # checks skip missing values, and a missing verdict is not a pass).
 _ALL_TRUE: dict[str, tuple[str, ...]] = {
-    "build": ("sha256_verified", "parity_passed", "outputs_finite"),
+    "build": ("sha256_verified", "outputs_finite"),
     "load": ("valid",),
     "stress": ("survived", "recovered"),
 }
@@ -273,6 +274,25 @@ def suite_spec(
         specs.append(_attempt_spec(contract, attempt_id))
     if stage in _STATUS_VERDICT:
         specs += _status_specs(contract, _STATUS_VERDICT[stage])
+    if stage == "build":  # parity: measured (and passed) or not applicable, never invalid
+        specs.append(_not_null(contract, "parity_status"))
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_be_in_set",
+                {
+                    "column": "parity_status",
+                    "value_set": [str(Status.MEASURED), str(Status.NOT_APPLICABLE)],
+                },
+                "parity is measured or not applicable for every exported model",
+            )
+        )
+        specs.append(
+            ExpectationSpec(
+                "expect_column_values_to_be_in_set",
+                {**_domain("parity_passed", (("parity_status", "measured"),)), "value_set": [True]},
+                "parity_passed is True for every exported model whose parity was measured",
+            )
+        )
 
     for column in _NOT_NULL.get(stage, ()):
         specs.append(_not_null(contract, column))

@@ -384,7 +384,8 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
                 "metric": metric,
                 "model": model,
                 "category": target.category,
-                "description": declared_target.description if declared_target else "",
+                # what was measured, from the code that measured it, in this run
+                "description": detail,
                 "rule": target.describe(),
                 "target": target.target,
                 "threshold": threshold,

@@ -185,7 +185,9 @@ Source: {% for s in p.sources %}{{ link(s) }} {% endfor %}</figcaption></figure>
 <table><tr><th>item</th><th>result</th><th>evidence</th></tr>
 {% for i in items %}
 <tr><td>{{ i.item }}<br><span class="meta">{{ i.detail }}</span></td>
-<td>{{ yesno(i.passed) }}</td><td>{{ link(i.evidence) }}</td></tr>
+<td>{% if i.status == "not_applicable" %}<span class="na">not applicable</span>
+{%- elif i.status == "not_run" %}<span class="na">not run</span>
+{%- else %}{{ yesno(i.passed) }}{% endif %}</td><td>{{ link(i.evidence) }}</td></tr>
 {% endfor %}
 </table></div>
 {% endfor %}

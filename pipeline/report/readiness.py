@@ -24,8 +24,24 @@ _PERFORMANCE_CATEGORIES = ("latency", "throughput", "concurrency", "memory", "ca
 _RELIABILITY_CATEGORIES = ("reliability",)
 
 
-def _item(item: str, passed: bool | None, evidence: str | None, detail: str) -> dict[str, Any]:
-    return {"item": item, "passed": passed, "evidence": evidence, "detail": detail}
+def _item(
+    item: str,
+    passed: bool | None,
+    evidence: str | None,
+    detail: str,
+    status: str | None = None,
+) -> dict[str, Any]:
+    """One readiness item: measured (passed True or False from an artifact), not run (its
+    artifact was never produced) or not applicable (the reason is the detail)."""
+    if status is None:
+        status = "measured" if passed is not None else "not_run"
+    return {
+        "item": item,
+        "status": status,
+        "passed": passed,
+        "evidence": evidence,
+        "detail": detail,
+    }
 
 
 def _rows_check(
@@ -114,11 +130,12 @@ def _functional(root: Path, criteria: Sequence[Mapping[str, Any]]) -> list[dict[
     skipped = [
         r
         for r in rows
-        if r.get("check") == "cross_model_workflow"
-        and str(r.get("detail", "")).startswith("skipped")
+        if r.get("check") == "cross_model_workflow" and r.get("status") == "not_applicable"
     ]
     if skipped:
-        workflow = _item(workflow["item"], None, checks, str(skipped[0]["detail"]))
+        workflow = _item(
+            workflow["item"], None, checks, str(skipped[0]["detail"]), "not_applicable"
+        )
     items.append(workflow)
     quality = [c for c in criteria if c.get("metric") == "model_quality"]
     measured = [c for c in quality if c.get("status") != "not_applicable"]
@@ -131,7 +148,9 @@ def _functional(root: Path, criteria: Sequence[Mapping[str, Any]]) -> list[dict[
         items.append(sla)
     for c in quality:
         if c.get("status") == "not_applicable":
-            items.append(_item(f"{c['name']}: quality evidence", None, None, c["detail"]))
+            items.append(
+                _item(f"{c['name']}: quality evidence", None, None, c["detail"], "not_applicable")
+            )
     return items
 
 
@@ -230,7 +249,11 @@ def _monitoring(root: Path) -> dict[str, Any]:
 def _operational(root: Path, decision: str, gates: Mapping[str, Any]) -> list[dict[str, Any]]:
     items = [_monitoring(root)]
     infra = read_csv(root, STAGE_TABLES["infra"])
-    health = [r for r in infra or [] if "health" in str(r.get("check", ""))]
+    health = [
+        r
+        for r in infra or []
+        if any(word in str(r.get("check", "")) for word in ("health", "readiness", "liveness"))
+    ]
     if health:
         items.append(
             _item(
@@ -295,15 +318,24 @@ def _operational(root: Path, decision: str, gates: Mapping[str, Any]) -> list[di
 
 
 def package_item(decision: str, package: str | None) -> dict[str, Any]:
-    """The readiness item for the deployment package (updated by `set_package`)."""
-    detail = f"decision {decision}: the package step runs only for APPROVED or CONDITIONAL_APPROVAL"
+    """The readiness item for the deployment package: passed only once a package was
+    really written (`set_package` updates it); not applicable when the decision rules one
+    out; not run until the package step ran."""
     if package:
-        detail += f"; generated: {package}"
+        return _item(PACKAGE_ITEM, True, package, f"written: {package} (decision {decision})")
+    if decision not in (APPROVED, CONDITIONAL_APPROVAL):
+        return _item(
+            PACKAGE_ITEM,
+            None,
+            None,
+            f"not applicable: the decision is {decision}, so no package is written",
+            "not_applicable",
+        )
     return _item(
         PACKAGE_ITEM,
-        decision in (APPROVED, CONDITIONAL_APPROVAL),
-        package or "report.json",
-        detail,
+        None,
+        None,
+        "not run yet: the package step runs after the report (its result updates this item)",
     )
 
 

@@ -45,9 +45,17 @@ def record_build(ctx: StageContext | RunDir | Any, **extra: Any) -> dict[str, An
     rows = []
     for name, entry in sorted(info.items()):
         parity = entry.get("parity") or {}
-        worst = max(
-            (float(v) for v in (parity.get("max_abs_diff") or {}).values()), default=float("nan")
-        )
+        recorded = [float(v) for v in (parity.get("max_abs_diff") or {}).values()]
+        reference = parity.get("reference") or {}
+        if recorded:
+            worst, parity_status = max(recorded), "measured"
+            parity_detail = "eager vs TorchScript vs ONNX"
+        elif reference:
+            worst, parity_status = float(reference["max_abs_diff"]), "measured"
+            parity_detail = f"against the reference outputs {reference.get('outputs')}"
+        else:  # an import without reference outputs has nothing to compare with
+            worst, parity_status = float("nan"), "not_applicable"
+            parity_detail = "parity not applicable: one format, no reference outputs"
         for fmt, file in sorted((entry.get("files") or {}).items()):
             path = ctx.run.models / file["path"]
             verified = path.exists() and sha256_file(path) == file.get("sha256")
@@ -59,12 +67,14 @@ def record_build(ctx: StageContext | RunDir | Any, **extra: Any) -> dict[str, An
                     "format": fmt,
                     "version": entry.get("version"),
                     "sha256_verified": verified,
-                    "parity_max_abs_diff": worst if parity.get("max_abs_diff") else 0.0,
-                    "parity_passed": bool(parity.get("passed", "reference" in parity)),
+                    "parity_status": parity_status,
+                    "parity_max_abs_diff": worst,
+                    "parity_passed": parity_status == "measured" and bool(parity.get("passed")),
                     "outputs_finite": loaded,
-                    "detail": "loaded and warmed up"
-                    if loaded
-                    else manager.load_errors.get(key, ""),
+                    "detail": (
+                        "loaded and warmed up" if loaded else manager.load_errors.get(key, "")
+                    )
+                    + f"; {parity_detail}",
                 }
             )
             if loaded:

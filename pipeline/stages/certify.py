@@ -121,13 +121,23 @@ def _latency(q: float | None) -> tuple[Measure, str]:
 def _success(error: bool) -> tuple[Measure, str]:
     def measure(ev: Evidence, model: str | None) -> Measurement:
         requests = _requests(ev, model)
-        n = len(requests)
-        rate = float(requests["success"].astype(bool).mean()) if n else math.nan
+        injected = ev.table("load", "injection")
+        if model is not None:
+            injected = injected[injected["model"] == model]
+        ok = int(requests["success"].astype(bool).sum()) + int(
+            injected["success"].astype(bool).sum()
+        )
+        n = len(requests) + len(injected)
+        rate = ok / n if n else math.nan
+        extreme = int((injected["injected"] != "clean").sum())
         return Measurement(
             1.0 - rate if error else rate,
             n,
             MIN_REQUESTS,
-            f"over {n} {_who(model)} after warm-up (lost requests count as errors)",
+            f"over {len(requests)} {_who(model)} after warm-up (lost requests count as "
+            f"errors) and {len(injected)} requests of the error test ({extreme} with inputs "
+            "scaled x1000 or x0.001; each counts as a success only when it ended as declared: "
+            "served, or for x1000 refused with a clear error)",
         )
 
     return measure, "stages/load/requests.csv"
@@ -151,14 +161,23 @@ def _sustained(ev: Evidence, model: str | None) -> Measurement:
     )
 
 
+#: minimum evidence of the load stage's run-level figures
+MIN_PEAK_REQUESTS = 300  # three bursts of at least 100 requests
+MIN_RSS_SAMPLES = 10  # 5 s of sampling every 0.5 s
+MIN_POOL_ALLOCATIONS = 100
+MIN_CACHE_REQUESTS = 500
+MIN_SOAK_WINDOW_REQUESTS = 100
+
+
 def _peak(ev: Evidence, model: str | None) -> Measurement:
     peak = ev.summary("load")["peak"]
     samples = sum(int(b["requests"]) for b in peak["bursts"])
     return Measurement(
         float(peak["throughput_rps"]),
         samples,
-        1,
-        f"median of {len(peak['bursts'])} bursts of {peak['burst_requests']} requests",
+        MIN_PEAK_REQUESTS,
+        f"median completion rate of {len(peak['bursts'])} bursts of {peak['burst_requests']} "
+        f"requests submitted at once ({samples} requests; needs >= {MIN_PEAK_REQUESTS})",
     )
 
 
@@ -168,8 +187,9 @@ def _memory(ev: Evidence, model: str | None) -> Measurement:
     return Measurement(
         float(memory["peak_rss_mb"]),
         samples,
-        1,
-        f"peak RSS of the engine process ({samples} samples)",
+        MIN_RSS_SAMPLES,
+        f"peak RSS of the engine process over the load stage ({samples} samples every 0.5 s "
+        f"and after each scenario; needs >= {MIN_RSS_SAMPLES})",
     )
 
 
@@ -180,30 +200,74 @@ def _reuse(ev: Evidence, model: str | None) -> Measurement:
     return Measurement(
         math.nan if value is None else float(value),
         allocations,
-        1,
-        f"pool buffer reuse ratio over {allocations} allocations",
+        MIN_POOL_ALLOCATIONS,
+        f"pool buffer hits / {allocations} batch-buffer allocations of the engine process "
+        f"(needs >= {MIN_POOL_ALLOCATIONS})",
     )
 
 
 def _concurrency(ev: Evidence, model: str | None) -> Measurement:
+    from pipeline.stages.load import MIN_CONCURRENCY_LEVELS, MIN_REQUESTS_PER_LEVEL
+
     conc = ev.summary("load")["concurrency"]
+    levels = conc["levels_tested"]
+    enough = int(conc.get("min_requests_per_level") or 0) >= MIN_REQUESTS_PER_LEVEL
+    ceiling = (
+        "the ceiling was found"
+        if conc.get("ceiling_found")
+        else f"the ceiling was not found: at least {conc['supported_users']} users"
+    )
     return Measurement(
         float(conc["supported_users"]),
-        len(conc["levels_tested"]),
-        1,
-        f"largest user count of levels {conc['levels_tested']} with "
-        f"{conc.get('criterion', '>= 95% success, p95 ok')}",
+        len(levels) if enough else 0,
+        MIN_CONCURRENCY_LEVELS,
+        f"largest user count such that it and every lower level of {levels} passed "
+        f"({conc.get('criterion')}); {ceiling}; needs >= {MIN_CONCURRENCY_LEVELS} levels of "
+        f">= {MIN_REQUESTS_PER_LEVEL} requests (fewest: {conc.get('min_requests_per_level')})",
     )
 
 
 def _cache(ev: Evidence, model: str | None) -> Measurement:
     cache = ev.summary("load")["cache"]
+    best = int(cache["best_possible_hits"])
     return Measurement(
-        float(cache["hit_rate"]),
+        float(cache["hits"]) / best if best else math.nan,
         int(cache["requests"]),
-        1,
-        f"engine cache hits / {cache['requests']} Zipf requests",
+        MIN_CACHE_REQUESTS,
+        f"{cache['hits']} engine cache hits of the {best} achievable (every repeated input) "
+        f"over {cache['requests']} requests of a Zipf(a={cache['zipf_a']}) workload over "
+        f"{cache['distinct_inputs']} inputs, {cache.get('concurrency')} clients (raw hit rate "
+        f"{cache['hit_rate']:.3f}, best possible {cache['best_possible_hit_rate']:.3f}; needs "
+        f">= {MIN_CACHE_REQUESTS} requests)",
     )
+
+
+def _soak(key: str) -> Measure:
+    def measure(ev: Evidence, model: str | None) -> Measurement:
+        soak = ev.summary("load").get("soak")
+        if not soak:
+            raise NotApplicable(
+                f"not applicable: the {ev.ctx.profile.name} profile runs no soak (soak_s 0; the "
+                "release profile does)"
+            )
+        windows = soak["windows"]
+        fewest = min(int(w["requests"]) for w in windows)
+        what = {
+            "p99_drift_ratio": "p99 of the last soak window / p99 of the first",
+            "rss_growth_mb": "engine RSS in the last soak window minus the first",
+            "error_rate": "failed share of the soak's requests",
+        }[key]
+        value = soak[key]
+        return Measurement(
+            math.nan if value is None else float(value),
+            fewest,
+            MIN_SOAK_WINDOW_REQUESTS,
+            f"{what}: {soak['duration_s']:g} s open-loop at {soak['rate_rps']:g} req/s, "
+            f"{len(windows)} windows (fewest {fewest} requests; needs >= "
+            f"{MIN_SOAK_WINDOW_REQUESTS}), {soak['scheduled']} requests",
+        )
+
+    return measure
 
 
 def _checks(ev: Evidence, check: str, model: str | None):
@@ -256,6 +320,9 @@ MEASURES: dict[str, tuple[Measure, str]] = {
     "error_rate": _success(error=True),
     "concurrent_users_supported": (_concurrency, "stages/load/summary.json"),
     "cache_hit_rate": (_cache, "stages/load/summary.json"),
+    "soak_p99_drift_ratio": (_soak("p99_drift_ratio"), "stages/load/summary.json"),
+    "soak_rss_growth_mb": (_soak("rss_growth_mb"), "stages/load/summary.json"),
+    "soak_error_rate": (_soak("error_rate"), "stages/load/summary.json"),
     "model_initialization_s": (_initialisation, "stages/integration/checks.csv"),
     "parity_max_abs_diff": (_parity, "stages/integration/checks.csv"),
 }

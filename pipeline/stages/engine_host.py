@@ -14,7 +14,7 @@ Frame: u32 little-endian length, then the body.
   request  body: u32 id, u8 op, then for PREDICT: u8 model index, the input values in the
            model's own input dtype (model_info.json: float32, float64 or int64)
   response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
-                 UTF-8 error text (not ok); for control ops: UTF-8 JSON
+                 UTF-8 "<error class>\0<message>" (not ok); for control ops: UTF-8 JSON
 
 Stress-test control ops (used by the stress stage; they never run unless asked):
   BALLAST  body: u32 MB — hold that much touched memory in the engine process (0 frees it);
@@ -107,16 +107,16 @@ def _input_dtypes(model_dir: Path, keys: Sequence[str]) -> dict[str, np.dtype]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class HostResult:
     """What a request to the hosted engine returned."""
 
-    __slots__ = ("batch_size", "cache_hit", "error", "output", "success")
     success: bool
     output: np.ndarray | None
     error: str | None
     batch_size: int
     cache_hit: bool
+    error_type: str | None = None  # the engine's error class (InvalidInputError, ...)
 
 
 # --------------------------------------------------------------------------- child side
@@ -263,8 +263,8 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
             result = future.result()
             if result.success:
                 payload = np.ascontiguousarray(result.output, dtype=np.float32).tobytes()
-            else:
-                payload = (result.error or "failed").encode()
+            else:  # "<error class>\0<message>"
+                payload = f"{result.error_type or ''}\0{result.error or 'failed'}".encode()
             head = _RESP.pack(
                 request_id, result.success, result.cache_hit, min(result.batch_size, 65535)
             )
@@ -370,6 +370,10 @@ class ResourceSampler:
         self.samples: list[tuple[float, float, float]] = []  # (t, rss_mb, cpu_percent)
         self._task: asyncio.Task | None = None
         self._t0 = time.perf_counter()
+
+    def now_s(self) -> float:
+        """Seconds since the sampler started (the time axis of its samples)."""
+        return time.perf_counter() - self._t0
 
     def sample(self) -> tuple[float, float, float]:
         with self.process.oneshot():
@@ -495,7 +499,9 @@ class EngineHost:
                     out = np.frombuffer(data, dtype=np.float32)
                     future.set_result(HostResult(True, out, None, batch, bool(hit)))
                 else:
-                    future.set_result(HostResult(False, None, data.decode(), batch, False))
+                    kind, _, message = data.decode().rpartition("\0")
+                    result = HostResult(False, None, message, batch, False, kind or None)
+                    future.set_result(result)
         except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

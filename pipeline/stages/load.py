@@ -468,44 +468,71 @@ async def peak(lr: LoadRun) -> dict[str, Any]:
     }
 
 
-async def concurrency(lr: LoadRun, p95_bound_ms: float) -> tuple[dict[str, Any], list[dict]]:
-    """Closed-loop users at each level of the sweep; the largest level that passed."""
+#: the concurrency sweep's minimum evidence: levels, and requests at every level
+MIN_CONCURRENCY_LEVELS = 3
+MIN_REQUESTS_PER_LEVEL = 20
+#: when every level of the sweep passed, it goes on (same step) until one fails, at most
+#: this many extra levels: the ceiling is found, or "at least" is said
+MAX_EXTRA_LEVELS = 6
+
+
+async def _concurrency_level(lr: LoadRun, users: int, p95_bound_ms: float) -> dict[str, Any]:
     cfg = lr.profile.concurrency
-    levels = []
-    for users in cfg.users:
-        rows = await _closed_loop(
-            lr,
-            f"concurrency_{users}",
-            users=users,
-            requests_per_user=cfg.requests_per_user,
-            behaviour=lr.profile.mix,
-            think=cfg.think_ms / 1000.0,
-            duration_s=60.0,
-            seed=lr.profile.seeds.concurrency + users,
-        )
-        total = users * cfg.requests_per_user
-        ok = sum(bool(r[6]) for r in rows)
-        p = percentiles([r[4] for r in rows if r[6]])
-        level = {
-            "users": users,
-            "requests": total,
-            "completed": len(rows),
-            "success_rate": ok / total if total else 0.0,
-            "p50_ms": p.p50_ms,
-            "p95_ms": p.p95_ms,
-        }
-        level["passed"] = level["success_rate"] >= 0.95 and level["p95_ms"] <= p95_bound_ms
-        levels.append(level)
-    passing = [lv["users"] for lv in levels if lv["passed"]]
+    per_user = max(cfg.requests_per_user, -(-MIN_REQUESTS_PER_LEVEL // users))
+    rows = await _closed_loop(
+        lr,
+        f"concurrency_{users}",
+        users=users,
+        requests_per_user=per_user,
+        behaviour=lr.profile.mix,
+        think=cfg.think_ms / 1000.0,
+        duration_s=60.0,
+        seed=lr.profile.seeds.concurrency + users,
+    )
+    total = users * per_user
+    ok = sum(bool(r[6]) for r in rows)
+    p = percentiles([r[4] for r in rows if r[6]])
+    level = {
+        "users": users,
+        "requests": total,
+        "completed": len(rows),
+        "success_rate": ok / total if total else 0.0,
+        "p50_ms": p.p50_ms,
+        "p95_ms": p.p95_ms,
+    }
+    level["passed"] = level["success_rate"] >= 0.95 and level["p95_ms"] <= p95_bound_ms
+    return level
+
+
+async def concurrency(lr: LoadRun, p95_bound_ms: float) -> tuple[dict[str, Any], list[dict]]:
+    """Closed-loop users at each level of the sweep. Supported: the largest level such that
+    it and every lower level passed. When the largest level tried passed, the ceiling was
+    not found: the sweep goes on with the same step until a level fails (bounded)."""
+    levels = [await _concurrency_level(lr, u, p95_bound_ms) for u in lr.profile.concurrency.users]
+    users = [lv["users"] for lv in levels]
+    step = (users[-1] - users[-2]) if len(users) > 1 else max(users[-1], 1)
+    extra = 0
+    while levels[-1]["passed"] and extra < MAX_EXTRA_LEVELS:
+        extra += 1
+        levels.append(await _concurrency_level(lr, levels[-1]["users"] + step, p95_bound_ms))
+    supported = 0
+    for level in levels:
+        if not level["passed"]:
+            break
+        supported = level["users"]
     summary = {
-        "supported_users": max(passing, default=0),
+        "supported_users": supported,
         "levels_tested": [lv["users"] for lv in levels],
         "failed_levels": [lv["users"] for lv in levels if not lv["passed"]],
-        "criterion": f"success >= 95% and p95 <= {p95_bound_ms:g} ms",
+        "ceiling_found": not levels[-1]["passed"],
+        "extra_levels": extra,
+        "min_requests_per_level": min(lv["requests"] for lv in levels),
+        "criterion": f"success >= 95% and p95 <= {p95_bound_ms:g} ms, at that level and "
+        "every lower one",
     }
     lr.ctx.say(
-        f"load: concurrency: supported {summary['supported_users']} users "
-        f"(levels {summary['levels_tested']})"
+        f"load: concurrency: supported {supported} users (levels {summary['levels_tested']}"
+        f"{'' if summary['ceiling_found'] else '; ceiling not found'})"
     )
     return summary, levels
 
@@ -535,34 +562,174 @@ async def cache(lr: LoadRun) -> dict[str, Any]:
     await asyncio.wait_for(asyncio.gather(*(client() for _ in range(cfg.concurrency))), 120)
     done = counts["done"]
     unique = len(np.unique(picks))
+    best_hits = len(picks) - unique  # every repeat a hit: what an unbounded cache achieves
     result = {
         "model": name,
         "requests": done,
         "distinct_inputs": cfg.distinct_inputs,
         "zipf_a": cfg.zipf_a,
+        "concurrency": cfg.concurrency,
         "hits": counts["hits"],
         "failed": counts["failed"],
         "hit_rate": counts["hits"] / done if done else 0.0,
         "unique_in_workload": unique,
-        "best_possible_hit_rate": 1.0 - unique / len(picks),
-        "definition": "engine cache hits / requests of this Zipf workload (other stages' "
-        "requests excluded)",
+        "best_possible_hits": best_hits,
+        "best_possible_hit_rate": best_hits / len(picks),
+        "efficiency": counts["hits"] / best_hits if best_hits else float("nan"),
+        "definition": "engine cache hits over this declared Zipf workload's requests, against "
+        "the best achievable (every repeated input a hit); other stages' requests excluded",
     }
-    lr.ctx.say(f"load: cache: hit rate {result['hit_rate']:.1%} over {done} Zipf requests")
+    lr.ctx.say(
+        f"load: cache: {counts['hits']} hits of {best_hits} achievable "
+        f"({result['efficiency']:.1%}) over {done} Zipf requests (hit rate "
+        f"{result['hit_rate']:.1%}, best {result['best_possible_hit_rate']:.1%})"
+    )
     return result
 
 
-async def soak(lr: LoadRun, sustained_rps: float) -> dict[str, Any]:
-    """The mix held open-loop at half the sustained rate (50..500 req/s) for `soak_s`."""
-    result = await _open_loop(
-        lr,
-        rate=max(50.0, min(500.0, sustained_rps / 2)),
-        duration_s=lr.profile.soak_s,
-        warmup_s=1.0,
-        seed=lr.profile.seeds.soak,
-        percentile=99,
+#: what each kind of request of the error test may end with ("served": answered with a
+#: finite output; "refused": a clear per-request error naming the input). Anything else (a
+#: runtime fault, a timeout, a lost request) is an error of the service.
+EXPECTED_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "clean": ("served",),
+    "x0.001": ("served",),
+    "x1000": ("served", "refused"),
+}
+#: the engine's clear per-request refusals (a bad input, an input the model answers NaN for)
+REFUSALS = ("InvalidInputError", "NonFiniteOutputError")
+
+
+def _injected(i: int, cfg) -> tuple[str, float]:
+    if i % cfg.scale_up_every == 0:
+        return "x1000", 1000.0
+    if i % cfg.scale_down_every == 0:
+        return "x0.001", 0.001
+    return "clean", 1.0
+
+
+def _outcome(result: Any, lost: bool) -> str:
+    if lost:
+        return "lost"
+    if result.success:
+        return "served"
+    return "refused" if result.error_type in REFUSALS else "failed"
+
+
+async def error_injection(lr: LoadRun) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The plan's error test: requests over the mix, some with extreme inputs (x1000,
+    x0.001), each judged against its declared expected outcome (EXPECTED_OUTCOMES)."""
+    cfg = lr.profile.error_injection
+    sent: dict[tuple[int, int], tuple[str, str, float]] = {}
+    counter = iter(range(cfg.requests))
+
+    def send(user: int, i: int, rng: np.random.Generator):
+        n = next(counter, cfg.requests)
+        name = _pick(rng, lr.names, lr.weights)
+        kind, factor = _injected(n, cfg)
+        x = lr.work.next_input(name)
+        x = (x * factor).astype(x.dtype) if factor != 1.0 else x
+        sent[(user, i)] = (name, kind, factor)
+        return lr.host.predict(lr.work.keys[name], x)
+
+    per_user = -(-cfg.requests // cfg.users)
+    turns = await run_users(
+        send, cfg.users, requests_per_user=per_user, seed=lr.profile.seeds.workload, timeout_s=120
     )
-    return result.to_dict()
+    rows = []
+    for t in turns[: cfg.requests]:
+        name, kind, _ = sent[(t.user, t.index)]
+        outcome = _outcome(t.result, t.lost)
+        error = (
+            ""
+            if t.lost is False and t.result.success
+            else ("lost: no answer in time" if t.lost else str(t.result.error))
+        )
+        rows.append(
+            {
+                "model": name,
+                "injected": kind,
+                "expected": " or ".join(EXPECTED_OUTCOMES[kind]),
+                "outcome": outcome,
+                "success": outcome in EXPECTED_OUTCOMES[kind],
+                "error": error[:200],
+                "latency_ms": t.latency_ms,
+            }
+        )
+    summary = {
+        "requests": len(rows),
+        "as_expected": sum(r["success"] for r in rows),
+        "by_kind": {
+            kind: {
+                "requests": sum(r["injected"] == kind for r in rows),
+                "as_expected": sum(r["success"] for r in rows if r["injected"] == kind),
+                "outcomes": sorted({r["outcome"] for r in rows if r["injected"] == kind}),
+            }
+            for kind in EXPECTED_OUTCOMES
+        },
+        "expected": {k: list(v) for k, v in EXPECTED_OUTCOMES.items()},
+    }
+    kinds = ", ".join(
+        f"{kind}: {v['as_expected']}/{v['requests']}" for kind, v in summary["by_kind"].items()
+    )
+    lr.ctx.say(
+        f"load: error test: {summary['as_expected']}/{len(rows)} requests ended as declared "
+        f"({kinds})"
+    )
+    return summary, rows
+
+
+#: the soak is cut into this many windows to measure drift (first vs last)
+SOAK_WINDOWS = 6
+
+
+async def soak(lr: LoadRun, sustained_rps: float) -> dict[str, Any]:
+    """The mix held open-loop at half the sustained rate (50..500 req/s) for `soak_s`:
+    p99 and the engine's RSS per window, their drift (last window against the first) and
+    the errors."""
+    rate = max(50.0, min(500.0, sustained_rps / 2))
+    first = len(lr.sampler.samples)
+    started = lr.sampler.now_s()
+    rng = np.random.default_rng(lr.profile.seeds.soak)
+    count = int(rate * (lr.profile.soak_s + 1.0) * 1.5) + 64
+    choice = rng.choice(len(lr.names), size=count, p=lr.weights)
+    keys = [lr.work.keys[n] for n in lr.names]
+
+    def send(i: int):
+        m = choice[i % count]
+        return lr.host.predict(keys[m], lr.work.pools[lr.names[m]][(i * 7 + m) % POOL_SIZE])
+
+    record = await run_open_loop(
+        send, rate, lr.profile.soak_s, warmup_s=1.0, seed=lr.profile.seeds.soak
+    )
+    summary = summarize(record, percentile=99, max_issue_delay_ms=MAX_ISSUE_DELAY_MS)
+    keep = record.scheduled >= record.warmup_s
+    edges = np.linspace(record.warmup_s, record.warmup_s + record.duration_s, SOAK_WINDOWS + 1)
+    latency = (record.completed - record.scheduled) * 1000.0
+    windows = []
+    samples = lr.sampler.samples[first:]
+    for w in range(SOAK_WINDOWS):
+        inside = keep & (record.scheduled >= edges[w]) & (record.scheduled < edges[w + 1])
+        lat = latency[inside]
+        t0, t1 = started + edges[w], started + edges[w + 1]
+        rss = [r for t, r, _ in samples if t0 <= t < t1]
+        windows.append(
+            {
+                "window": w,
+                "requests": int(inside.sum()),
+                "p99_ms": percentiles(lat).p99_ms,
+                "errors": int(inside.sum() - np.sum(record.success & inside)),
+                "rss_mb": float(np.mean(rss)) if rss else float("nan"),
+            }
+        )
+    first_w, last_w = windows[0], windows[-1]
+    return {
+        **summary.to_dict(),
+        "rate_rps": rate,
+        "windows": windows,
+        "p99_drift_ratio": last_w["p99_ms"] / first_w["p99_ms"] if first_w["p99_ms"] else None,
+        "rss_growth_mb": last_w["rss_mb"] - first_w["rss_mb"],
+        "min_window_requests": min(w["requests"] for w in windows),
+    }
 
 
 async def memory(lr: LoadRun) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -629,6 +796,7 @@ async def _run(ctx: StageContext) -> dict:
         )
         summary["concurrency"], levels = await concurrency(lr, p95_bound)
         summary["cache"] = await cache(lr)
+        summary["error_injection"], injection_rows = await error_injection(lr)
         if ctx.profile.soak_s:
             summary["soak"] = await soak(lr, sustained)
         summary["memory"], stats = await memory(lr)
@@ -646,6 +814,7 @@ async def _run(ctx: StageContext) -> dict:
     ctx.write_table("scenarios", scenario_rows)
     ctx.write_table("capacity", capacity_rows)
     ctx.write_table("concurrency", levels)
+    ctx.write_table("injection", injection_rows)
     ctx.write_table(
         "resources",
         [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in lr.sampler.samples],

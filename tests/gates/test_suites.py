@@ -102,7 +102,8 @@ def test_the_certify_gate_expects_each_models_own_criteria(targets: Targets) -> 
 
 def test_build_parity_is_between_zero_and_its_threshold(targets: Targets) -> None:
     parity = by_meaning(suite_spec("build", targets), "parity max |diff|")
-    assert parity.kwargs == {"column": "parity_max_abs_diff", "min_value": 0.0, "max_value": 1e-5}
+    assert parity.kwargs["min_value"] == 0.0 and parity.kwargs["max_value"] == 1e-5
+    assert row_condition_pairs(parity.kwargs["row_condition"]) == [("parity_status", "measured")]
 
 
 def test_certification_rechecks_every_target_on_its_own_row(targets: Targets) -> None:

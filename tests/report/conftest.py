@@ -47,8 +47,8 @@ profiles:
     percentiles_claimed: [50, 95]
     capacity: {trial_s: 0.6, warmup_s: 0.1, start_rps: 60, max_rps: 120, refine_steps: 0}
     burst_requests: 100
-    concurrency: {users: [1, 20], requests_per_user: 3, think_ms: 10}
-    cache: {distinct_inputs: 20, requests: 200, zipf_a: 1.3, concurrency: 4}
+    concurrency: {users: [1, 11, 21], requests_per_user: 20, think_ms: 10}
+    cache: {distinct_inputs: 50, requests: 500, zipf_a: 1.3, concurrency: 4}
     calibration_s: 0.3
     integration: {concurrent_clients: 15, requests_per_client: 10, think_ms: 20,
                   memory_requests: 100}
