@@ -76,9 +76,7 @@ def test_a_healthy_run_is_approved(approved_report) -> None:
     assert approved_report.decision == data["decision"] == APPROVED
     assert data == approved_report.data
     assert data["confidence"] == "HIGH" and approved_report.readiness_score == 1.0
-    assert all(
-        c["met"] and c["valid"] for c in data["criteria"] if c["status"] != "not_applicable"
-    )
+    assert all(c["met"] and c["valid"] for c in data["criteria"] if c["status"] != "not_applicable")
     not_applicable = [c["name"] for c in data["criteria"] if c["status"] == "not_applicable"]
     assert not_applicable == ["soak_p99_drift_ratio", "soak_rss_growth_mb", "soak_error_rate"]
     assert all(g["success"] for g in data["gates"].values())

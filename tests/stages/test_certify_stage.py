@@ -61,8 +61,10 @@ def test_every_target_is_measured_from_the_run(measured_run: Path) -> None:
         "soak_rss_growth_mb",
         "soak_error_rate",
     }  # the quick profile runs no soak: not applicable, with the reason
-    assert criteria.set_index("name").loc["soak_error_rate", "detail"].startswith(
-        "not applicable: the smoke profile runs no soak"
+    assert (
+        criteria.set_index("name")
+        .loc["soak_error_rate", "detail"]
+        .startswith("not applicable: the smoke profile runs no soak")
     )
     assert applies["measured"].notna().all()
     assert applies["met"].all(), applies[~applies["met"]].to_dict("records")
