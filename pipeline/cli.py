@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_cli.run(args)
     if args.command == "ui":
-        from pipeline.local_airflow import run_ui
+        from pipeline.airflow.local import run_ui
 
         return run_ui(args.port)
     if args.command == "demo":
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.local_airflow import run_dag
+    from pipeline.airflow.local import run_dag
 
     try:
         conf = json.loads(args.conf) if args.conf else {}

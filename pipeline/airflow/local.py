@@ -1,7 +1,7 @@
 """`relcert run` and `relcert ui`: the DAG on an embedded Airflow inside the project.
 
-Airflow is imported only inside these functions (after the environment is set), so the
-rest of `pipeline` stays usable without it. The metadata DB is SQLite under
+Airflow is imported only inside these functions, after the environment is set (Airflow
+reads its configuration when first imported). The metadata DB is SQLite under
 `.relcert/airflow/` (created on first use: no setup step).
 """
 
@@ -22,7 +22,7 @@ from pipeline.names import DAG_ID, DEFAULT_PROFILE, EXIT_CODES
 
 __all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "ensure_pools", "run_dag"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:
@@ -66,7 +66,8 @@ def ensure_metadata_db(env: dict[str, str], say: Callable[[str], None] = print) 
 
 def ensure_pools(say: Callable[[str], None] = print) -> None:
     """The perf pool the load/stress/infra tasks take (one slot: one machine)."""
-    from pipeline.scaleout import ensure_perf_pool, perf_task_args
+    from pipeline.airflow.pools import ensure_perf_pool
+    from pipeline.scaleout import perf_task_args
 
     if ensure_perf_pool(slots=1):
         say(f"==> created the Airflow pool {perf_task_args()['pool']} (1 slot)")
