@@ -232,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"==> report: {result['report_html']}")
         if result.get("package"):
             print(f"==> package: {result['package']}")
+        print(f"==> airflow run {result['run_id']}: {result['state']}")
     return code
 
 
