@@ -11,6 +11,12 @@ Every stage is followed by a Great Expectations gate; a failed gate stops the st
 it, and the final report still runs and says which gate failed and why. Artifacts:
 `$RELCERT_ARTIFACTS/model_release_certification/<run>/` (report.html, data_docs/, ...).
 
+The last task, `decision`, makes the decision Airflow's: the run **fails** when the
+decision is NOT_APPROVED (failure callbacks and `RELCERT_NOTIFIER` fire), its **note**
+carries the decision and first reasons, and an APPROVED run with its package emits an event
+of the Asset `relcert://model_release_certification/<models>` (see
+`relcert_deploy_on_approval`). CONDITIONAL_APPROVAL runs succeed with the note saying so.
+
 The logical date picks the model snapshot, so
 `airflow backfill create --dag-id model_release_certification --from-date A --to-date B`
 re-certifies each date's snapshot.
@@ -22,9 +28,11 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pipeline.airflow.notifiers import dag_callbacks
+from pipeline.airflow.outcomes import APPROVALS_ALIAS, DECISION_TASK_ID
 from pipeline.metrics import KNOWN_METRICS
 from pipeline.names import ALLOWS_PACKAGE, DEFAULT_PROFILE, PROFILE_NAMES
 from pipeline.scaleout import perf_task_args, retry_delay
@@ -170,6 +178,7 @@ def _gate_task(spec: Stage):
     tags=["relcert", "certification", "ml-platform"],
     params=PARAMS,
     default_args=DEFAULT_ARGS,
+    **dag_callbacks(),  # RELCERT_NOTIFIER: Airflow's notifier on failed (and succeeded) runs
 )
 def model_release_certification():
     @task(retries=0, execution_timeout=dt.timedelta(minutes=5))
@@ -234,6 +243,20 @@ def model_release_certification():
             raise AirflowSkipException(f"no package: the decision is {decision['decision']}")
         return package(run, progress=_progress)
 
+    @task(
+        task_id=DECISION_TASK_ID,
+        trigger_rule=TriggerRule.ALL_DONE,
+        retries=0,
+        execution_timeout=dt.timedelta(minutes=5),
+        outlets=[AssetAlias(APPROVALS_ALIAS)],
+    )
+    def decision(run: dict | None, package: dict | None) -> dict:
+        """Make the decision the run's: fail on NOT_APPROVED (or no decision), note the
+        decision and its first reasons on the run, emit the approval Asset event."""
+        from pipeline.airflow.outcomes import settle
+
+        return settle(get_current_context(), run, package)
+
     run = prepare()
     parts = build_model.partial(run=run).expand(name=list_models(run))
     stages = {STAGES[0].name: build_models(run, parts)}
@@ -247,7 +270,7 @@ def model_release_certification():
         stages[spec.name] >> gates[spec.name]
     report = final_report(run)
     gates[STAGES[-1].name] >> report
-    deployment_package(run, report)
+    decision(run, deployment_package(run, report))
 
 
 model_release_certification()

@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_cli.run(args)
     if args.command == "ui":
-        from pipeline.local_airflow import run_ui
+        from pipeline.airflow.local import run_ui
 
         return run_ui(args.port)
     if args.command == "baseline":
@@ -304,7 +304,7 @@ def _baseline(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.local_airflow import run_dag
+    from pipeline.airflow.local import run_dag
 
     try:
         conf = json.loads(args.conf) if args.conf else {}
@@ -324,6 +324,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"==> report: {result['report_html']}")
         if result.get("package"):
             print(f"==> package: {result['package']}")
+        print(f"==> airflow run {result['run_id']}: {result['state']}")
     return code
 
 

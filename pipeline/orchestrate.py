@@ -31,6 +31,7 @@ __all__ = [
     "assemble",
     "build_part",
     "gate",
+    "outcome",
     "package",
     "prepare_run",
     "report",
@@ -41,6 +42,8 @@ __all__ = [
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LOG = logging.getLogger(__name__)
+#: how many of the report's reasons the run's outcome carries (the rest are in the report)
+OUTCOME_REASONS = 5
 
 
 class ConfError(ValueError):
@@ -391,3 +394,30 @@ def package(ctx: dict[str, Any], progress: Callable[[str], None] = print) -> dic
     if done.image is not None:
         out.update(image=done.image.reference, image_digest=done.image.digest, archive=archive)
     return out
+
+
+def outcome(ctx: dict[str, Any], package: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's decision as the DAG's last task reports it, read from report.json in the
+    store: decision, readiness, the first reasons, model versions, the report's locations,
+    and the package (`package`: what `package()` returned, None when none was written).
+
+    Raises FileNotFoundError when the run has no report."""
+    store = _store()
+    report_json = store.join(ctx["run_dir"], "report.json")
+    data = json.loads(store.read_bytes(report_json))
+    reasons = [str(r) for r in data.get("reasons") or []]
+    return {
+        "dag_id": ctx["dag_id"],
+        "run_id": ctx["run_id"],
+        "snapshot_date": ctx["snapshot_date"],
+        "decision": data["decision"],
+        "readiness_score": data.get("readiness_score"),
+        "reasons": reasons[:OUTCOME_REASONS],
+        "more_reasons": max(0, len(reasons) - OUTCOME_REASONS),
+        "models": {str(m["name"]): m.get("version") for m in data.get("models") or []},
+        "report_json": report_json,
+        "report_html": store.join(ctx["run_dir"], "report.html"),
+        "package": package["package"] if package else None,
+        "package_sha256": package["sha256"] if package else None,
+        "package_version": package["version"] if package else None,
+    }

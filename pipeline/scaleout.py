@@ -66,7 +66,7 @@ __all__ = [
     "K8S_TEMPLATES_DIR",
     "OUTPUTS",
     "PERF_POOL",
-    "ensure_perf_pool",
+    "PERF_POOL_DESCRIPTION",
     "perf_task_args",
     "render_k8s",
     "retry_delay",
@@ -77,8 +77,9 @@ __all__ = [
 K8S_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "include" / "k8s"
 
 # The Airflow pool of the performance-sensitive tasks (load, stress, infra). Every
-# deployment needs it: `relcert run` and `relcert ui` create it; a distributed deployment
-# imports the rendered pools.json (`airflow pools import`) or runs `airflow pools set`.
+# deployment needs it: `relcert run` and `relcert ui` create it
+# (`pipeline.airflow.pools.ensure_perf_pool`); a distributed deployment imports the rendered
+# pools.json (`airflow pools import`) or runs `airflow pools set`.
 PERF_POOL = "relcert_perf"
 PERF_POOL_DESCRIPTION = (
     "relcert load/stress/infra tasks: one slot per machine that runs them, "
@@ -123,20 +124,6 @@ def worker_hostname() -> str:
     import socket
 
     return os.environ.get("RELCERT_HOSTNAME") or socket.getfqdn()
-
-
-def ensure_perf_pool(slots: int = 1) -> bool:
-    """Create the perf pool in the configured Airflow metadata DB unless it exists (an
-    existing pool keeps its slots: operators size it). Returns True if it was created."""
-    from airflow.models.pool import Pool
-
-    name = perf_task_args()["pool"]
-    if Pool.get_pool(name) is not None:
-        return False
-    Pool.create_or_update_pool(
-        name, slots=slots, description=PERF_POOL_DESCRIPTION, include_deferred=False
-    )
-    return True
 
 
 DEFAULTS: dict[str, Any] = {

@@ -283,6 +283,13 @@ class ArtifactStore:
         with self.fs.open(self.fs_path(location), "rb") as handle:
             return handle.read()
 
+    def sha256(self, location: str) -> str:
+        """The sha256 of the file at `location` (streamed); FileNotFoundError if missing."""
+        digest = self._sha256(self.fs_path(location))
+        if digest is None:
+            raise FileNotFoundError(f"{location} does not exist in the artifacts store")
+        return digest
+
     # ------------------------------------------------------------------ stage in / stage out
 
     def pull(

@@ -14,8 +14,13 @@ run id to its folder with ``pipeline.orchestrate.run_key``).
 
 Every route requires an Airflow user (Airflow's auth manager: ``Authorization: Bearer
 <JWT>`` or the UI's ``_token`` cookie) who may read the DAG's runs; anonymous requests get
-401. Importing this module imports FastAPI only: Airflow's security module, ``pipeline``
-and matplotlib are imported inside the request handlers.
+401. Importing this module imports FastAPI and ``pipeline.airflow.outcomes`` (light) only:
+Airflow's security module, the rest of ``pipeline`` and matplotlib are imported inside the
+request handlers.
+
+Listener: ``RunNoteListener`` (``pipeline.airflow.outcomes``) sets a finished certification
+run's note (its decision and first reasons) from its ``decision`` task, in the process that
+decides the run's state (the scheduler, or ``dag.test()``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ if _HERE not in sys.path:  # Airflow adds the plugins folder; tests and tools ma
     sys.path.append(_HERE)
 
 from relcert_ui.web import URL_PREFIX, create_app  # noqa: E402
+
+from pipeline.airflow.outcomes import RunNoteListener  # noqa: E402
 
 NAV_VIEW = {
     "name": "Certifications",
@@ -49,7 +56,8 @@ DAG_RUN_VIEW = {
 
 
 class RelcertPlugin(AirflowPlugin):
-    """Certification views: a FastAPI app, a navigation entry and a DAG-run tab."""
+    """Certification views (a FastAPI app, a navigation entry and a DAG-run tab) and the
+    listener that writes each certification run's decision into its note."""
 
     name = "relcert"
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
@@ -60,3 +68,4 @@ class RelcertPlugin(AirflowPlugin):
         }
     ]
     external_views: ClassVar[list[dict[str, Any]]] = [NAV_VIEW, DAG_RUN_VIEW]
+    listeners: ClassVar[list[Any]] = [RunNoteListener()]

@@ -15,6 +15,7 @@ Every knob of the engine is one field of `EngineSettings` (pipeline/inference/se
 monitor=...)`` configures them all at once and builds the pool and cache they describe.
 """
 
+from pipeline.inference.admission import AdmissionControl, AdmissionSettings
 from pipeline.inference.cache import CacheStats, ResultCache
 from pipeline.inference.concurrency import ConcurrencyStats, ConcurrentProcessingEngine
 from pipeline.inference.engine import InferenceResult, ProductionInferenceEngine
@@ -36,7 +37,9 @@ from pipeline.inference.runtimes import NullRuntime, OnnxRuntime, TorchScriptRun
 from pipeline.inference.settings import EngineSettings
 
 __all__ = [
+    "AdmissionControl",
     "AdmissionRejectedError",
+    "AdmissionSettings",
     "CacheStats",
     "ConcurrencyStats",
     "ConcurrentProcessingEngine",

@@ -1,11 +1,25 @@
 """Bounded concurrency for async work, with admission control and AIMD auto-scaling.
 
 At most `limit` jobs run at once; up to `max_waiting` more wait for a slot (bounded by
-`queue_timeout_s`); anything beyond is rejected at once with AdmissionRejectedError. With
-`auto_scale`, the limit follows observed latency: every `adjust_every` completions, if the
-window's p95 latency is within `target_latency_ms` the limit grows by one (additive
-increase, up to `max_workers`); otherwise it is halved (multiplicative decrease, down to
-`min_workers`).
+`queue_timeout_s`); anything beyond is rejected at once with AdmissionRejectedError.
+
+With `auto_scale`, the limit follows observed latency and demand. Every `adjust_every`
+completed jobs (a window) it looks at the window's p95 latency, its failures and its peak
+demand (jobs in flight plus waiting, at any moment of the window; a rejection counts as
+demand beyond the limit):
+
+- **overload** (p95 above `target_latency_ms`, or a job failed): the limit is halved
+  (multiplicative decrease, down to `min_workers`);
+- **demand near the limit** (peak demand >= half the limit) and latency within target: the
+  limit grows by one (additive increase, up to `max_workers`);
+- **demand far below the limit** (peak demand < a quarter of the limit): the limit is halved
+  (down to `min_workers`), so a limit raised by a burst does not stay open after it;
+- otherwise it holds.
+
+So, while latency is healthy, the limit settles between 2x and 4x the demand (within
+`min_workers`..`max_workers`): it rises with the load, falls after it, and falls further
+when the work gets slow. A cancelled job (its caller left) frees its slot and is not
+observed: it says nothing about latency.
 """
 
 from __future__ import annotations
@@ -25,6 +39,8 @@ from pipeline.inference.errors import AdmissionRejectedError
 __all__ = ["ConcurrencyStats", "ConcurrentProcessingEngine"]
 
 T = TypeVar("T")
+#: limit changes kept in `limit_history` (newest last)
+HISTORY = 1000
 
 
 @dataclass(frozen=True)
@@ -41,10 +57,16 @@ class ConcurrencyStats(RecordMixin):
     scale_ups: int
     scale_downs: int
     p95_latency_ms: float
+    #: of scale_downs: halvings because the window's latency (or a failure) said overload;
+    #: the rest followed demand down
+    overload_scale_downs: int = 0
+    min_workers: int = 1
+    max_workers: int = 1
+    target_latency_ms: float = 0.0
 
 
 class ConcurrentProcessingEngine:
-    """Runs coroutines with a bounded, latency-driven concurrency limit."""
+    """Runs coroutines with a bounded, latency- and demand-driven concurrency limit."""
 
     def __init__(
         self,
@@ -70,28 +92,73 @@ class ConcurrentProcessingEngine:
         self.max_waiting = max_waiting if max_waiting is not None else 4 * max_workers
         self.queue_timeout_s = queue_timeout_s
         self.target_latency_ms = target_latency_ms
-        self.adjust_every = adjust_every
+        self.adjust_every = max(int(adjust_every), 1)
         self._in_flight = 0
         self._waiters: deque[asyncio.Future] = deque()
-        self._latencies: deque[float] = deque(maxlen=max(adjust_every, 1) * 4)
+        self._latencies: deque[float] = deque(maxlen=self.adjust_every * 4)
         self._since_adjust = 0
+        self._window_failed = False
+        self._window_demand = 0
         self._counts = dict.fromkeys(
-            ("admitted", "rejected", "timed_out", "completed", "failed", "peak", "up", "down"), 0
+            (
+                "admitted",
+                "rejected",
+                "timed_out",
+                "completed",
+                "failed",
+                "peak",
+                "up",
+                "down",
+                "overload",
+            ),
+            0,
         )
-        self.limit_history: list[tuple[float, int]] = [(time.monotonic(), self.limit)]
+        #: (monotonic time, limit) at start and at every change; the last HISTORY changes
+        self.limit_history: deque[tuple[float, int]] = deque(
+            [(time.monotonic(), self.limit)], maxlen=HISTORY
+        )
 
-    async def _acquire(self) -> None:
+    # ----------------------------------------------------------------- admission
+    def _demand(self, extra: int = 0) -> None:
+        demand = self._in_flight + len(self._waiters) + extra
+        if demand > self._window_demand:
+            self._window_demand = demand
+
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free and nobody waits (no await); False otherwise.
+        A True must be paired with exactly one `release`."""
         if self._in_flight < self.limit and not self._waiters:
             self._in_flight += 1
+            self._counts["admitted"] += 1
+            self._counts["peak"] = max(self._counts["peak"], self._in_flight)
+            self._demand()
+            return True
+        return False
+
+    def reject(self) -> AdmissionRejectedError:
+        """Count a request refused without waiting (the limit is full and so is the waiting
+        room, or the caller does not wait); returns the error to raise or report."""
+        self._counts["rejected"] += 1
+        self._demand(extra=1)
+        return AdmissionRejectedError(
+            f"admission rejected: {self._in_flight} jobs in flight (limit {self.limit}) and "
+            f"{len(self._waiters)} waiting (max_waiting={self.max_waiting})"
+        )
+
+    def can_wait(self) -> bool:
+        """Whether a request that found no free slot may wait for one."""
+        return len(self._waiters) < self.max_waiting
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting (bounded) if needed; raises AdmissionRejectedError. Pair
+        with exactly one `release`."""
+        if self.try_acquire():
             return
-        if len(self._waiters) >= self.max_waiting:
-            self._counts["rejected"] += 1
-            raise AdmissionRejectedError(
-                f"admission rejected: {self._in_flight} jobs in flight (limit {self.limit}) and "
-                f"{len(self._waiters)} waiting (max_waiting={self.max_waiting})"
-            )
+        if not self.can_wait():
+            raise self.reject()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._demand()
         try:
             await asyncio.wait_for(waiter, self.queue_timeout_s)
         except TimeoutError:
@@ -100,13 +167,24 @@ class ConcurrentProcessingEngine:
                 f"admission timed out after {self.queue_timeout_s:g} s waiting for a slot "
                 f"(limit {self.limit})"
             ) from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot as we were cancelled
+                self._in_flight -= 1
+                self._wake()
+            raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        # the slot was handed over by _release (in_flight already counts it)
+        # the slot was handed over by _wake (in_flight already counts it)
+        self._counts["admitted"] += 1
+        self._counts["peak"] = max(self._counts["peak"], self._in_flight)
 
-    def _release(self) -> None:
+    def release(self, latency_ms: float | None, ok: bool = True) -> None:
+        """Give a slot back. `latency_ms` None: the job was cancelled (not observed);
+        `ok` False: it failed in a way that signals overload."""
         self._in_flight -= 1
+        if latency_ms is not None:
+            self._observe(latency_ms, ok)
         self._wake()
 
     def _wake(self) -> None:
@@ -116,20 +194,21 @@ class ConcurrentProcessingEngine:
                 self._in_flight += 1
                 waiter.set_result(None)
 
+    # ----------------------------------------------------------------- running jobs
     async def run(self, job: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run `job(*args, **kwargs)` once a slot is free; raises AdmissionRejectedError."""
-        await self._acquire()
-        self._counts["admitted"] += 1
-        self._counts["peak"] = max(self._counts["peak"], self._in_flight)
+        await self.acquire()
         started = time.perf_counter()
-        ok = False
         try:
             result = await job(*args, **kwargs)
-            ok = True
-            return result
-        finally:
-            self._observe((time.perf_counter() - started) * 1000.0, ok)
-            self._release()
+        except asyncio.CancelledError:
+            self.release(None)  # cancelled: says nothing about latency
+            raise
+        except BaseException:
+            self.release((time.perf_counter() - started) * 1000.0, ok=False)
+            raise
+        self.release((time.perf_counter() - started) * 1000.0, ok=True)
+        return result
 
     async def map(
         self, job: Callable[[Any], Awaitable[T]], items: Iterable[Any]
@@ -139,26 +218,40 @@ class ConcurrentProcessingEngine:
             await asyncio.gather(*(self.run(job, item) for item in items), return_exceptions=True)
         )
 
+    # ----------------------------------------------------------------- scaling
     def _observe(self, latency_ms: float, ok: bool) -> None:
         self._counts["completed" if ok else "failed"] += 1
         self._latencies.append(latency_ms)
+        self._window_failed |= not ok
         if not self.auto_scale:
             return
         self._since_adjust += 1
         if self._since_adjust < self.adjust_every:
             return
-        self._since_adjust = 0
         p95 = float(np.percentile(list(self._latencies)[-self.adjust_every :], 95))
-        if p95 <= self.target_latency_ms and ok:
-            new = min(self.max_workers, self.limit + 1)
-            self._counts["up"] += new > self.limit
+        self._adjust(p95, self._window_failed, self._window_demand)
+        self._since_adjust = 0
+        self._window_failed = False
+        self._window_demand = self._in_flight + len(self._waiters)
+
+    def _adjust(self, p95_ms: float, failed: bool, demand: int) -> None:
+        """One AIMD step at the end of a window (see the module docstring)."""
+        limit = self.limit
+        if failed or p95_ms > self.target_latency_ms:
+            new = max(self.min_workers, limit // 2)
+            self._counts["overload"] += new < limit
+        elif 2 * demand >= limit:
+            new = min(self.max_workers, limit + 1)
+        elif 4 * demand < limit:
+            new = max(self.min_workers, limit // 2)
         else:
-            new = max(self.min_workers, self.limit // 2)
-            self._counts["down"] += new < self.limit
-        if new != self.limit:
-            self.limit = new
-            self.limit_history.append((time.monotonic(), new))
-            self._wake()
+            new = limit
+        if new == limit:
+            return
+        self._counts["up" if new > limit else "down"] += 1
+        self.limit = new
+        self.limit_history.append((time.monotonic(), new))
+        self._wake()
 
     def get_stats(self) -> ConcurrencyStats:
         recent = list(self._latencies)
@@ -175,4 +268,8 @@ class ConcurrentProcessingEngine:
             scale_ups=self._counts["up"],
             scale_downs=self._counts["down"],
             p95_latency_ms=float(np.percentile(recent, 95)) if recent else 0.0,
+            overload_scale_downs=self._counts["overload"],
+            min_workers=self.min_workers,
+            max_workers=self.max_workers,
+            target_latency_ms=float(self.target_latency_ms),
         )

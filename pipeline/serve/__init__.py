@@ -35,7 +35,11 @@ Endpoints
     package's alert rules use: counters ``relcert_requests_total{outcome}``,
     ``relcert_engine_cache_hits_total``; the histogram ``relcert_request_latency_ms``
     (``_bucket{le}``, ``_sum``, ``_count``); gauges ``relcert_memory_rss_bytes`` (process
-    RSS) and ``relcert_queue_depth``.
+    RSS) and ``relcert_queue_depth``. Admission control: gauges ``relcert_admission_limit``
+    (the current limit), ``_limit_min``, ``_limit_max``, ``_in_flight``, ``_waiting``,
+    ``_window_p95_ms``, ``_target_p95_ms``; counters ``relcert_admission_admitted_total``,
+    ``_rejected_total`` (503 at once), ``_timed_out_total`` (503 after waiting) and
+    ``relcert_admission_adjustments_total{direction="up"|"down", cause="demand"|"latency"}``.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
 
@@ -47,10 +51,11 @@ model_info.json), or values for which the model answers NaN/Inf (the request's e
 never counts toward reloading the model); 413 for a body over ``MAX_BODY_BYTES`` (by
 Content-Length or as streamed); 431 for headers over ``MAX_HEADER_BYTES``; 408 when a
 request does not arrive within ``BODY_READ_TIMEOUT_S``; 503 with ``Retry-After`` when the
-engine's bounded queue is full, a request outwaited ``DEFAULT_DEADLINE_MS`` in the queue or
-models are still loading (and uvicorn's plain 503 past ``LIMIT_CONCURRENCY``); 500 when the
-model's runtime fails (the body names the endpoint only: exception text, tracebacks and
-file paths go to the server log, never to a client); 404 / 405 for unknown paths / methods.
+admission limit is full (see below), the engine's bounded queue is full, a request
+outwaited ``DEFAULT_DEADLINE_MS`` in the queue or models are still loading (and uvicorn's
+plain 503 past ``LIMIT_CONCURRENCY``); 500 when the model's runtime fails (the body names
+the endpoint only: exception text, tracebacks and file paths go to the server log, never to
+a client); 404 / 405 for unknown paths / methods.
 A request whose client disconnects while it waits is dropped without running.
 
 Configuration (environment variables; ``ServeSettings.from_env``)
@@ -123,6 +128,26 @@ keeps it as ``ServeSettings.engine``), each read from its variable (``ENGINE_ENV
 ``RECOVERY_COOLDOWN_S``         5         shortest time between two reloads of a model
 ``MEMORY_CHECK_INTERVAL_S``     1         how often the engine checks memory pressure
 ``INTRA_OP_THREADS``            1         intra-op threads per runtime (on the inferring thread)
+==============================  ========  =====================================================
+
+Admission control (``AdmissionSettings``, ``pipeline.inference.admission``; ``ADMISSION_ENV``)
+sits in front of the engine: at most *limit* requests are in the engine at once; a request
+that finds the limit full is answered 503 with ``Retry-After`` at once (or, with a waiting
+room, after at most ``ADMISSION_QUEUE_TIMEOUT_MS``), never queued without bound. The limit
+starts at its maximum and moves by AIMD once per window of ``ADMISSION_ADJUST_EVERY``
+completed requests: +1 while demand (requests in flight and waiting) reaches half of it and
+the window's p95 is within ``ADMISSION_TARGET_P95_MS``; halved when the p95 exceeds it (or
+the engine shed or expired a request); halved when demand falls below a quarter of it. So a
+healthy load keeps it at 2x-4x its demand, never below the minimum:
+
+==============================  ========  =====================================================
+``ADMISSION_CONTROL``           on        ``off`` sends every request straight to the engine
+``ADMISSION_MAX_CONCURRENCY``   1024      highest limit, and where it starts
+``ADMISSION_MIN_CONCURRENCY``   64        lowest limit (a healthy load never meets it)
+``ADMISSION_TARGET_P95_MS``     100       p95 (admission to answer) above which it halves
+``ADMISSION_ADJUST_EVERY``      50        completed requests per adjustment window
+``ADMISSION_MAX_WAITING``       0         requests that may wait for a slot (0: 503 at once)
+``ADMISSION_QUEUE_TIMEOUT_MS``  100       longest wait for a slot before the 503
 ==============================  ========  =====================================================
 
 Every value is validated at start-up; an error names the variable and what was expected.

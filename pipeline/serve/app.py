@@ -225,7 +225,7 @@ class _PredictEndpoint(_Endpoint):
         if service.status != "ready":
             raise _not_ready(service)
         x = self.spec.decode(body)
-        future = service.engine.predict(self.key, x)
+        future = service.predict(self.key, x)  # through admission control
         result = future.result() if future.done() else await _result_unless_gone(future, receive)
         if result.success:
             return 200, self.encode(result.output, result.model_version, started)

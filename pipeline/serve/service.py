@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.inference import (
+    AdmissionControl,
     InferenceError,
     ProductionInferenceEngine,
     ProductionModelManager,
@@ -90,6 +91,14 @@ class Service:
             monitor=self.monitor,
             auto_load=False,  # never load a model on the event loop in a request
         )
+        # admission control in front of the engine: requests past its limit are refused
+        # (503 with Retry-After) instead of queueing; `predict` is the endpoints' way in
+        self.admission = (
+            AdmissionControl(self.engine, settings.admission)
+            if settings.admission.enabled
+            else None
+        )
+        self.predict = (self.admission or self.engine).predict
         self.status = LOADING
         self.load_errors: dict[str, str] = {}
         self.load_seconds: float | None = None
@@ -269,6 +278,8 @@ class Service:
         yield GaugeMetricFamily(
             "relcert_engine_mean_batch_size", "Mean requests per batch", stats["mean_batch_size"]
         )
+        if self.admission is not None:
+            yield from self.admission.collect_metrics()
         ready = GaugeMetricFamily(
             "relcert_model_ready",
             "1 when the model is loaded and warm",

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.inference.admission import AdmissionSettings
 from pipeline.inference.settings import EngineSettings
 
-__all__ = ["ENGINE_ENV", "FORMATS", "ServeSettings", "SettingsError"]
+__all__ = ["ADMISSION_ENV", "ENGINE_ENV", "FORMATS", "ServeSettings", "SettingsError"]
 
 FORMATS = ("onnx", "torchscript")
 
@@ -47,6 +48,8 @@ class ServeSettings:
     startup_delay_s: float = 0.0
     #: upper bounds (ms) of the latency histogram; None: the monitor's default ladder
     latency_buckets_ms: tuple[float, ...] | None = None
+    #: admission control in front of the engine (ADMISSION_* variables, see ADMISSION_ENV)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     @property
     def validate_enabled(self) -> bool:
@@ -71,6 +74,9 @@ class ServeSettings:
         base_engine = overrides.get("engine")
         if base_engine is not None and not isinstance(base_engine, EngineSettings):
             raise SettingsError(f"engine: expected an EngineSettings, got {base_engine!r}")
+        base_admission = overrides.get("admission")
+        if base_admission is not None and not isinstance(base_admission, AdmissionSettings):
+            raise SettingsError(f"admission: expected an AdmissionSettings, got {base_admission!r}")
         values: dict[str, Any] = {}
         for name, parse in _SPEC.items():
             raw = _raw(name.upper(), name, environ, overrides)
@@ -92,6 +98,7 @@ class ServeSettings:
                 raise SettingsError(f"{var}: {exc}") from None
         engine = base_engine if base_engine is not None else EngineSettings()
         values["engine"] = engine.replace(**engine_values)
+        values["admission"] = _admission(environ, base_admission or AdmissionSettings())
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -102,6 +109,7 @@ class ServeSettings:
             if getattr(self, name) is not None
         }
         env.update({var: str(getattr(self.engine, name)) for name, var in ENGINE_ENV.items()})
+        env.update({var: str(getattr(self.admission, name)) for name, var in ADMISSION_ENV.items()})
         return env
 
 
@@ -125,7 +133,36 @@ ENGINE_ENV: dict[str, str] = {
     "memory_check_interval_s": "MEMORY_CHECK_INTERVAL_S",
     "intra_op_threads": "INTRA_OP_THREADS",
 }
+#: AdmissionSettings field -> the environment variable that sets it
+ADMISSION_ENV: dict[str, str] = {
+    "enabled": "ADMISSION_CONTROL",
+    "max_concurrency": "ADMISSION_MAX_CONCURRENCY",
+    "min_concurrency": "ADMISSION_MIN_CONCURRENCY",
+    "target_p95_ms": "ADMISSION_TARGET_P95_MS",
+    "adjust_every": "ADMISSION_ADJUST_EVERY",
+    "max_waiting": "ADMISSION_MAX_WAITING",
+    "queue_timeout_ms": "ADMISSION_QUEUE_TIMEOUT_MS",
+}
 _MISSING = object()
+
+
+def _admission(environ: Mapping[str, str], base: AdmissionSettings) -> AdmissionSettings:
+    """`base` with the ADMISSION_* variables that are set (each validated, named)."""
+    values = base.to_dict()
+    for name, var in ADMISSION_ENV.items():
+        raw = _raw(var, name, environ, {})
+        if raw is _MISSING:
+            continue
+        try:
+            values[name] = AdmissionSettings.parse(name, raw)
+        except ValueError as exc:
+            raise SettingsError(f"{var}: {exc}") from None
+    try:
+        return AdmissionSettings(**values)
+    except ValueError as exc:
+        raise SettingsError(
+            f"ADMISSION_MIN_CONCURRENCY / ADMISSION_MAX_CONCURRENCY: {exc}"
+        ) from None
 
 
 def _raw(var: str, name: str, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Any:

@@ -24,6 +24,10 @@ Stress-test control ops (used by the stress stage; they never run unless asked):
            allocates from the engine's MemoryPoolManager (n attempts; `fill` then takes what
            is left, so no batch buffer fits); {"action": "release"} returns every held buffer;
            {"action": "probe", "shape": [...]} allocates one buffer and releases it
+  ADMISSION body: UTF-8 JSON {"settings": {AdmissionSettings fields}} puts admission control
+           (`pipeline.inference.admission`, as the service has it) in front of the engine
+           for the requests that follow; {"off": true} removes it. Answers (and STATS
+           includes) {"enabled": bool, "stats": the limiter's stats or null}
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from pipeline.inference.settings import EngineSettings
 __all__ = ["EngineHost", "HostConfig", "HostResult", "ResourceSampler", "connect_authenticated"]
 
 OP_PREDICT, OP_STATS, OP_RELOAD, OP_CONFIG = 0, 1, 2, 3
-OP_BALLAST, OP_POOL = 4, 5
+OP_BALLAST, OP_POOL, OP_ADMISSION = 4, 5, 6
 _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<IBB")
 _CTL = struct.Struct("<IB")
@@ -176,6 +180,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
     ]
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
     held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
+    gate: dict[str, Any] = {"admission": None}  # OP_ADMISSION: admission control, when on
     gc.collect()
     gc.freeze()
 
@@ -238,8 +243,29 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
         result["pool"] = pool.get_memory_stats().to_dict()
         return result
 
+    def admission_op(args: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.inference.admission import AdmissionControl, AdmissionSettings
+
+        if args.get("settings") is not None:
+            try:
+                settings = AdmissionSettings.from_dict(args["settings"])
+            except ValueError as exc:
+                return {"error": str(exc)}
+            gate["admission"] = AdmissionControl(engine, settings)
+        elif args.get("off"):
+            gate["admission"] = None
+        return admission_state()
+
+    def admission_state() -> dict[str, Any]:
+        control = gate["admission"]
+        return {
+            "enabled": control is not None,
+            "stats": control.get_stats().to_dict() if control is not None else None,
+        }
+
     def stats() -> dict[str, Any]:
         return {
+            "admission": admission_state(),
             "engine": engine.get_stats(),
             "init_s": init_s,
             "load_errors": load_errors,
@@ -280,7 +306,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 if op == OP_PREDICT:
                     _, _, index = _REQ.unpack_from(body)
                     x = np.frombuffer(body, dtype=dtypes[index], offset=_REQ.size)
-                    future = engine.predict(keys[index], x)
+                    future = (gate["admission"] or engine).predict(keys[index], x)
                     future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
                     continue
                 if op == OP_STATS:
@@ -303,6 +329,9 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 elif op == OP_POOL:
                     args = json.loads(body[_CTL.size :].decode() or "{}")
                     payload = json.dumps(pool_op(args), default=float).encode()
+                elif op == OP_ADMISSION:
+                    args = json.loads(body[_CTL.size :].decode() or "{}")
+                    payload = json.dumps(admission_op(args), default=float).encode()
                 else:
                     payload = b'{"error": "unknown op"}'
                 head = _RESP.pack(request_id, 1, 0, 0)
@@ -565,6 +594,12 @@ class EngineHost:
     async def pool(self, action: str, **args: Any) -> dict[str, Any]:
         """Drive the engine's memory pool: "exhaust", "release" or "probe" (see OP_POOL)."""
         return await self._control(OP_POOL, json.dumps({"action": action, **args}).encode())
+
+    async def admission(self, settings: dict[str, Any] | None) -> dict[str, Any]:
+        """Put admission control (AdmissionSettings fields) in front of the hosted engine, or
+        remove it (None); returns {"enabled", "stats"} (see OP_ADMISSION)."""
+        args = {"settings": settings} if settings is not None else {"off": True}
+        return await self._control(OP_ADMISSION, json.dumps(args).encode())
 
     async def stop(self, timeout_s: float = 10.0) -> int | None:
         """Ask the child to exit (close stdin), then kill it if it does not; returns the code."""

@@ -13,6 +13,8 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 DAG_FILE = PROJECT / "dags" / "model_release_certification.py"
 DAG_ID = "model_release_certification"
+CONSUMER_FILE = PROJECT / "dags" / "relcert_deploy_on_approval.py"
+CONSUMER_ID = "relcert_deploy_on_approval"
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +43,13 @@ def test_dag_parses_without_errors_and_quickly(dagbag) -> None:
     assert seconds < 2.0, f"parse took {seconds:.2f} s"
 
 
-def test_no_heavy_imports_at_parse_time() -> None:
+@pytest.mark.parametrize("dag_file", [DAG_FILE, CONSUMER_FILE], ids=lambda p: p.stem)
+def test_no_heavy_imports_at_parse_time(dag_file: Path) -> None:
     code = f"""
 import sys, json, importlib.util
 import airflow.sdk  # Airflow itself is allowed
 before = set(sys.modules)
-spec = importlib.util.spec_from_file_location("dagfile", {str(DAG_FILE)!r})
+spec = importlib.util.spec_from_file_location("dagfile", {str(dag_file)!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 print(json.dumps(sorted(set(sys.modules) - before)))
@@ -71,7 +74,7 @@ def test_every_task_has_an_owner_a_timeout_and_sane_retries(dag) -> None:
     for task in dag.tasks:
         assert task.owner == "ml-platform", task.task_id
         assert task.execution_timeout is not None, task.task_id
-        if task.task_id.startswith("gate_") or task.task_id == "prepare":
+        if task.task_id.startswith("gate_") or task.task_id in ("prepare", "decision"):
             assert task.retries == 0, f"{task.task_id}: a gate failure is final"
         elif task.task_id not in ("final_report", "deployment_package"):
             assert task.retries >= 1, f"{task.task_id}: transient failures should retry"
@@ -91,6 +94,10 @@ def test_the_shape_follows_the_architecture(dag) -> None:
     assert "final_report" in downstream("gate_certify")
     assert "deployment_package" in downstream("final_report")
     assert str(dag.get_task("final_report").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    # the decision is the run's only leaf: its state is the run's state
+    assert "decision" in downstream("deployment_package")
+    assert [t.task_id for t in dag.leaves] == ["decision"]
+    assert str(dag.get_task("decision").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert (
         dag.get_task("build_model").is_mapped
         if hasattr(dag.get_task("build_model"), "is_mapped")
@@ -207,3 +214,58 @@ def test_the_perf_pool_and_queue_follow_the_environment(tmp_path: Path) -> None:
     render_k8s(tmp_path / "k8s", pool_name="perf_nodes", perf_nodes=3)
     pools = json.loads((tmp_path / "k8s" / "pools.json").read_text())
     assert pools["perf_nodes"]["slots"] == 3
+
+
+def test_approvals_are_an_asset_the_example_deployment_dag_is_scheduled_on(dagbag) -> None:
+    from airflow.sdk import AssetAlias
+
+    from pipeline.airflow.outcomes import APPROVALS_ALIAS, approval_asset
+
+    dag = dagbag.dags[DAG_ID]
+    assert dag.get_task("decision").outlets == [AssetAlias(APPROVALS_ALIAS)]
+    consumer = dagbag.dags[CONSUMER_ID]
+    approvals = approval_asset(DAG_ID, ["quality_predictor", "routing_classifier"])
+    assert consumer.schedule == [approvals]
+    assert consumer.catchup is False and consumer.doc_md and "approval" in consumer.doc_md
+    assert {"relcert", "deployment"} <= set(consumer.tags)
+    [verify] = consumer.tasks
+    assert verify.task_id == "verify_package" and verify.inlets == [approvals]
+    assert verify.owner == "ml-platform" and verify.execution_timeout is not None
+
+
+def test_the_notifier_comes_from_the_environment_and_a_bad_one_is_an_import_error(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "RELCERT_NOTIFIER": "airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+        "RELCERT_NOTIFIER_KWARGS": '{"to": "ml-platform@example.com"}',
+        "RELCERT_NOTIFY_ON": "failure,success",
+    }
+    probe = (
+        "from airflow.dag_processing.dagbag import DagBag; import json; "
+        f"b = DagBag({str(DAG_FILE.parent)!r}); d = b.dags.get({DAG_ID!r}); "
+        "print(json.dumps({'errors': list(b.import_errors.values()), 'callbacks': d and ["
+        "type(c).__name__ for c in d.on_failure_callback + d.on_success_callback]}))"
+    )
+
+    def parse(**extra: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert parse() == {"errors": [], "callbacks": ["SmtpNotifier", "SmtpNotifier"]}
+    bad = parse(RELCERT_NOTIFIER="airflow.providers.smtp.notifications.smtp.NoSuchNotifier")
+    assert bad["callbacks"] is None
+    [error] = bad["errors"]
+    assert "RELCERT_NOTIFIER='airflow.providers.smtp.notifications.smtp.NoSuchNotifier'" in error
+    assert "cannot import it" in error

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,35 @@ def _report(output: str) -> tuple[dict, Path]:
     return json.loads((run_dir / "report.json").read_text()), run_dir
 
 
+def _metadata(env: dict[str, str], output: str) -> dict:
+    """The DAG run as Airflow recorded it in the embedded metadata DB: its state, its note
+    (the grid shows it), its decision task's state, and the asset events it emitted."""
+    line = next(line for line in output.splitlines() if line.startswith("==> airflow run "))
+    run_id = line[len("==> airflow run ") :].rsplit(": ", 1)[0]
+    db = sqlite3.connect(Path(env["RELCERT_AIRFLOW_HOME"]) / "airflow.db")
+    try:
+        state, note = db.execute(
+            "SELECT r.state, n.content FROM dag_run r "
+            "LEFT JOIN dag_run_note n ON n.dag_run_id = r.id WHERE r.dag_id = ? AND r.run_id = ?",
+            (DAG_ID, run_id),
+        ).fetchone()
+        [(decision_state,)] = db.execute(
+            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+            (DAG_ID, run_id, "decision"),
+        ).fetchall()
+        events = [
+            (uri, json.loads(extra))
+            for uri, extra in db.execute(
+                "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                "WHERE e.source_dag_id = ? AND e.source_run_id = ?",
+                (DAG_ID, run_id),
+            )
+        ]
+    finally:
+        db.close()
+    return {"state": state, "note": note, "decision": decision_state, "events": events}
+
+
 def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) -> None:
     result = relcert_run(airflow_env, "--conf", '{"reason": "nightly ci"}')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -55,6 +86,17 @@ def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) 
     package = run_dir / report["package"]
     assert package.exists() and package.suffix == ".zip"
     assert {m["name"] for m in report["models"]} == {"quality_predictor", "routing_classifier"}
+    # Airflow's view: a successful run whose note says APPROVED, and one approval event
+    # carrying the package, its checksum, the model versions and the report
+    airflow = _metadata(airflow_env, result.stdout)
+    assert airflow["state"] == "success" and airflow["decision"] == "success"
+    assert airflow["note"].startswith("APPROVED (readiness 1.00)\n- All ")
+    [(uri, extra)] = airflow["events"]
+    assert uri == f"relcert://{DAG_ID}/quality_predictor+routing_classifier"
+    assert Path(extra["package"]) == package and extra["decision"] == "APPROVED"
+    assert extra["package_sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    assert extra["models"] == {m["name"]: m["version"] for m in report["models"]}
+    assert Path(extra["report_json"]) == run_dir / "report.json"
 
 
 def test_an_impossible_target_gives_not_approved_and_no_package(
@@ -80,6 +122,16 @@ def test_an_impossible_target_gives_not_approved_and_no_package(
     assert "p99 <= 0.0012 ms" in sustained["detail"]
     assert report["gates"]["certify"]["success"] is False
     assert report["gates"]["load"]["success"] is False  # the load gate checks p99 too
+    # Airflow's view: the run failed (its decision task failed with the first reasons, so
+    # failure callbacks fire), its note gives the decision and why, and nothing was approved
+    airflow = _metadata(airflow_env, result.stdout)
+    assert airflow["state"] == "failed" and airflow["decision"] == "failed"
+    note = airflow["note"].splitlines()
+    assert note[0] == f"NOT_APPROVED (readiness {report['readiness_score']:.2f})"
+    assert note[1:4] == [f"- {reason}" for reason in report["reasons"][:3]]
+    assert note[-1] == f"report: {run_dir / 'report.html'}"
+    assert airflow["events"] == []
+    assert "==> airflow run " in result.stdout and result.stdout.rstrip().endswith(": failed")
 
 
 def test_invalid_conf_is_refused_with_a_message(airflow_env: dict[str, str]) -> None:

@@ -12,6 +12,11 @@ alongside it, and one triggered from the UI's form in a real browser.
    over both workers; the perf-pool tasks never overlap, across runs too, and record the
    host that ran them; every report is approved with a complete package; the
    Certifications view shows the UI's run and refuses anonymous users.
+3. The decision as Airflow sees it, under the real scheduler: every run's note (set by the
+   plugin's listener in the scheduler) states its decision, the RELCERT_NOTIFIER notifier
+   fired on each successful run (in the DAG processor, with the note in its context), and
+   each approval's Asset event triggered the example deployment DAG, whose runs verified
+   every approved package.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ REASON = "browser-triggered certification"
 WORKERS = ("relcert-worker-a", "relcert-worker-b")
 PERF_TASKS = {"load_test", "stress_test", "infra_validate"}
 STAGE_TASKS = {"validate_integration", "load_test", "stress_test", "infra_validate", "certify"}
+CONSUMER = "relcert_deploy_on_approval"
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _run_dir(root: Path, run_id: str) -> Path:
@@ -133,6 +140,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             "RELCERT_RETRY_DELAY_S": "5",
+            # the notifier of every successful run, rendered with the run's note
+            "RELCERT_NOTIFIER": "tests.dags.recording_notifier.RecordingNotifier",
+            "RELCERT_NOTIFIER_KWARGS": json.dumps(
+                {"path": str(root / "notifications.jsonl"), "message": "{{ dag_run.note }}"}
+            ),
+            "RELCERT_NOTIFY_ON": "success",
+            "PYTHONPATH": str(PROJECT),  # the DAG processor imports the notifier from tests/
         },
     )
     try:
@@ -168,8 +182,9 @@ def triggered(cluster) -> AirflowCluster:
     """The nightly schedule's run (unpausing starts it), a backfill over two dates with a
     conf from the CLI, and a run from the UI form: four runs, the backfill's alongside the
     others (the DAG allows one scheduled/manual run at a time, a backfill has its own)."""
-    unpaused = cluster.airflow("dags", "unpause", DAG_ID)
-    assert unpaused.returncode == 0, unpaused.stderr[-2000:]
+    for dag_id in (CONSUMER, DAG_ID):  # the deployment DAG first: it waits for approvals
+        unpaused = cluster.airflow("dags", "unpause", dag_id)
+        assert unpaused.returncode == 0, unpaused.stderr[-2000:]
     backfill = cluster.airflow(
         "backfill",
         "create",
@@ -284,3 +299,65 @@ def test_schedule_backfill_and_ui_runs_certify_across_both_workers(triggered) ->
     anonymous = httpx.get(base + "/relcert/certifications", timeout=30)
     assert anonymous.status_code == 401
     assert REASON not in anonymous.text
+
+
+def _verified_packages(cluster) -> list:
+    """What the deployment DAG's verify_package tasks returned, one list per run."""
+    rows = cluster.query(
+        "SELECT x.value FROM xcom x JOIN dag_run r ON r.dag_id = x.dag_id "
+        "AND r.run_id = x.run_id WHERE x.dag_id = %s AND x.task_id = %s "
+        "AND x.key = 'return_value'",
+        (CONSUMER, "verify_package"),
+    )
+    return [json.loads(v) if isinstance(v, str) else v for (v,) in rows]
+
+
+def test_decisions_reach_airflow_notes_notifiers_and_the_deployment_dag(triggered) -> None:
+    cluster = triggered
+    runs = cluster.wait_for_runs(4, timeout_s=900)
+    notes = dict(
+        cluster.query(
+            "SELECT r.run_id, n.content FROM dag_run r LEFT JOIN dag_run_note n "
+            "ON n.dag_run_id = r.id WHERE r.dag_id = %s",
+            (DAG_ID,),
+        )
+    )
+    packages = {}
+    for run in runs:
+        report = _report(cluster.root, run["run_id"])
+        note = notes[run["run_id"]] or ""
+        assert note.startswith(f"{report['decision']} (readiness "), (run["run_id"], note)
+        assert f"- {report['reasons'][0]}" in note
+        if report["decision"] == "APPROVED":
+            packages[run["run_id"]] = str(_run_dir(cluster.root, run["run_id"]) / report["package"])
+    assert packages, "no approved run"
+
+    # the approval events reached the deployment DAG, which verified every approved package
+    seen: dict[str, dict] = {}
+    states: set[str] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        seen = {v["run_id"]: v for verified in _verified_packages(cluster) for v in verified}
+        consumer = cluster.query("SELECT state FROM dag_run WHERE dag_id = %s", (CONSUMER,))
+        states = {state for (state,) in consumer}
+        if set(seen) >= set(packages) and states <= {"success", "failed"}:
+            break
+        cluster.check_alive()
+        time.sleep(3)
+    assert set(seen) == set(packages), (sorted(seen), sorted(packages))
+    for run_id, record in seen.items():
+        assert record["verified"] and record["package"] == packages[run_id], record
+        assert set(record["models"]) == {"quality_predictor", "routing_classifier"}
+    assert states == {"success"}, states
+
+    # the notifier ran for each successful run, in the DAG processor, with the run's note
+    log = cluster.root / "notifications.jsonl"
+    deadline = time.monotonic() + 120
+    lines: list[dict] = []
+    while len(lines) < len(runs) and time.monotonic() < deadline:
+        lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        time.sleep(2)
+    assert sorted(line["run_id"] for line in lines) == sorted(r["run_id"] for r in runs), lines
+    for line in lines:
+        assert line["reason"] == "success"
+        assert line["message"] == notes[line["run_id"]], line

@@ -58,18 +58,29 @@ print(json.dumps({{
 
 
 def test_import_is_light():
-    """Importing the plugin pulls in neither matplotlib, pandas, the pipeline library (only
-    its stdlib-only shared words, pipeline.names) nor Airflow's security module (they load
-    inside the request handlers)."""
+    """Importing the plugin pulls in neither matplotlib, pandas, Airflow's security module
+    nor any of pipeline but its run-note listener (the rest loads inside the request
+    handlers)."""
     code = f"""
 import json, sys
 sys.path.append({str(PLUGINS)!r})
 import relcert_plugin
 heavy = ["matplotlib", "pandas", "numpy", "airflow.api_fastapi.core_api.security"]
-library = [m for m in sys.modules if m.startswith("pipeline.") and m != "pipeline.names"]
-print(json.dumps([m for m in heavy if m in sys.modules] + library))
+listener = {{"pipeline", "pipeline.names", "pipeline.airflow", "pipeline.airflow.outcomes"}}
+print(json.dumps(
+    [m for m in heavy if m in sys.modules]
+    + sorted(m for m in sys.modules if m.split(".")[0] == "pipeline" and m not in listener)
+))
 """
     assert _run(code) == []
+
+
+def test_the_plugin_registers_the_run_note_listener():
+    from relcert_plugin import RelcertPlugin
+
+    from pipeline.airflow.outcomes import RunNoteListener
+
+    assert [type(x) for x in RelcertPlugin.listeners] == [RunNoteListener]
 
 
 def _run(code: str):

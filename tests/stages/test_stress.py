@@ -100,6 +100,55 @@ def test_smoke_stage_leaves_no_busy_or_engine_processes(smoke) -> None:
     )
 
 
+def test_rapid_scaling_certifies_the_admission_limit_following_the_load(smoke) -> None:
+    _, summary, _, _ = smoke
+    figures = summary["tests"]["rapid_scaling"]
+    assert figures["survived"] and figures["recovered"], figures["detail"]
+    detail = figures["detail"]
+    assert "through admission control" in detail
+    assert "it rose with the load" in detail and "it fell with the load" in detail
+    metrics = figures["metrics"]
+    peaks, ends = metrics["admission_peak_limit_by_level"], metrics["admission_limit_by_level"]
+    levels = list(stress.SCALING_LEVELS)
+    assert len(peaks) == len(ends) == len(levels)
+    peak_level = levels.index(max(levels))
+    assert peaks[peak_level] >= 2 * ends[0] and ends[-1] <= 4  # measured up, then down
+    stats = metrics["admission_stats"]
+    assert stats["scale_ups"] > 0 and stats["scale_downs"] > 0
+    assert stats["admitted"] == figures["submitted"] and stats["rejected"] == 0
+    assert metrics["admission_settings"]["target_p95_ms"] == summary["p95_target_ms"]
+
+
+def test_admission_control_in_the_engine_host_refuses_past_its_limit(
+    built_models: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(built_models, tmp_path)
+
+    async def go():
+        async with stress.stress_context(run, "smoke") as ctx:
+            on = await ctx.host.admission(
+                {"max_concurrency": 1, "min_concurrency": 1, "max_waiting": 0}
+            )
+            key = ctx.keys[0]
+            burst = ctx.host.predict_many([(key, ctx.next_input(key)) for _ in range(6)])
+            refused = [r for r in await asyncio.gather(*burst) if not r.success]
+            stats = (await ctx.host.stats())["admission"]
+            off = await ctx.host.admission(None)
+            after = await asyncio.gather(
+                *ctx.host.predict_many([(key, ctx.next_input(key)) for _ in range(6)])
+            )
+            bad = await ctx.host.admission({"max_concurrency": 0})
+        return on, refused, stats, off, after, bad
+
+    on, refused, stats, off, after, bad = _run(go())
+    assert on["enabled"] and on["stats"]["limit"] == 1
+    assert refused and all(r.error.startswith("admission rejected") for r in refused)
+    assert stats["stats"]["rejected"] == len(refused) and stats["stats"]["admitted"] >= 1
+    assert off == {"enabled": False, "stats": None}
+    assert all(r.success for r in after)  # the other stress tests run without it
+    assert "max_concurrency" in bad["error"]
+
+
 def test_queue_overflow_accounts_for_every_request(smoke) -> None:
     run, summary, _, _ = smoke
     row = pd.read_csv(run / "stages/stress/tests.csv").set_index("test").loc["queue_overflow"]

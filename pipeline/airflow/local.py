@@ -1,7 +1,7 @@
 """`relcert run` and `relcert ui`: the DAG on an embedded Airflow inside the project.
 
-Airflow is imported only inside these functions (after the environment is set), so the
-rest of `pipeline` stays usable without it. The metadata DB is SQLite under
+Airflow is imported only inside these functions, after the environment is set (Airflow
+reads its configuration when first imported). The metadata DB is SQLite under
 `.relcert/airflow/` (created on first use: no setup step).
 """
 
@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.names import DAG_ID, DEFAULT_PROFILE, EXIT_CODES
+from pipeline.names import ALLOWS_PACKAGE, DAG_ID, DEFAULT_PROFILE, EXIT_CODES, EXIT_ERROR
 
 __all__ = ["EXIT_CODES", "airflow_env", "ensure_metadata_db", "ensure_pools", "run_dag"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:
@@ -66,7 +66,8 @@ def ensure_metadata_db(env: dict[str, str], say: Callable[[str], None] = print) 
 
 def ensure_pools(say: Callable[[str], None] = print) -> None:
     """The perf pool the load/stress/infra tasks take (one slot: one machine)."""
-    from pipeline.scaleout import ensure_perf_pool, perf_task_args
+    from pipeline.airflow.pools import ensure_perf_pool
+    from pipeline.scaleout import perf_task_args
 
     if ensure_perf_pool(slots=1):
         say(f"==> created the Airflow pool {perf_task_args()['pool']} (1 slot)")
@@ -124,6 +125,12 @@ def run_dag(
     """Run the DAG once with `dag.test()`; returns (exit code, report summary)."""
     env = airflow_env()
     os.environ.update(env)
+    if os.environ.get("RELCERT_NOTIFIER"):
+        # dag.test() of Airflow 3.3 hands DAG callbacks a serialized DAG, on which a
+        # notifier cannot render its templates: notifiers are for deployments (they run in
+        # the DAG processor there)
+        say("==> RELCERT_NOTIFIER is ignored by relcert run: it notifies in a deployment")
+        os.environ["RELCERT_NOTIFIER"] = ""
     ensure_metadata_db(env, say)
     ensure_pools(say)
     from airflow.dag_processing.dagbag import DagBag
@@ -160,15 +167,36 @@ def run_dag(
     package = report.get("package")
     if package:
         package = str((report_path.parent / package).resolve())
-    return EXIT_CODES.get(decision, 1), {
+    state = str(getattr(dag_run, "state", None))
+    code = EXIT_CODES.get(decision, EXIT_ERROR)
+    # the run fails on NOT_APPROVED (its decision task says so): that is exit 20; a run that
+    # failed although the decision allows a release broke after the report (the package)
+    if state == "failed" and decision in ALLOWS_PACKAGE:
+        say(f"==> the run failed after a {decision} report: see its failed tasks")
+        code = EXIT_ERROR
+    return code, {
         "decision": decision,
         "readiness_score": report.get("readiness_score"),
         "report_json": str(report_path),
         "report_html": str(report_path.with_name("report.html")),
         "package": package,
-        "state": str(getattr(dag_run, "state", None)),
+        "state": state,
         "run_id": run_id,
+        "note": _note(run_id),
     }
+
+
+def _note(run_id: str | None) -> str | None:
+    """The DAG run's note (the decision task's verdict, set by the relcert plugin's
+    listener), as the grid shows it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    if run_id is None:
+        return None
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id=DAG_ID, run_id=run_id).one_or_none()
+        return run.note if run is not None else None
 
 
 def run_ui(port: int = 8080, say: Callable[[str], None] = print) -> int:
