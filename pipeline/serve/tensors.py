@@ -33,6 +33,7 @@ __all__ = [
     "InferRequest",
     "ModelSignature",
     "TensorMeta",
+    "body_limit_for",
     "datatype_of",
     "decode_infer_request",
     "encode_infer_request",
@@ -66,10 +67,12 @@ _BY_DTYPE = {dtype: name for name, dtype in _DATATYPES.items()}
 INPUT_DATATYPES = ("FP32", "FP64", "INT64")
 #: model file format -> the protocol's platform name (Triton's names)
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-#: bytes of JSON per element that a request of one row is sized for (a float32 written in
-#: full takes up to ~16 characters, plus the separator)
-_JSON_BYTES_PER_ELEMENT = 20
+#: bytes of JSON per element that a request of one row is sized for (a number written in
+#: full, e.g. -1.2345678901234567e-05, plus the separator)
+_JSON_BYTES_PER_ELEMENT = 26
 _JSON_OVERHEAD_BYTES = 1024
+#: body limits are raised in steps of this many bytes
+_BODY_STEP = 65_536
 
 
 def datatype_of(dtype: Any) -> str:
@@ -195,6 +198,18 @@ class ModelSignature:
 def json_request_bytes(row_shape: Sequence[int]) -> int:
     """About how many bytes a JSON inference request of one row of `row_shape` takes."""
     return _JSON_OVERHEAD_BYTES + _JSON_BYTES_PER_ELEMENT * math.prod(int(d) for d in row_shape)
+
+
+def body_limit_for(info: Mapping[str, Mapping[str, Any]], default: int) -> int:
+    """MAX_BODY_BYTES for a models folder: `default`, raised (in 64 KiB steps) until a JSON
+    inference request of one row of every model of `info` (model_info.json) fits."""
+    needed = default
+    for entry in info.values():
+        shape = list(entry.get("input_shape") or [])
+        row = shape if (not entry.get("files") and len(shape) == 1) else shape[1:]
+        if row and all(isinstance(d, int) and d > 0 for d in row):
+            needed = max(needed, json_request_bytes(row))
+    return default if needed <= default else -(-needed // _BODY_STEP) * _BODY_STEP
 
 
 def _bounds(
