@@ -189,6 +189,20 @@ class ModelSignature:
             return signature
         return cls(name, version, signature.platform, signature.input, signature.output, bounds)
 
+    @classmethod
+    def of(cls, name: str, entry: Mapping[str, Any], model: Any) -> ModelSignature:
+        """From a model_info.json entry and the model manager's record of the model
+        (`pipeline.inference.ModelInfo`: its format, version and settled shapes)."""
+        return cls.from_model_info(
+            name,
+            entry,
+            model_format=model.format,
+            version=model.version,
+            input_shape=model.input_shape,
+            output_shape=model.output_shape,
+            input_dtype=model.input_dtype,
+        )
+
     def json_request_bytes(self) -> int:
         """About how many bytes a JSON inference request of one row takes (for sizing
         MAX_BODY_BYTES)."""

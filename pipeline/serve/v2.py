@@ -90,16 +90,8 @@ class V2Models:
 
     def _describe(self, name: str) -> ModelSignature:
         service = self.service
-        info = service.manager.model_info[service.keys[name]]
-        return ModelSignature.from_model_info(
-            name,
-            service.info.get(name, {}),
-            model_format=info.format,
-            version=info.version,
-            input_shape=info.input_shape,
-            output_shape=info.output_shape,
-            input_dtype=info.input_dtype,
-        )
+        model = service.manager.model_info[service.keys[name]]
+        return ModelSignature.of(name, service.info.get(name, {}), model)
 
     def check(self, name: str, version: str | None) -> str:
         """The engine key of `name` (404 naming the served models, or the served version)."""
