@@ -110,7 +110,7 @@ def test_smoke_script_passes_against_the_real_service(package) -> None:
 
 def test_the_body_limit_fits_one_json_request_of_every_model(tmp_path: Path) -> None:
     """An image model of [1, 3, 224, 224] needs a body limit far above the default 64 KiB;
-    the package raises it (a JSON request of one image is about 3.9 MB) and says so."""
+    the package raises it (a JSON request of one image takes up to ~3 MB) and says so."""
     models = tmp_path / "run" / "models"
     models.mkdir(parents=True)
     entry = {
