@@ -219,6 +219,34 @@ def _not_ready(service: Service) -> RequestError:
     )
 
 
+def engine_refusal(model: str, result: Any, *, client_status: int, field: str) -> RequestError:
+    """The HTTP error for a failed engine result: the client's fault (`client_status`, the
+    message naming `field`), overload (503) or the model's (500, with no exception text:
+    that goes to the log)."""
+    kind = result.error_type
+    if result.rejected:
+        return RequestError(503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)])
+    if kind == "ModelNotLoadedError":
+        return RequestError(503, f"{model}: model not loaded", [("retry-after", _RETRY_AFTER_S)])
+    if kind == "DeadlineExceededError":
+        return RequestError(
+            503,
+            f"{model}: the request waited longer than its deadline in the queue "
+            "(DEFAULT_DEADLINE_MS); try again later",
+            [("retry-after", _RETRY_AFTER_S)],
+        )
+    if kind == "InvalidInputError":
+        return RequestError(client_status, f"{field}: {result.error}")
+    if kind == "NonFiniteOutputError":
+        return RequestError(
+            client_status,
+            f"{field}: {model} produced a NaN or Inf output for these values: they are "
+            "outside the range the model handles",
+        )
+    log.error("relcert serve: %s inference failed: %s", model, result.error)
+    return RequestError(500, f"{model}: inference failed; the server log has the details")
+
+
 class _PredictEndpoint(_Endpoint):
     """Decode -> engine.predict -> encode, for one model."""
 
@@ -243,34 +271,7 @@ class _PredictEndpoint(_Endpoint):
         raise self.refusal(result)
 
     def refusal(self, result: Any) -> RequestError:
-        """The HTTP error for a failed engine result: the client's fault (4xx), overload
-        (503) or the model's (500, with no exception text: that goes to the log)."""
-        kind = result.error_type
-        if result.rejected:
-            return RequestError(
-                503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)]
-            )
-        if kind == "ModelNotLoadedError":
-            return RequestError(
-                503, f"{self.model}: model not loaded", [("retry-after", _RETRY_AFTER_S)]
-            )
-        if kind == "DeadlineExceededError":
-            return RequestError(
-                503,
-                f"{self.model}: the request waited longer than its deadline in the queue "
-                "(DEFAULT_DEADLINE_MS); try again later",
-                [("retry-after", _RETRY_AFTER_S)],
-            )
-        if kind == "InvalidInputError":
-            return RequestError(422, f"features: {result.error}")
-        if kind == "NonFiniteOutputError":
-            return RequestError(
-                422,
-                f"features: {self.model} produced a NaN or Inf output for these values: they are "
-                "outside the range the model handles",
-            )
-        log.error("relcert serve: %s inference failed: %s", self.model, result.error)
-        return RequestError(500, f"{self.model}: inference failed; the server log has the details")
+        return engine_refusal(self.model, result, client_status=422, field="features")
 
     def encode(self, row: Any, version: str, started: float) -> bytes:
         raise NotImplementedError

@@ -568,25 +568,32 @@ def encode_infer_response(
 ) -> tuple[bytes, int | None]:
     """The inference response for `outputs` (N rows): (body, JSON size when binary data
     follows it, for the Inference-Header-Content-Length header; else None)."""
-    output: dict[str, Any] = {
-        "name": signature.output.name,
-        "datatype": datatype_of(outputs.dtype),
-        "shape": list(outputs.shape),
-    }
-    raw = b""
-    if binary:
-        raw = np.ascontiguousarray(outputs, dtype=outputs.dtype.newbyteorder("<")).tobytes()
-        output["parameters"] = {"binary_data_size": len(raw)}
-    else:
-        output["data"] = outputs.ravel().tolist()
+    output, raw = _tensor(signature.output.name, outputs, binary)
     doc: dict[str, Any] = {"model_name": signature.name, "model_version": model_version}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = [output]
-    text = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+    return _body(doc, raw, binary)
+
+
+def _tensor(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes]:
+    """A tensor object (data in JSON, or binary_data_size) and its binary data."""
+    tensor: dict[str, Any] = {
+        "name": name,
+        "datatype": datatype_of(array.dtype),
+        "shape": list(array.shape),
+    }
     if not binary:
-        return text, None
-    return text + raw, len(text)
+        tensor["data"] = array.ravel().tolist()
+        return tensor, b""
+    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    return tensor, raw
+
+
+def _body(doc: dict[str, Any], raw: bytes, binary: bool) -> tuple[bytes, int | None]:
+    text = json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+    return (text + raw, len(text)) if binary else (text, None)
 
 
 # ----------------------------------------------------------------------------- clients
@@ -601,26 +608,14 @@ def encode_infer_request(
     """An inference request sending `rows` (the whole input tensor, batch dim first) as
     the input `input_name`: (body, JSON size for Inference-Header-Content-Length when binary
     data follows it, else None)."""
-    rows = np.asarray(rows)
-    tensor: dict[str, Any] = {
-        "name": input_name,
-        "datatype": datatype_of(rows.dtype),
-        "shape": list(rows.shape),
-    }
-    raw = b""
-    if binary_input:
-        raw = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes()
-        tensor["parameters"] = {"binary_data_size": len(raw)}
-    else:
-        tensor["data"] = rows.ravel().tolist()
+    tensor, raw = _tensor(input_name, np.asarray(rows), binary_input)
     doc: dict[str, Any] = {}
     if request_id is not None:
         doc["id"] = request_id
     doc["inputs"] = [tensor]
     if binary_output:
         doc["parameters"] = {"binary_data_output": True}
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    return (text + raw, len(text)) if binary_input else (text, None)
+    return _body(doc, raw, binary_input)
 
 
 def read_infer_response(body: bytes, header_length: str | int | None) -> dict[str, Any]:

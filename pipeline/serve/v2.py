@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,7 @@ from pipeline.serve.app import (
     _Endpoint,
     _read_body,
     _result_unless_gone,
+    engine_refusal,
 )
 from pipeline.serve.features import RequestError
 from pipeline.serve.service import READY, Service
@@ -58,8 +58,6 @@ from pipeline.serve.tensors import (
 )
 
 __all__ = ["ERROR_KEY", "PREFIX", "InferEndpoint", "V2Models", "v2_routes"]
-
-log = logging.getLogger("uvicorn.error")
 
 PREFIX = "/v2"
 MODEL = "/v2/models/{model_name}"
@@ -208,7 +206,7 @@ class InferEndpoint(_V2Endpoint):
         results = await self._run(key, rows, receive)
         failed = next((r for r in results if not r.success), None)
         if failed is not None:
-            raise _refusal(name, failed)
+            raise engine_refusal(name, failed, client_status=400, field="inputs[0]")
         outputs = np.stack([r.output for r in results])
         payload, json_size = encode_infer_response(
             signature, outputs, results[0].model_version, request.request_id, request.binary_output
@@ -227,34 +225,6 @@ class InferEndpoint(_V2Endpoint):
             return [await _result_unless_gone(future, receive)]
         future = asyncio.gather(*[engine.predict(key, row) for row in rows])
         return list(await _result_unless_gone(future, receive))
-
-
-def _refusal(name: str, result: Any) -> RequestError:
-    """The protocol's error for a failed engine result: the client's (400), overload (503)
-    or the model's (500, with no exception text: that goes to the log)."""
-    kind = result.error_type
-    retry = [("retry-after", _RETRY_AFTER_S)]
-    if result.rejected:
-        return RequestError(503, f"{name}: the engine's queue is full (MAX_QUEUE); retry", retry)
-    if kind == "ModelNotLoadedError":
-        return RequestError(503, f"{name}: model not loaded; retry", retry)
-    if kind == "DeadlineExceededError":
-        return RequestError(
-            503,
-            f"{name}: the request waited longer than its deadline in the queue "
-            "(DEFAULT_DEADLINE_MS); try again later",
-            retry,
-        )
-    if kind == "InvalidInputError":
-        return RequestError(400, f"inputs[0]: {result.error}")
-    if kind == "NonFiniteOutputError":
-        return RequestError(
-            400,
-            f"inputs[0].data: {name} produced a NaN or Inf output for these values: they are "
-            "outside the range the model handles",
-        )
-    log.error("relcert serve: %s inference failed: %s", name, result.error)
-    return RequestError(500, f"{name}: inference failed; the server log has the details")
 
 
 def v2_routes(service: Service) -> list[BaseRoute]:

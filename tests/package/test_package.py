@@ -26,7 +26,7 @@ from pipeline.package import (
     validate_manifests,
 )
 from pipeline.targets import load_targets
-from tests.package.conftest import extract, make_run
+from tests.package.conftest import extract, make_run, smoke_against_the_service
 
 KUBERNETES_VERSION = "1.31.0"
 VERSION = "1.0.20260115"
@@ -736,33 +736,7 @@ def test_the_service_accepts_the_packaged_configuration(package) -> None:
 def test_smoke_script_passes_against_the_real_service(package) -> None:
     pytest.importorskip("pipeline.serve.cli")
     _, _, top = package
-    env = dict(os.environ, **_yaml(top, "kubernetes/configmap.yaml")["data"])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "pipeline.serve", "--model-dir", str(top / "models")]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        script = [sys.executable, "-I", str(top / "validation/smoke_test.py")]
-        completed = subprocess.run(
-            [*script, "--url", f"http://127.0.0.1:{port}", "--wait-s", "30"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    finally:
-        server.terminate()
-        try:
-            _, errors = server.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, errors = server.communicate()
+    completed, errors = smoke_against_the_service(top)
     assert completed.returncode == 0, completed.stdout + errors
     assert "smoke test PASSED: 25 of 25 checks passed" in completed.stdout
 

@@ -6,11 +6,7 @@ passing against the real service started from the package's own configuration.""
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ import yaml
 from pipeline.package import build_package
 from pipeline.package.settings import engine_settings_for_run
 from tests.imported_models import IMAGE, IMAGE_VERSION, PRECISE
-from tests.package.conftest import extract, make_run
+from tests.package.conftest import extract, make_run, smoke_against_the_service
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +68,7 @@ def test_golden_requests_cover_every_model_through_the_protocol(package) -> None
 @pytest.mark.slow
 def test_smoke_script_passes_against_the_real_service(package) -> None:
     _, _, top = package
-    env = dict(
-        os.environ, **yaml.safe_load((top / "kubernetes/configmap.yaml").read_text())["data"]
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "pipeline.serve", "--model-dir", str(top / "models")]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        script = [sys.executable, "-I", str(top / "validation/smoke_test.py")]
-        completed = subprocess.run(
-            [*script, "--url", f"http://127.0.0.1:{port}", "--wait-s", "60"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        server.terminate()
-        try:
-            _, errors = server.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, errors = server.communicate()
+    completed, errors = smoke_against_the_service(top, wait_s=60)
     assert completed.returncode == 0, completed.stdout + errors
     # 3 health + 4 model metadata + 20 golden through /v2 + 10 on the named endpoints
     assert "smoke test PASSED: 37 of 37 checks passed" in completed.stdout
