@@ -549,7 +549,7 @@ def _check_values(rows: np.ndarray, signature: ModelSignature, where: str) -> No
     low, high = bounds
     outside = (rows < low) | (rows > high)
     if outside.any():
-        index = np.unravel_index(int(np.argmax(outside)), rows.shape)
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(outside)), rows.shape))
         element = index[1:]
         raise _error(
             f"{where}data: row {index[0]} element {list(element)} is "
