@@ -561,6 +561,69 @@ def _v2_get(operation_id: str, summary: str, ok: tuple[str, str], errors: dict) 
     }
 
 
+def _v2_infer(parameters: list, tail: str, errors: dict[str, Any]) -> dict[str, Any]:
+    """The inference operation (JSON or binary tensor data in and out)."""
+    return {
+        "post": {
+            "operationId": f"v2_infer{tail}",
+            "summary": "Inference: N rows in one input tensor, one output tensor back",
+            "description": (
+                "Each row becomes one request to the batching engine; the rows are "
+                "answered together. With the binary tensor data extension the body is the "
+                "JSON object followed by the tensor's bytes (little-endian, row-major), "
+                "the Inference-Header-Content-Length header giving the JSON object's size; "
+                "a response with binary outputs carries the same header."
+            ),
+            "tags": [_V2_TAG],
+            "parameters": [
+                *parameters,
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "required": False,
+                    "description": "Size of the JSON object when binary data follows it",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {"schema": _ref("V2InferRequest")},
+                    "application/octet-stream": {
+                        "schema": {
+                            "type": "string",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "A V2InferRequest JSON object, then binary tensor data",
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The output tensor (binary data after the JSON object "
+                    "when requested, with the Inference-Header-Content-Length header)",
+                    "content": {
+                        JSON: {"schema": _ref("V2InferResponse")},
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            }
+                        },
+                    },
+                    "headers": {
+                        "Inference-Header-Content-Length": {
+                            "description": "Size of the JSON object when binary data follows it",
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    },
+                },
+                **errors,
+            },
+        }
+    }
+
+
 def v2_document(models: list[str], max_body_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The paths and schemas of the Open Inference Protocol (KServe v2 REST) for `models`."""
     not_ready = {"503": _v2_error("Models are loading (or failed to load)", _RETRY_AFTER)}
@@ -617,65 +680,5 @@ def v2_document(models: list[str], max_body_bytes: int) -> tuple[dict[str, Any],
         metadata["get"]["parameters"] = ready["get"]["parameters"] = parameters
         paths[base] = metadata
         paths[f"{base}/ready"] = ready
-        paths[f"{base}/infer"] = {
-            "post": {
-                "operationId": f"v2_infer{tail}",
-                "summary": "Inference: N rows in one input tensor, one output tensor back",
-                "description": (
-                    "Each row becomes one request to the batching engine; the rows are "
-                    "answered together. With the binary tensor data extension the body is the "
-                    "JSON object followed by the tensor's bytes (little-endian, row-major), "
-                    "the Inference-Header-Content-Length header giving the JSON object's size; "
-                    "a response with binary outputs carries the same header."
-                ),
-                "tags": [_V2_TAG],
-                "parameters": [
-                    *parameters,
-                    {
-                        "name": "Inference-Header-Content-Length",
-                        "in": "header",
-                        "required": False,
-                        "description": "Size of the JSON object when binary data follows it",
-                        "schema": {"type": "integer", "minimum": 0},
-                    },
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {"schema": _ref("V2InferRequest")},
-                        "application/octet-stream": {
-                            "schema": {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                                "description": "A V2InferRequest JSON object, then binary "
-                                "tensor data",
-                            }
-                        },
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "The output tensor (binary data after the JSON object "
-                        "when requested, with the Inference-Header-Content-Length header)",
-                        "content": {
-                            JSON: {"schema": _ref("V2InferResponse")},
-                            "application/octet-stream": {
-                                "schema": {
-                                    "type": "string",
-                                    "contentMediaType": "application/octet-stream",
-                                }
-                            },
-                        },
-                        "headers": {
-                            "Inference-Header-Content-Length": {
-                                "description": "Size of the JSON object when binary data "
-                                "follows it",
-                                "schema": {"type": "integer", "minimum": 0},
-                            }
-                        },
-                    },
-                    **infer_errors,
-                },
-            }
-        }
+        paths[f"{base}/infer"] = _v2_infer(parameters, tail, infer_errors)
     return paths, _v2_schemas()

@@ -331,3 +331,22 @@ def test_not_ready_while_loading(built_models: Path, tmp_path: Path) -> None:
             assert _infer(http, QUALITY, tensor).status_code == 200
     finally:
         server.stop()
+
+
+def test_torchscript_format_serves_an_onnx_only_import_from_its_onnx(
+    mixed_models: Path, tmp_path: Path
+) -> None:
+    with (
+        running_server(mixed_models, tmp_path, fmt="torchscript") as server,
+        server.client() as http,
+    ):
+        ready = http.get("/health/ready").json()
+        assert ready["format"] == "torchscript"
+        assert ready["formats"] == {
+            QUALITY: "torchscript",
+            ROUTING: "torchscript",
+            IMAGE: "onnx",  # it has no .pt
+            PRECISE: "torchscript",
+        }
+        assert http.get(f"/v2/models/{QUALITY}").json()["platform"] == "pytorch_libtorch"
+        assert http.get(f"/v2/models/{IMAGE}").json()["platform"] == "onnxruntime_onnx"
