@@ -62,3 +62,13 @@ def certified_run(staged_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "artifacts" / "model_release_certification" / "staged"
     shutil.copytree(staged_run, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def mixed_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example models plus an imported ONNX image model ([1, 3, 8, 8]) and a
+    TorchScript-only float64 model, built by `relcert build` (read-only: copy before
+    changing); see tests/imported_models.py."""
+    from tests.imported_models import build_mixed_models
+
+    return build_mixed_models(tmp_path_factory.mktemp("mixed"))

@@ -178,11 +178,33 @@ def _read_model_info(models_dir: Path) -> dict[str, dict[str, Any]]:
     return info
 
 
+def served_formats(info: Mapping[str, Mapping[str, Any]], fmt: str) -> dict[str, str]:
+    """model name -> the format the service serves it in (as `pipeline.serve` chooses):
+    `fmt` (MODEL_FORMAT) when the model has that file, else the one it has."""
+    formats = {}
+    for name in sorted(info):
+        files = info[name].get("files") or {}
+        chosen = (
+            fmt if fmt in files else next((f for f in sorted(files) if f in _FORMAT_SUFFIX), None)
+        )
+        if chosen is None:
+            raise PackageError(f"model_info.json: model {name!r} has no model file to package")
+        formats[name] = chosen
+    return formats
+
+
+def lock_format(formats: Mapping[str, str]) -> str:
+    """The service lock a package needs: torchscript (with torch) when it serves any model
+    from TorchScript, else onnx (no torch)."""
+    return "torchscript" if "torchscript" in formats.values() else "onnx"
+
+
 def _packaged_models(
     models_dir: Path, info: Mapping[str, Mapping[str, Any]], fmt: str, report: Mapping
 ) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
-    """models/ of the package (the `fmt` file of every model + model_info.json), verified
-    against model_info.json and against the checksums report.json certified."""
+    """models/ of the package (each model's served file, see `served_formats`, and
+    model_info.json), verified against model_info.json and against the checksums
+    report.json certified."""
     certified = {
         (str(m.get("name")), str(m.get("format"))): m.get("sha256")
         for m in report.get("models") or ()
@@ -190,15 +212,10 @@ def _packaged_models(
     }
     files: dict[str, bytes] = {}
     facts = []
-    for name in sorted(info):
+    for name, served in served_formats(info, fmt).items():
         entry = info[name]
-        file_entry = (entry.get("files") or {}).get(fmt)
-        if not file_entry:
-            raise PackageError(
-                f"{models_dir}/model_info.json: model {name!r} has no {fmt} file; the "
-                f"service is configured for MODEL_FORMAT={fmt}"
-            )
-        relative = str(file_entry.get("path") or f"{name}{_FORMAT_SUFFIX[fmt]}")
+        file_entry = (entry.get("files") or {})[served]
+        relative = str(file_entry.get("path") or f"{name}{_FORMAT_SUFFIX[served]}")
         path = models_dir / relative
         if Path(relative).name != relative or not path.is_file():
             raise PackageError(f"{path}: model file of {name!r} is missing (or not in models/)")
@@ -208,7 +225,7 @@ def _packaged_models(
             raise PackageError(
                 f"{path}: sha256 {digest} differs from model_info.json's {file_entry['sha256']}"
             )
-        recorded = certified.get((name, fmt))
+        recorded = certified.get((name, served))
         if recorded and recorded != digest:
             raise PackageError(
                 f"{path}: sha256 {digest} differs from the {recorded} that report.json "
@@ -218,7 +235,7 @@ def _packaged_models(
         facts.append(
             {
                 "name": name,
-                "format": fmt,
+                "format": served,
                 "file": relative,
                 "version": str(entry.get("version", "unknown")),
                 "sha256": digest,
@@ -401,8 +418,9 @@ def build_package(
 
     `certified_capacity_rps` (default: the load stage's capacity.max_sustained_rps, if it
     recorded one) adds an alert on traffic per replica above half of it, with its tests.
-    `requirements` is the service's hashed requirements file (default: the service lock of
-    the model format, include/service-locks/<format>.txt). With `wheelhouse` (a wheel cache
+    `requirements` is the service's hashed requirements file (default: the service lock the
+    packaged models need, include/service-locks/<format>.txt: torchscript when any model is
+    served from its TorchScript file, else onnx). With `wheelhouse` (a wheel cache
     folder) the package also ships `wheels/`, one wheel per requirement, so its image builds
     without an index; missing wheels are downloaded there with pip.
 
@@ -447,7 +465,9 @@ def build_package(
     date = _snapshot_date(info)
 
     model_files, models = _packaged_models(models_dir, info, settings.model_format, report)
-    golden = golden_requests(models_dir, model_files, info, settings)
+    formats = {m["name"]: m["format"] for m in models}
+    service_lock = lock_format(formats)  # a TorchScript-served model needs torch
+    golden = golden_requests(models_dir, model_files, info, settings, formats)
     models_sums = sha256sums_text(model_files)
 
     env = service_env(settings, targets)
@@ -484,6 +504,8 @@ def build_package(
             "engine_settings_source": settings_source,
             "env": env,
             "port": CONTAINER_PORT,
+            "model_formats": formats,
+            "service_lock": service_lock,
         }
     )
     files.update({f"models/{n}": data for n, data in model_files.items()})
@@ -492,9 +514,9 @@ def build_package(
     files["validation/smoke_test.py"] = (Path(__file__).parent / "smoke_test.py").read_bytes()
     files["performance_certification_report.json"] = _json(certification)
     lock = Path(requirements) if requirements is not None else None
-    files["requirements.txt"] = service_requirements(settings.model_format, lock).encode()
+    files["requirements.txt"] = service_requirements(service_lock, lock).encode()
     if wheelhouse is not None:
-        files.update(_wheel_files(settings.model_format, lock, wheelhouse))
+        files.update(_wheel_files(service_lock, lock, wheelhouse))
     files.update(_source_files())
 
     context = {

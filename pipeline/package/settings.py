@@ -4,6 +4,11 @@ The load stage records the engine configuration it measured under
 (`stages/load/summary.json` "engine_config"); the package deploys exactly that, so the
 certified figures hold for what runs in the cluster. Without a load summary the engine's
 defaults are used (`EngineSettings()`: the defaults the load stage certifies with).
+
+MODEL_FORMAT is the preferred model file: a model without it is served from the file it has
+(a TorchScript-only import from its `.pt`), as the run certified it. MAX_BODY_BYTES is the
+service's default, raised (as the infra stage raises it) until one JSON inference request of
+every model fits, unless set explicitly.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ _BODY_DEFAULT: int = _SERVICE_DEFAULTS["max_body_bytes"]
 @dataclass(frozen=True)
 class DeploymentSettings:
     """What the package deploys: the engine settings the run certified, plus the two
-    service settings that go with them (which model file to serve, the body limit)."""
+    service settings that go with them (the preferred model file, the body limit)."""
 
     engine: EngineSettings = field(default_factory=EngineSettings)
     max_body_bytes: int = _BODY_DEFAULT
@@ -175,4 +180,23 @@ def engine_settings_for_run(
         sources.append("explicit engine_settings")
     if not sources:
         sources.append("engine defaults (no load-stage summary in the run)")
+    if "max_body_bytes" not in values:
+        body = _body_limit(run_dir)
+        if body != _BODY_DEFAULT:
+            values["max_body_bytes"] = body
+            sources.append(f"MAX_BODY_BYTES={body} so one JSON request of every model fits")
     return DeploymentSettings.from_dict(values), " + ".join(sources)
+
+
+def _body_limit(run_dir: Path) -> int:
+    """The service's default body limit, raised until a JSON inference request of one row
+    of every model of the run fits (the limit the infra stage validated with)."""
+    from pipeline.serve.tensors import body_limit_for
+
+    try:
+        info = json.loads((run_dir / "models" / "model_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _BODY_DEFAULT
+    if not isinstance(info, dict):
+        return _BODY_DEFAULT
+    return body_limit_for({k: v for k, v in info.items() if isinstance(v, dict)}, _BODY_DEFAULT)

@@ -3,10 +3,14 @@
 
     python smoke_test.py --url http://127.0.0.1:8080 [--golden golden.json] [--wait-s 120]
 
-Checks that /health/ready and /health/live answer 200, then sends every golden request of
-golden.json (fixed inputs with the answers the certified models gave at package time) and
-compares each answer: numbers within the tolerance (1e-4), the method and the model_version
-exactly. Prints one line per check and exits 0 when all pass, 1 otherwise.
+Checks that /health/ready, /health/live and /v2/health/ready answer 200, that every
+packaged model's metadata (GET /v2/models/{name}, the Open Inference Protocol) names the
+certified version and input tensor, then sends every golden request of golden.json (fixed
+inputs with the answers the certified models gave at package time): for every model through
+POST /v2/models/{name}/infer, and for the example models also on their named endpoints. Each
+answer is compared: numbers within the tolerance (1e-4); the model_version, the method, the
+output's name, datatype and shape exactly. Prints one line per check and exits 0 when all
+pass, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -91,6 +95,33 @@ def compare(expected, actual, tolerance, classes=()):
     return problems
 
 
+def compare_v2(expected, actual, tolerance):
+    """The differences between an expected and an actual Open Inference Protocol answer."""
+    if not isinstance(actual, dict):
+        return [f"answer is not a JSON object: {str(actual)[:200]!r}"]
+    problems = [
+        f"{key} is {actual.get(key)!r}, expected {expected[key]!r}"
+        for key in ("model_name", "model_version", "id")
+        if key in expected and actual.get(key) != expected[key]
+    ]
+    outputs = {o.get("name"): o for o in actual.get("outputs") or [] if isinstance(o, dict)}
+    for want in expected.get("outputs", []):
+        got = outputs.get(want["name"])
+        if got is None:
+            problems.append(f"output {want['name']!r} missing from the answer")
+            continue
+        for key in ("datatype", "shape"):
+            if got.get(key) != want[key]:
+                problems.append(
+                    f"output {want['name']} {key} is {got.get(key)!r}, expected {want[key]!r}"
+                )
+        problems += [
+            f"output {want['name']} {problem}"
+            for problem in compare({"data": want["data"]}, {"data": got.get("data")}, tolerance)
+        ]
+    return problems
+
+
 def _wait_ready(base, wait_s, timeout):
     deadline = time.monotonic() + wait_s
     while True:
@@ -102,6 +133,21 @@ def _wait_ready(base, wait_s, timeout):
             if time.monotonic() >= deadline:
                 return
         time.sleep(2.0)
+
+
+def _metadata_problems(model, metadata):
+    """What a model metadata answer gets wrong: the version, the input tensor."""
+    if not isinstance(metadata, dict):
+        return [f"answer is not a JSON object: {str(metadata)[:200]!r}"]
+    problems = []
+    version = model.get("version")
+    if version is not None and version not in (metadata.get("versions") or []):
+        problems.append(f"versions are {metadata.get('versions')!r}, expected {version!r}")
+    expected_input = model.get("input")
+    inputs = metadata.get("inputs") or [None]
+    if expected_input is not None and inputs[0] != expected_input:
+        problems.append(f"input is {inputs[0]!r}, expected {expected_input!r}")
+    return problems
 
 
 def run(base, golden, timeout=10.0, wait_s=0.0, out=sys.stdout):
@@ -120,12 +166,21 @@ def run(base, golden, timeout=10.0, wait_s=0.0, out=sys.stdout):
 
     if wait_s > 0:
         _wait_ready(base, wait_s, timeout)
-    for path in ("/health/ready", "/health/live"):
+    for path in ("/health/ready", "/health/live", "/v2/health/ready"):
         try:
             status, _ = _request(base + path, timeout=timeout)
             report(status == 200, f"GET {path}", f"HTTP {status}")
         except OSError as exc:
             report(False, f"GET {path}", f"no answer ({exc})")
+    for name, model in sorted(models.items()):
+        what = f"GET /v2/models/{name}"
+        try:
+            status, metadata = _request(f"{base}/v2/models/{name}", timeout=timeout)
+        except OSError as exc:
+            report(False, what, f"no answer ({exc})")
+            continue
+        problems = _metadata_problems(model, metadata) if status == 200 else [f"HTTP {status}"]
+        report(not problems, what, "; ".join(problems) or f"version {model.get('version')}")
     for case in golden.get("cases", []):
         what = f"POST {case['endpoint']} [{case['id']}]"
         classes = models.get(case.get("model"), {}).get("class_names") or ()
@@ -137,10 +192,11 @@ def run(base, golden, timeout=10.0, wait_s=0.0, out=sys.stdout):
         if status != 200:
             report(False, what, f"HTTP {status}: {str(answer)[:200]}")
             continue
-        problems = compare(case["expected"], answer, tolerance, classes)
+        if case.get("protocol") == "v2":
+            problems = compare_v2(case["expected"], answer, tolerance)
+        else:
+            problems = compare(case["expected"], answer, tolerance, classes)
         report(not problems, what, "; ".join(problems) or "matches the certified answer")
-    for name, reason in sorted(golden.get("skipped_models", {}).items()):
-        print(f"SKIP  {name}: {reason}", file=out)
     verdict = "PASSED" if failures == 0 else "FAILED"
     print(f"smoke test {verdict}: {total - failures} of {total} checks passed", file=out)
     return failures

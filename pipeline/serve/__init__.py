@@ -6,8 +6,45 @@ An ASGI app on Starlette + uvicorn (uvloop, httptools) around relcert's batching
 [--format onnx]``; the server listens at once and loads the models in the background, so
 poll ``GET /health/ready`` until it answers 200.
 
-Endpoints
----------
+It serves every model of its models folder, each in ``MODEL_FORMAT`` when the model has that
+file, else in the format it has (a TorchScript-only import is served from its ``.pt``):
+every model through the Open Inference Protocol (``/v2``), the two example models also on
+their named endpoints (``/api/v1/predict/...``).
+
+Endpoints: the Open Inference Protocol (KServe v2 REST; `pipeline.serve.v2`)
+------------------------------------------------------------------------------
+The protocol KServe, Triton and MLServer speak; a standard client (``tritonclient[http]``)
+works unchanged. Model names are those of model_info.json; ``[/versions/{version}]`` may
+follow the name (another version than the served one is 404).
+
+``GET /v2``
+    ``{"name": "relcert", "version", "extensions": ["binary_tensor_data"]}``
+``GET /v2/health/live`` / ``GET /v2/health/ready``
+    ``{"live": true}`` / ``{"ready": true}`` (503 ``{"error"}`` until every model is warm)
+``GET /v2/models/{name}``
+    ``{"name", "versions": [version], "platform": "onnxruntime_onnx" | "pytorch_libtorch",
+    "inputs": [{"name", "datatype": "FP32" | "FP64" | "INT64", "shape"}], "outputs": [...]}``;
+    -1 is a dynamic dimension (``[-1, 10]``), a fixed batch is given (``[1, 3, 224, 224]``)
+``GET /v2/models/{name}/ready``
+    ``{"name", "ready": true}``; 503 while loading
+``POST /v2/models/{name}/infer``
+    ``{"id"?, "inputs": [{"name", "shape": [N, ...], "datatype", "data": [...]}],
+    "outputs"?: [{"name", "parameters"?: {"binary_data": bool}}], "parameters"?:
+    {"binary_data_output": bool}}`` -> ``{"model_name", "model_version", "id"?, "outputs":
+    [{"name", "datatype", "shape": [N, ...], "data": [...]}]}``. ``data`` is row-major, flat
+    or nested. Each of the N rows is one engine request (batched with other traffic); the N
+    answers come back together. Binary tensor data extension: the body is the JSON object
+    followed by the tensor's bytes (little-endian) with ``Inference-Header-Content-Length:
+    <JSON size>`` and ``parameters.binary_data_size`` on the input; a binary output is
+    appended to the response the same way (``application/octet-stream``, same header).
+    Errors are ``{"error": "..."}`` naming what was wrong and what was expected: 400 for a
+    wrong input name, datatype, shape or data size, invalid JSON, non-finite values, values
+    outside a declared input range or for which the model answers NaN/Inf; 404 for an
+    unknown model or version; 413 over ``MAX_BODY_BYTES``; 503 with ``Retry-After`` while
+    loading, when the queue is full or past the deadline; 500 when the runtime fails.
+
+Endpoints: the original plan's API
+----------------------------------
 ``POST /api/v1/predict/quality``
     ``{"features": {<the model's 10 feature_names>: number, ...}}`` or
     ``{"features": [10 numbers in feature_names order]}`` ->
@@ -25,8 +62,9 @@ Endpoints
     the limits below. One run at a time (409), at most ``VALIDATE_MAX_CONCURRENCY`` of its
     requests in the engine's queue.
 ``GET /health/ready``
-    200 ``{"status": "ready", "format", "models": {name: version}}`` once every served model
-    is loaded and warm; 503 ``{"status": "loading"}`` before (or ``"failed"`` with ``errors``).
+    200 ``{"status": "ready", "format": MODEL_FORMAT, "models": {name: version}, "formats":
+    {name: format served}}`` once every model is loaded and warm; 503 ``{"status":
+    "loading"}`` before (or ``"failed"`` with ``errors``).
 ``GET /health/live``
     200 whenever the event loop runs.
 ``GET /metrics``
@@ -43,7 +81,7 @@ Endpoints
 ``GET /openapi.json``
     The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
 
-Errors are JSON ``{"detail": "..."}`` naming the field: 422 for invalid JSON (including too
+Errors of these are JSON ``{"detail": "..."}`` naming the field: 422 for invalid JSON (including too
 deeply nested) or a missing, extra, non-numeric, non-finite or wrongly counted feature (e.g.
 ``features.complexity_score: expected a finite number, got "abc"``), a value outside the
 model's declared input range (optional ``input_range`` / ``feature_ranges`` in
@@ -60,38 +98,18 @@ A request whose client disconnects while it waits is dropped without running.
 
 Configuration (environment variables; ``ServeSettings.from_env``)
 -----------------------------------------------------------------
-variable                     default   meaning
-===========================  ========  ========================================================
-``MODEL_DIR``                required  models folder written by ``relcert build`` (with
-                                       ``model_info.json``); ``--model-dir`` sets it
-``MODEL_FORMAT``             onnx      ``onnx`` or ``torchscript``: which file of each model
-                                       to serve (``--format`` sets it); onnx never imports torch
-``MAX_BATCH_SIZE``           32        most requests the engine runs as one batch
-``BATCH_TIMEOUT_MS``         0         how long a partial batch may wait for company; 0 is
-                                       greedy (a lone request runs at once)
-``MAX_QUEUE``                1024      requests waiting in the engine; beyond it a request is
-                                       answered 503 with ``Retry-After`` at once
-``MAX_MEMORY_MB``            500       model memory budget; also the RSS above which the
-                                       buffer pool and result cache give memory back
-``POOL_MB``                  400       memory pool for batch buffers (0: no pool)
-``CACHE_ENTRIES``            10000     LRU result cache entries (0: no cache)
-``MAX_BODY_BYTES``           65536     largest request body accepted (413 beyond)
-``VALIDATE_MAX_REQUESTS``    2000      cap on ``requests`` of ``/api/v1/validate/performance``
-``VALIDATE_MAX_SECONDS``     10        cap on its ``duration_s``
-``STARTUP_DELAY_S``          0         wait before loading models (tests observe ``loading``)
-``LATENCY_BUCKETS_MS``       ladder    upper bounds (ms, comma-separated, increasing) of the
-                                       ``relcert_request_latency_ms`` histogram; default 1 ms
-                                       to 10 s with the default alert thresholds as bounds
-===========================  ========  ========================================================
-=======
 ==============================  ========  =====================================================
 variable                        default   meaning
 ==============================  ========  =====================================================
 ``MODEL_DIR``                   required  models folder written by ``relcert build`` (with
                                           ``model_info.json``); ``--model-dir`` sets it
 ``MODEL_FORMAT``                onnx      ``onnx`` or ``torchscript``: which file of each model
-                                          to serve (``--format``); onnx never imports torch
-``MAX_BODY_BYTES``              65536     largest request body accepted (413 beyond)
+                                          to serve when it has both (``--format``); a model
+                                          with one file is served from it. Torch is imported
+                                          only when a model is served from TorchScript
+``MAX_BODY_BYTES``              65536     largest request body accepted (413 beyond); raise it
+                                          for large inputs (a JSON request of one
+                                          [3, 224, 224] image takes up to ~3 MB; binary 0.6 MB)
 ``LIMIT_CONCURRENCY``           2048      open connections / requests in progress; beyond,
                                           uvicorn answers 503
 ``TIMEOUT_KEEP_ALIVE_S``        5         an idle connection (or one that never sends) closes

@@ -55,10 +55,10 @@ class _Disconnected(Exception):
     """The client went away before its answer was ready."""
 
 
-def _internal_error(where: str, exc: BaseException) -> bytes:
+def _internal_error(where: str, exc: BaseException, key: str = "detail") -> bytes:
     """A 500 body that names no exception text or file path (those go to the log)."""
     log.error("relcert serve: %s failed", where, exc_info=exc)
-    return _error_body(f"internal error in {where}; the server log has the details")
+    return _error_body(f"internal error in {where}; the server log has the details", key)
 
 
 async def _cancel_on_disconnect(receive: Receive, future: asyncio.Future) -> bool:
@@ -101,19 +101,24 @@ def _json_str(text: str) -> str:
     return json.dumps(text)
 
 
-def _error_body(detail: str) -> bytes:
-    return json.dumps({"detail": detail}).encode()
+def _error_body(detail: str, key: str = "detail") -> bytes:
+    """``{"detail": ...}``; the Open Inference Protocol's endpoints say ``{"error": ...}``."""
+    return json.dumps({key: detail}).encode()
 
 
 async def _send(
-    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    content_type: bytes = _JSON,
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", _JSON),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 *headers,
             ],
@@ -171,10 +176,13 @@ def _too_large(size: int, limit: int) -> RequestError:
 
 
 class _Endpoint:
-    """A raw ASGI handler that answers JSON, counts itself and never lets an error escape."""
+    """A raw ASGI handler that answers JSON, counts itself and never lets an error escape.
+
+    `handle` returns (status, body) or (status, body, headers, content type)."""
 
     path = ""
     method = "POST"
+    error_key = "detail"  # the key of an error body's message
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -182,21 +190,24 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = _perf()
         headers: tuple[tuple[bytes, bytes], ...] = ()
+        content_type = _JSON
         try:
-            status, body = await self.handle(scope, receive, started)
+            status, body, *extra = await self.handle(scope, receive, started)
+            if extra:
+                headers, content_type = extra
         except RequestError as exc:
-            status, body = exc.status, _error_body(exc.detail)
+            status, body = exc.status, _error_body(exc.detail, self.error_key)
             headers = tuple((k.encode(), v.encode()) for k, v in exc.headers)
         except _Disconnected:
             self.service.count(self.path, 499, _perf() - started)
             return
         except Exception as exc:  # the answer is a JSON 500, never a dropped connection
             status = 500
-            body = _internal_error(self.path, exc)
-        await _send(send, status, body, headers)
+            body = _internal_error(self.path, exc, self.error_key)
+        await _send(send, status, body, headers, content_type)
         self.service.count(self.path, status, _perf() - started)
 
-    async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[int, bytes]:
+    async def handle(self, scope: Scope, receive: Receive, started: float) -> tuple[Any, ...]:
         raise NotImplementedError
 
 
@@ -206,6 +217,34 @@ def _not_ready(service: Service) -> RequestError:
     return RequestError(
         503, "models are loading: poll /health/ready", [("retry-after", _RETRY_AFTER_S)]
     )
+
+
+def engine_refusal(model: str, result: Any, *, client_status: int, field: str) -> RequestError:
+    """The HTTP error for a failed engine result: the client's fault (`client_status`, the
+    message naming `field`), overload (503) or the model's (500, with no exception text:
+    that goes to the log)."""
+    kind = result.error_type
+    if result.rejected:
+        return RequestError(503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)])
+    if kind == "ModelNotLoadedError":
+        return RequestError(503, f"{model}: model not loaded", [("retry-after", _RETRY_AFTER_S)])
+    if kind == "DeadlineExceededError":
+        return RequestError(
+            503,
+            f"{model}: the request waited longer than its deadline in the queue "
+            "(DEFAULT_DEADLINE_MS); try again later",
+            [("retry-after", _RETRY_AFTER_S)],
+        )
+    if kind == "InvalidInputError":
+        return RequestError(client_status, f"{field}: {result.error}")
+    if kind == "NonFiniteOutputError":
+        return RequestError(
+            client_status,
+            f"{field}: {model} produced a NaN or Inf output for these values: they are "
+            "outside the range the model handles",
+        )
+    log.error("relcert serve: %s inference failed: %s", model, result.error)
+    return RequestError(500, f"{model}: inference failed; the server log has the details")
 
 
 class _PredictEndpoint(_Endpoint):
@@ -232,34 +271,7 @@ class _PredictEndpoint(_Endpoint):
         raise self.refusal(result)
 
     def refusal(self, result: Any) -> RequestError:
-        """The HTTP error for a failed engine result: the client's fault (4xx), overload
-        (503) or the model's (500, with no exception text: that goes to the log)."""
-        kind = result.error_type
-        if result.rejected:
-            return RequestError(
-                503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)]
-            )
-        if kind == "ModelNotLoadedError":
-            return RequestError(
-                503, f"{self.model}: model not loaded", [("retry-after", _RETRY_AFTER_S)]
-            )
-        if kind == "DeadlineExceededError":
-            return RequestError(
-                503,
-                f"{self.model}: the request waited longer than its deadline in the queue "
-                "(DEFAULT_DEADLINE_MS); try again later",
-                [("retry-after", _RETRY_AFTER_S)],
-            )
-        if kind == "InvalidInputError":
-            return RequestError(422, f"features: {result.error}")
-        if kind == "NonFiniteOutputError":
-            return RequestError(
-                422,
-                f"features: {self.model} produced a NaN or Inf output for these values: they are "
-                "outside the range the model handles",
-            )
-        log.error("relcert serve: %s inference failed: %s", self.model, result.error)
-        return RequestError(500, f"{self.model}: inference failed; the server log has the details")
+        return engine_refusal(self.model, result, client_status=422, field="features")
 
     def encode(self, row: Any, version: str, started: float) -> bytes:
         raise NotImplementedError
@@ -461,6 +473,7 @@ def create_app(settings: ServeSettings) -> ServeApp:
 
     Raises SettingsError (naming the variable) when MODEL_DIR holds nothing to serve."""
     from pipeline import __version__ as relcert_version
+    from pipeline.serve import v2  # imports this module: imported here, not at the top
 
     service = Service(settings)
 
@@ -470,6 +483,7 @@ def create_app(settings: ServeSettings) -> ServeApp:
                 "status": "ready",
                 "format": settings.model_format,
                 "models": service.versions(),
+                "formats": service.formats(),
             }
             return 200, json.dumps(doc).encode()
         doc: dict[str, Any] = {"status": service.status}
@@ -489,10 +503,12 @@ def create_app(settings: ServeSettings) -> ServeApp:
 
         return 200, service.monitor.prometheus_exposition() + generate_latest(metrics_registry)
 
+    protocol_routes = v2.v2_routes(service)  # /v2: the Open Inference Protocol, every model
     openapi = json.dumps(
         build_openapi(
             service.specs,
             service.class_names,
+            models=sorted(service.keys),
             version=relcert_version,
             max_body_bytes=settings.max_body_bytes,
             validate_max_requests=settings.validate_max_requests,
@@ -518,6 +534,7 @@ def create_app(settings: ServeSettings) -> ServeApp:
     routes: list[BaseRoute] = [
         Route(e.path, endpoint=e, methods=[e.method], include_in_schema=True) for e in endpoints
     ]
+    routes += protocol_routes
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -532,7 +549,8 @@ def create_app(settings: ServeSettings) -> ServeApp:
             detail = f"method {request.method} not allowed on {request.url.path}"
         headers = dict(getattr(exc, "headers", None) or {})
         service.count(endpoint, status, None)
-        return Response(_error_body(detail), status, headers, media_type="application/json")
+        key = v2.ERROR_KEY if request.url.path.startswith(v2.PREFIX) else "detail"
+        return Response(_error_body(detail, key), status, headers, media_type="application/json")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         service.count("unmatched", 500, None)

@@ -256,7 +256,7 @@ class HttpLoadClient:
         self._next = 0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._prefixes: dict[tuple[str, str], bytes] = {}
+        self._prefixes: dict[tuple[Any, ...], bytes] = {}
         self._reconnects: set[asyncio.Task] = set()
 
     @property
@@ -319,16 +319,23 @@ class HttpLoadClient:
 
     # ----------------------------------------------------------------- requests
     def request(
-        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> asyncio.Future[HttpResult]:
-        """Send a request now; the returned future resolves to an HttpResult (never raises)."""
-        key = (method, path)
+        """Send a request now; the returned future resolves to an HttpResult (never raises).
+        `headers` are extra request headers (a few distinct sets: each is cached)."""
+        key = (method, path, content_type, headers)
         prefix = self._prefixes.get(key)
         if prefix is None:
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
             prefix = (
                 f"{method} {path} HTTP/1.1\r\n".encode()
                 + self._host_header
-                + f"Content-Type: {content_type}\r\nContent-Length: ".encode()
+                + f"{extra}Content-Type: {content_type}\r\nContent-Length: ".encode()
             )
             self._prefixes[key] = prefix
         return self._send(prefix + str(len(body)).encode() + b"\r\n\r\n" + body)

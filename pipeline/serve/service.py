@@ -1,5 +1,8 @@
 """The service's state: the shared engine, background model loading, readiness, counters.
 
+It serves every model of its models folder: each in MODEL_FORMAT when the model has that
+file, else in the format it has (a TorchScript-only import is served from its `.pt`).
+
 Models load in a background task *after* the server starts listening, so `/health/live`
 answers at once and `/health/ready` reports `loading` until every served model is loaded
 and warm. Then start-up objects are frozen out of the garbage collector's reach
@@ -26,16 +29,18 @@ from pipeline.inference import (
     ProductionModelManager,
     RealTimePerformanceMonitor,
 )
+from pipeline.inference.model_manager import dummy_batch
+from pipeline.inference.runtimes import FORMATS
 from pipeline.serve.features import FeatureSpec
 from pipeline.serve.settings import ServeSettings, SettingsError
 
-__all__ = ["QUALITY", "ROUTING", "SERVED_MODELS", "Service"]
+__all__ = ["QUALITY", "ROUTING", "SERVED_MODELS", "Service", "served_keys"]
 
 log = logging.getLogger("uvicorn.error")
 
 QUALITY = "quality_predictor"
 ROUTING = "routing_classifier"
-#: the models this service has endpoints for (base names, as in model_info.json)
+#: the models with named endpoints (/api/v1/predict/...); every model has the /v2 endpoints
 SERVED_MODELS = (QUALITY, ROUTING)
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
@@ -57,21 +62,23 @@ class Service:
             )
         except (OSError, InferenceError) as exc:
             raise SettingsError(f"MODEL_DIR: {exc}") from None
-        fmt = settings.model_format
-        self.keys: dict[str, str] = {
-            name: f"{name}_{fmt}"
-            for name in SERVED_MODELS
-            if f"{name}_{fmt}" in self.manager.model_info
-        }
+        #: model_info.json, by model name
+        self.info = info
+        #: model name -> the engine key it is served as (every model of the folder)
+        self.keys: dict[str, str] = served_keys(self.manager, settings.model_format)
         if not self.keys:
-            files = ", ".join(f"{n}{'.onnx' if fmt == 'onnx' else '.pt'}" for n in SERVED_MODELS)
             raise SettingsError(
-                f"MODEL_DIR: {settings.model_dir} holds no served model in MODEL_FORMAT={fmt} "
-                f"(expected {files})"
+                f"MODEL_DIR: {settings.model_dir} holds no model file (<name>.onnx or <name>.pt "
+                "described in model_info.json)"
             )
+        for name in sorted(set(info) - set(self.keys)):
+            log.warning("relcert serve: model_info.json lists %s, but its file is missing", name)
         try:
+            # the decoders of the named endpoints (the example models')
             self.specs = {
-                name: FeatureSpec.from_model_info(name, info.get(name, {})) for name in self.keys
+                name: FeatureSpec.from_model_info(name, info.get(name, {}))
+                for name in SERVED_MODELS
+                if name in self.keys
             }
         except ValueError as exc:
             raise SettingsError(f"MODEL_DIR: {exc}") from None
@@ -115,6 +122,15 @@ class Service:
 
     def versions(self) -> dict[str, str]:
         return {name: self.manager.model_info[key].version for name, key in self.keys.items()}
+
+    def formats(self) -> dict[str, str]:
+        """model name -> the format it is served in (onnx or torchscript)."""
+        return {name: self.manager.model_info[key].format for name, key in self.keys.items()}
+
+    def model_ready(self, name: str) -> bool:
+        """The service is ready and `name` is loaded and warm."""
+        info = self.manager.model_info[self.keys[name]]
+        return self.status == READY and info.loaded and info.warmup_complete
 
     def start_loading(self) -> None:
         """Load the models in the background (call from the running loop, once)."""
@@ -184,9 +200,10 @@ class Service:
         `duration_s` has passed. Inputs are random (the cache is bypassed)."""
         engine = self.engine
         rng = np.random.default_rng(int(time.time_ns() % 2**32))
-        inputs = {
-            name: rng.random((256, self.specs[name].count), dtype=np.float32) for name in models
-        }
+        inputs = {}
+        for name in models:
+            info = self.manager.model_info[self.keys[name]]
+            inputs[name] = dummy_batch((256, *info.feature_shape), info.input_dtype, rng)
         keys = [self.keys[name] for name in models]
         latency_ms = np.zeros(requests)
         success = np.zeros(requests, dtype=np.bool_)
@@ -307,3 +324,16 @@ def _read_model_info(model_dir: Path) -> dict[str, dict[str, Any]]:
         return read_model_info(model_dir)
     except BuildError as exc:
         raise SettingsError(f"MODEL_DIR: {exc}") from None
+
+
+def served_keys(manager: ProductionModelManager, model_format: str) -> dict[str, str]:
+    """model name -> the engine key it is served as: every model the manager found in the
+    folder, in `model_format` when it has that file, else in the format it has."""
+    registered = manager.model_info
+    keys = {}
+    for name in sorted({info.name for info in registered.values()}):
+        for fmt in (model_format, *FORMATS):
+            if f"{name}_{fmt}" in registered:
+                keys[name] = f"{name}_{fmt}"
+                break
+    return keys

@@ -1,12 +1,19 @@
 """Infra stage: the HTTP service that will be deployed, validated for real on loopback.
 
 Starts `python -m pipeline.serve` as a subprocess from the run's built models on a free
-loopback port, waits (bounded) for readiness, checks golden requests against the
-in-process engine's outputs, checks error handling (422, 413), scrapes /metrics, runs
-open-loop HTTP load with the load stage's methodology (Poisson arrivals, latency from the
-scheduled time, issue delay recorded), samples the server process's RSS and CPU, and always
-stops the server, even when a check fails. Writes `stages/infra/checks.csv` (gated),
-`stages/infra/load.csv`, `stages/infra/resources.csv` and `summary.json`.
+loopback port (every model, each in ONNX when it has that file, else in the format it has;
+MAX_BODY_BYTES raised as the package raises it so one JSON request of every model fits),
+waits (bounded) for readiness, then checks every model through the Open Inference Protocol
+(`/v2`): its metadata and readiness, golden requests (one row per JSON request, and a batch
+of rows in binary tensor data) against the in-process engine's outputs (any shape, any
+dtype), a malformed request (400). The example models are also checked on their named
+endpoints (golden answers, 422); for other models those checks are rows marked not
+applicable. Then error handling (404, 413), /metrics, liveness, open-loop HTTP load spread
+over every model with the load stage's methodology (Poisson arrivals, latency from the
+scheduled time, issue delay recorded; latency per model and for the mix), the server
+process's RSS and CPU; the server is always stopped, even when a check fails. Writes
+`stages/infra/checks.csv` (gated), `stages/infra/load.csv`, `stages/infra/resources.csv` and
+`summary.json`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +35,23 @@ import numpy as np
 from pipeline._io import atomic_write_text
 from pipeline._proc import stop_process_group
 from pipeline.loadgen import run_open_loop, summarize
-from pipeline.stages.common import StageError, check_row, input_pool
+from pipeline.stages.common import SERVING_FORMAT, StageError, check_row, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import ResourceSampler
 
 __all__ = ["ServerProcess", "run"]
 
+#: the named endpoints of the example models (every model also has /v2/models/{name}/infer)
 ENDPOINTS = {
     "quality_predictor": "/api/v1/predict/quality",
     "routing_classifier": "/api/v1/predict/routing",
 }
 READY_TIMEOUT_S = 90.0
+#: golden rows per model
+GOLDEN_ROWS = 8
+#: largest max abs difference between a served answer and the in-process engine's
+GOLDEN_TOLERANCE = 1e-5
+_HEADER = "Inference-Header-Content-Length"
 
 
 def _free_port() -> int:
@@ -55,7 +69,7 @@ class ServerProcess:
         self.model_dir = model_dir
         self.hide = hide  # a folder (the run's) whose absolute path the log shows as <run>
         self.port = _free_port()
-        self.env = {**os.environ, "MODEL_FORMAT": "onnx", **(env or {})}
+        self.env = {**os.environ, "MODEL_FORMAT": SERVING_FORMAT, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
@@ -136,59 +150,53 @@ async def _wait_ready(client, server: ServerProcess, timeout_s: float) -> tuple[
     return False, time.perf_counter() - started, f"not ready after {timeout_s:g} s: {last}"
 
 
+@dataclass
+class _Model:
+    """One served model as the stage checks it: golden inputs and the engine's answers."""
+
+    name: str
+    key: str  # the engine key it is served as (<name>_<format>)
+    entry: dict[str, Any]  # its model_info.json entry
+    rows: np.ndarray  # golden inputs, (GOLDEN_ROWS, *row shape), in its input dtype
+    outputs: np.ndarray  # the in-process engine's answers, (GOLDEN_ROWS, *output row shape)
+    version: str
+    input_name: str = "input"  # from the service's model metadata once read
+    fixed_batch: int | None = None
+
+    @property
+    def format(self) -> str:
+        return self.key.removeprefix(f"{self.name}_")
+
+    @property
+    def infer_path(self) -> str:
+        return f"/v2/models/{self.name}/infer"
+
+
+def _default_body_bytes() -> int:
+    from pipeline.serve.settings import ServeSettings
+
+    return next(f.default for f in fields(ServeSettings) if f.name == "max_body_bytes")
+
+
 async def _run(ctx: StageContext) -> dict:
-    from pipeline.inference import ProductionInferenceEngine, ProductionModelManager
     from pipeline.serve.client import HttpLoadClient
+    from pipeline.serve.tensors import body_limit_for
 
     run, profile, targets, say = ctx.run, ctx.profile, ctx.targets, ctx.say
-    cfg = profile.infra
     info = run.model_info()
-    served = {
-        n: e for n, e in sorted(info.items()) if n in ENDPOINTS and "onnx" in (e.get("files") or {})
-    }
-    folder = ctx.folder
-    rows: list[dict[str, Any]] = []
-    load_rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    if not served:
-        rows.append(
-            check_row(
-                "service",
-                "all",
-                False,
-                detail="no model of this run has an HTTP "
-                "endpoint (quality_predictor / routing_classifier in ONNX)",
-            )
-        )
+    if not info:
+        rows = [check_row("service", "all", False, detail="model_info.json lists no model")]
         ctx.write_table("checks", rows)
         return ctx.write_summary({"checks": len(rows), "failed": ["service:all"]})
-
-    # golden inputs and the in-process engine's outputs for them
-    manager = ProductionModelManager(run.models)
-    engine = ProductionInferenceEngine(manager)
-    golden: dict[str, list[tuple[dict, np.ndarray]]] = {}
-    for name, entry in served.items():
-        if not manager.load_model(f"{name}_onnx"):
-            rows.append(
-                check_row(
-                    "golden_reference",
-                    name,
-                    False,
-                    detail=manager.load_errors.get(f"{name}_onnx", "does not load"),
-                )
-            )
-            continue
-        xs = input_pool(run, info, name, 8, seed=profile.seeds.infra)
-        outs = [r.output for r in await engine.predict_batch(f"{name}_onnx", xs)]
-        golden[name] = [
-            (dict(zip(entry["feature_names"], map(float, x), strict=True)), o)
-            for x, o in zip(xs, outs, strict=True)
-        ]
-
-    server = ServerProcess(run.models, hide=run.root).start(folder / "server.log")
+    keys = serving_keys(info)
+    models, rows = await _golden(run, info, keys, profile.seeds.infra)
+    limit = body_limit_for(info, _default_body_bytes())
+    env = {"MAX_BODY_BYTES": str(limit)}
+    server = ServerProcess(run.models, env, hide=run.root).start(ctx.folder / "server.log")
     sampler = ResourceSampler(server.pid, interval_s=0.5)
     client = HttpLoadClient("127.0.0.1", server.port, connections=16)
-    say(f"infra: service pid {server.pid} on 127.0.0.1:{server.port}")
+    load_rows: list[dict[str, Any]] = []
+    say(f"infra: service pid {server.pid} on 127.0.0.1:{server.port} serving {', '.join(keys)}")
     try:
         sampler.start()
         await _connect(client, server)
@@ -196,64 +204,110 @@ async def _run(ctx: StageContext) -> dict:
         rows.append(check_row("readiness", "all", ready, ready_s, "s", READY_TIMEOUT_S, detail))
         say(f"infra: ready={ready} after {ready_s:.1f} s")
         if ready:
-            rows += await _functional_checks(client, served, golden)
+            rows += await _protocol_checks(client, models, limit)
+            rows += await _named_checks(client, models)
+            rows += await _service_checks(client, models, limit)
             claim = min(95.0, max(profile.percentiles_claimed))
-            load_rows, load_checks = await _load(client, served, golden, cfg, targets, claim, say)
+            load_rows, load_checks = await _load(client, models, profile.infra, targets, claim, say)
             rows += load_checks
         sampler.sample()
     finally:
         await sampler.stop()
         await client.close()
         code = server.stop()
-    rows.append(
-        check_row(
-            "clean_shutdown",
-            "all",
-            code in (0, -signal.SIGTERM),
-            code if code is not None else float("nan"),
-            "exit code",
-            0,
-            "SIGTERM -> graceful exit"
-            if code in (0, -signal.SIGTERM)
-            else f"exit {code}: {server.log_tail(5)}",
-        )
-    )
-    peak = sampler.peak_rss_mb()
-    mem_target = targets["memory_usage_mb"]
-    rows.append(
-        check_row(
-            "server_memory",
-            "all",
-            mem_target.passes(peak),
-            peak,
-            "MB",
-            mem_target.threshold,
-            "peak RSS of the service process during the stage",
-        )
-    )
+    rows += _process_checks(server, code, sampler, targets)
     ctx.write_table("checks", rows)
     ctx.write_table("load", load_rows)
     ctx.write_table(
         "resources", [{"t_s": t, "rss_mb": r, "cpu_percent": c} for t, r, c in sampler.samples]
     )
-    failed = [f"{r['check']}:{r['model']}" for r in rows if not r["passed"]]
-    summary.update(
+    failed = [
+        f"{r['check']}:{r['model']}"
+        for r in rows
+        if not r["passed"] and r["status"] != "not_applicable"
+    ]
+    summary = ctx.write_summary(
         {
             "port": server.port,
             "server_pid": server.pid,
+            "models": {name: key.removeprefix(f"{name}_") for name, key in keys.items()},
+            "max_body_bytes": limit,
             "checks": len(rows),
             "failed": failed,
-            "peak_rss_mb": peak,
+            "peak_rss_mb": sampler.peak_rss_mb(),
             "mean_cpu_percent": sampler.mean_cpu_percent(),
             "load": load_rows,
         }
     )
-    summary = ctx.write_summary(summary)
     say(
-        f"infra: {len(rows) - len(failed)}/{len(rows)} checks passed"
+        f"infra: {len(rows) - len(failed)}/{len(rows)} checks passed or not applicable"
         + (f"; failed: {', '.join(failed)}" if failed else "")
     )
     return summary
+
+
+def _process_checks(server: ServerProcess, code: int | None, sampler, targets) -> list:
+    """Clean shutdown and the server process's peak memory."""
+    clean = code in (0, -signal.SIGTERM)
+    peak = sampler.peak_rss_mb()
+    memory = targets["memory_usage_mb"]
+    return [
+        check_row(
+            "clean_shutdown",
+            "all",
+            clean,
+            code if code is not None else float("nan"),
+            "exit code",
+            0,
+            "SIGTERM -> graceful exit" if clean else f"exit {code}: {server.log_tail(5)}",
+        ),
+        check_row(
+            "server_memory",
+            "all",
+            memory.passes(peak),
+            peak,
+            "MB",
+            memory.threshold,
+            "peak RSS of the service process during the stage",
+        ),
+    ]
+
+
+async def _golden(
+    run, info: dict[str, Any], keys: dict[str, str], seed: int
+) -> tuple[dict[str, _Model], list[dict[str, Any]]]:
+    """Golden inputs of every model and the in-process engine's answers to them."""
+    from pipeline.inference import ProductionInferenceEngine, ProductionModelManager
+
+    manager = ProductionModelManager(run.models)
+    engine = ProductionInferenceEngine(manager)
+    models: dict[str, _Model] = {}
+    rows: list[dict[str, Any]] = []
+    for name, key in keys.items():
+        fmt = key.removeprefix(f"{name}_")
+        if not manager.load_model(key):
+            reason = manager.load_errors.get(key, "does not load")
+            rows.append(check_row("golden_reference", name, False, detail=reason, fmt=fmt))
+            continue
+        xs = input_pool(run, info, name, GOLDEN_ROWS, seed=seed)
+        answers = await engine.predict_batch(key, list(xs))
+        failed = next((a for a in answers if not a.success), None)
+        if failed is not None:
+            detail = f"the in-process engine failed on a golden input: {failed.error}"
+            rows.append(check_row("golden_reference", name, False, detail=detail, fmt=fmt))
+            continue
+        entry = info[name]
+        models[name] = _Model(
+            name,
+            key,
+            entry,
+            xs,
+            np.stack([a.output for a in answers]),
+            manager.model_info[key].version,
+            str(entry.get("input_name") or "input"),
+        )
+    await engine.stop()
+    return models, rows
 
 
 async def _connect(client, server: ServerProcess, timeout_s: float = 30.0) -> None:
@@ -270,64 +324,293 @@ async def _connect(client, server: ServerProcess, timeout_s: float = 30.0) -> No
             await asyncio.sleep(0.1)
 
 
-async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
+# ----------------------------------------------------------------------------- /v2 checks
+async def _protocol_checks(client, models: dict[str, _Model], limit: int) -> list:
+    """Every model through the Open Inference Protocol: metadata, readiness, golden
+    answers (JSON, one row a request; binary, a batch of rows), a malformed request."""
     rows = []
-    for name in golden:
-        path = ENDPOINTS[name]
-        worst, ok, versions = 0.0, 0, set()
-        for features, expected in golden[name]:
-            result = await client.post_json(path, json.dumps({"features": features}).encode())
-            if not result.success:
-                continue
-            body = result.json()
-            versions.add(body.get("model_version"))
-            if name == "quality_predictor":
-                got = np.array([body["quality"]], dtype=np.float64)
-            else:
-                probs = body["probabilities"]
-                got = np.array([probs[c] for c in served[name]["class_names"]])
-            worst = max(worst, float(np.abs(got - expected.astype(np.float64)).max()))
-            ok += 1
-        expected_version = served[name]["version"]
-        passed = ok == len(golden[name]) and worst <= 1e-5 and versions == {expected_version}
+    for m in models.values():
+        rows.append(await _metadata_check(client, m))
+        ready = await client.get(f"/v2/models/{m.name}/ready")
         rows.append(
             check_row(
-                "golden_requests",
-                name,
-                passed,
-                worst,
-                "max abs diff",
-                1e-5,
-                f"{ok}/{len(golden[name])} answered; versions {sorted(map(str, versions))}"
-                f" (expected {expected_version})",
-            )
-        )
-        features = dict(golden[name][0][0])
-        first = next(iter(features))
-        features[first] = "abc"
-        bad = await client.post_json(path, json.dumps({"features": features}).encode())
-        rows.append(
-            check_row(
-                "invalid_body_422",
-                name,
-                bad.status == 422 and first in bad.body.decode(),
-                bad.status,
+                "model_ready",
+                m.name,
+                ready.status == 200,
+                ready.status,
                 "status",
-                422,
-                bad.body.decode()[:160],
+                200,
+                ready.body.decode(errors="replace")[:160],
+                fmt=m.format,
             )
         )
-    path = ENDPOINTS[next(iter(served))]
-    big = await client.post_json(path, b'{"features": [' + b"1," * 40000 + b"1]}")
+        rows.append(await _golden_json(client, m))
+        rows.append(await _golden_batch(client, m, limit))
+        rows.append(await _malformed_request(client, m))
+    return rows
+
+
+async def _metadata_check(client, m: _Model) -> dict[str, Any]:
+    """GET /v2/models/{name}: the version, platform and tensors the run built."""
+    from pipeline.serve.tensors import PLATFORMS, datatype_of
+
+    result = await client.get(f"/v2/models/{m.name}")
+    problems = []
+    if result.status == 200:
+        doc = result.json()
+        tensor_in, tensor_out = (doc.get("inputs") or [{}])[0], (doc.get("outputs") or [{}])[0]
+        m.input_name = str(tensor_in.get("name") or m.input_name)
+        shape = list(tensor_in.get("shape") or [])
+        m.fixed_batch = shape[0] if shape and shape[0] > 0 else None
+        expected = {
+            "versions": [m.version],
+            "platform": PLATFORMS[m.format],
+            "input datatype": datatype_of(m.rows.dtype),
+            "input row shape": list(m.rows.shape[1:]),
+            "output row shape": list(m.outputs.shape[1:]),
+        }
+        got = {
+            "versions": doc.get("versions"),
+            "platform": doc.get("platform"),
+            "input datatype": tensor_in.get("datatype"),
+            "input row shape": shape[1:],
+            "output row shape": list(tensor_out.get("shape") or [])[1:],
+        }
+        problems = [f"{k} {got[k]} (expected {v})" for k, v in expected.items() if got[k] != v]
+        detail = "; ".join(problems) or (
+            f"version {m.version}, {doc.get('platform')}, input {m.input_name} "
+            f"{tensor_in.get('datatype')} {shape}"
+        )
+    else:
+        detail = result.body.decode(errors="replace")[:160] or str(result.error)
+    return check_row(
+        "model_metadata",
+        m.name,
+        result.status == 200 and not problems,
+        result.status,
+        "status",
+        200,
+        detail,
+        fmt=m.format,
+    )
+
+
+def _difference(got: np.ndarray, expected: np.ndarray) -> float:
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max(initial=0.0))
+
+
+async def _golden_json(client, m: _Model) -> dict[str, Any]:
+    """Each golden row as its own JSON request; the answers against the engine's."""
+    from pipeline.serve.tensors import datatype_of, encode_infer_request
+
+    worst, answered, versions, datatypes = 0.0, 0, set(), set()
+    for row, expected in zip(m.rows, m.outputs, strict=True):
+        body, _ = encode_infer_request(m.input_name, row[None])
+        result = await client.post_json(m.infer_path, body)
+        if not result.success:
+            worst = float("inf")
+            continue
+        doc = result.json()
+        output = doc["outputs"][0]
+        got = np.asarray(output["data"]).reshape(output["shape"])[0]
+        worst = max(worst, _difference(got, expected))
+        versions.add(str(doc.get("model_version")))
+        datatypes.add(output["datatype"])
+        answered += 1
+    want = datatype_of(m.outputs.dtype)
+    passed = (
+        answered == len(m.rows)
+        and worst <= GOLDEN_TOLERANCE
+        and versions == {m.version}
+        and datatypes == {want}
+    )
+    return check_row(
+        "golden_requests",
+        m.name,
+        passed,
+        worst,
+        "max abs diff",
+        GOLDEN_TOLERANCE,
+        f"{answered}/{len(m.rows)} answered through {m.infer_path} (JSON, one row each); "
+        f"versions {sorted(versions)} (expected {m.version}); datatypes {sorted(datatypes)} "
+        f"(expected {want})",
+        fmt=m.format,
+        samples=len(m.rows),
+    )
+
+
+async def _golden_batch(client, m: _Model, limit: int) -> dict[str, Any]:
+    """The golden rows as one request in binary tensor data, answered in binary."""
+    from pipeline.serve.tensors import encode_infer_request, read_infer_response
+
+    if m.fixed_batch is not None:
+        return check_row(
+            "golden_batch",
+            m.name,
+            False,
+            status="not_applicable",
+            detail=f"{m.name} takes a fixed batch of {m.fixed_batch}: a request holds "
+            f"{m.fixed_batch} row(s) (golden_requests sends them one by one)",
+            fmt=m.format,
+        )
+    count = len(m.rows)
+    body, size = encode_infer_request(m.input_name, m.rows, binary_input=True, binary_output=True)
+    while len(body) > limit and count > 2:
+        count //= 2
+        body, size = encode_infer_request(
+            m.input_name, m.rows[:count], binary_input=True, binary_output=True
+        )
+    if len(body) > limit:
+        return check_row(
+            "golden_batch",
+            m.name,
+            False,
+            status="not_applicable",
+            detail=f"a request of 2 rows ({len(body)} bytes) exceeds MAX_BODY_BYTES={limit}",
+            fmt=m.format,
+        )
+    result = await client.request(
+        "POST", m.infer_path, body, "application/octet-stream", ((_HEADER, str(size)),)
+    )
+    worst, detail = float("inf"), f"HTTP {result.status}: {result.body[:160]!r}"
+    if result.success:
+        doc = read_infer_response(result.body, result.headers.get(_HEADER.lower()))
+        worst = _difference(doc["outputs"][0]["array"], m.outputs[:count])
+        detail = (
+            f"{count} rows in one binary request, answered in binary "
+            f"(shape {list(doc['outputs'][0]['array'].shape)}, version {doc['model_version']})"
+        )
+    return check_row(
+        "golden_batch",
+        m.name,
+        result.success and worst <= GOLDEN_TOLERANCE,
+        worst,
+        "max abs diff",
+        GOLDEN_TOLERANCE,
+        detail,
+        fmt=m.format,
+        samples=count,
+    )
+
+
+async def _malformed_request(client, m: _Model) -> dict[str, Any]:
+    """A row of the wrong shape: 400 naming the shape expected."""
+    from pipeline.serve.tensors import encode_infer_request
+
+    row = m.rows[:1].reshape(1, -1)
+    wrong = np.concatenate([row, np.zeros((1, 1), dtype=row.dtype)], axis=1)
+    body, _ = encode_infer_request(m.input_name, wrong)
+    result = await client.post_json(m.infer_path, body)
+    text = result.body.decode(errors="replace")
+    named = '"error"' in text and "expected [" in text
+    return check_row(
+        "invalid_request_400",
+        m.name,
+        result.status == 400 and named,
+        result.status,
+        "status",
+        400,
+        text[:200],
+        fmt=m.format,
+    )
+
+
+# ----------------------------------------------------------------------------- named endpoints
+async def _named_checks(client, models: dict[str, _Model]) -> list[dict[str, Any]]:
+    """The example models' named endpoints; other models have none (not applicable)."""
+    rows = []
+    for name, m in models.items():
+        path = ENDPOINTS.get(name)
+        if path is None:
+            reason = (
+                f"{name} has no named endpoint (only {', '.join(ENDPOINTS)} do); it is "
+                f"checked through {m.infer_path}"
+            )
+            for check in ("golden_requests_named", "invalid_body_422"):
+                rows.append(check_row(check, name, False, status="not_applicable", detail=reason))
+            continue
+        rows += await _named_golden(client, m, path)
+    return rows
+
+
+async def _named_golden(client, m: _Model, path: str) -> list[dict[str, Any]]:
+    names = m.entry["feature_names"]
+    worst, ok, versions = 0.0, 0, set()
+    for row, expected in zip(m.rows, m.outputs, strict=True):
+        features = dict(zip(names, map(float, row), strict=True))
+        result = await client.post_json(path, json.dumps({"features": features}).encode())
+        if not result.success:
+            continue
+        body = result.json()
+        versions.add(body.get("model_version"))
+        if m.name == "quality_predictor":
+            got = np.array([body["quality"]], dtype=np.float64)
+        else:
+            probs = body["probabilities"]
+            got = np.array([probs[c] for c in m.entry["class_names"]])
+        worst = max(worst, _difference(got, expected))
+        ok += 1
+    passed = ok == len(m.rows) and worst <= GOLDEN_TOLERANCE and versions == {m.version}
+    features = dict(zip(names, map(float, m.rows[0]), strict=True))
+    first = next(iter(features))
+    features[first] = "abc"
+    bad = await client.post_json(path, json.dumps({"features": features}).encode())
+    return [
+        check_row(
+            "golden_requests_named",
+            m.name,
+            passed,
+            worst,
+            "max abs diff",
+            GOLDEN_TOLERANCE,
+            f"{ok}/{len(m.rows)} answered on {path}; versions {sorted(map(str, versions))}"
+            f" (expected {m.version})",
+            fmt=m.format,
+            samples=len(m.rows),
+        ),
+        check_row(
+            "invalid_body_422",
+            m.name,
+            bad.status == 422 and first in bad.body.decode(),
+            bad.status,
+            "status",
+            422,
+            bad.body.decode()[:160],
+            fmt=m.format,
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------- the service
+async def _service_checks(client, models: dict[str, _Model], limit: int) -> list:
+    """Errors every client can meet (413, 404), /metrics, liveness and the v2 health."""
+    rows = []
+    if models:
+        first = next(iter(models.values()))
+        big = await client.post_json(first.infer_path, b"[" + b"1," * (limit // 2 + 512) + b"1]")
+        rows.append(
+            check_row(
+                "oversized_body_413",
+                "all",
+                big.status == 413,
+                big.status,
+                "status",
+                413,
+                big.body.decode()[:160],
+            )
+        )
+    unknown = await client.post_json("/v2/models/relcert-no-such-model/infer", b"{}")
     rows.append(
         check_row(
-            "oversized_body_413",
+            "unknown_model_404",
             "all",
-            big.status == 413,
-            big.status,
+            unknown.status == 404 and b'"error"' in unknown.body,
+            unknown.status,
             "status",
-            413,
-            big.body.decode()[:160],
+            404,
+            unknown.body.decode()[:160],
         )
     )
     metrics = await client.get("/metrics")
@@ -346,60 +629,137 @@ async def _functional_checks(client, served, golden) -> list[dict[str, Any]]:
     )
     live = await client.get("/health/live")
     rows.append(check_row("liveness", "all", live.status == 200, live.status, "status", 200, ""))
+    answers = [await client.get(p) for p in ("/v2/health/live", "/v2/health/ready")]
+    worst = max(a.status for a in answers)
+    rows.append(
+        check_row(
+            "health_v2",
+            "all",
+            all(a.status == 200 for a in answers),
+            worst,
+            "status",
+            200,
+            "GET /v2/health/live and /v2/health/ready: "
+            + ", ".join(str(a.status) for a in answers),
+        )
+    )
     return rows
 
 
-async def _load(client, served, golden, cfg, targets, claim, say) -> tuple[list, list]:
-    names = sorted(golden)
-    bodies = {n: [json.dumps({"features": f}).encode() for f, _ in golden[n]] for n in names}
-    paths = [ENDPOINTS[n] for n in names]
+# ----------------------------------------------------------------------------- load
+def _load_requests(models: dict[str, _Model]) -> dict[str, list[tuple[str, bytes, tuple]]]:
+    """Per model, a request per golden row as a standard client sends it (binary data)."""
+    from pipeline.serve.tensors import encode_infer_request
+
+    requests = {}
+    for name, m in models.items():
+        requests[name] = []
+        for row in m.rows:
+            body, size = encode_infer_request(
+                m.input_name, row[None], binary_input=True, binary_output=True
+            )
+            requests[name].append((m.infer_path, body, ((_HEADER, str(size)),)))
+    return requests
+
+
+def _model_share(record, m: int, k: int, errors: dict[str, int]):
+    """The part of an open-loop record that went to model `m` of `k` (round robin)."""
+    from pipeline.loadgen.issue import OpenLoopRecord
+
+    return OpenLoopRecord(
+        rate_rps=record.rate_rps / k,
+        duration_s=record.duration_s,
+        warmup_s=record.warmup_s,
+        scheduled=record.scheduled[m::k],
+        issued=record.issued[m::k],
+        completed=record.completed[m::k],
+        success=record.success[m::k],
+        batch_size=record.batch_size[m::k],
+        cache_hit=record.cache_hit[m::k],
+        errors=errors,
+        wall_s=record.wall_s,
+        process_cpu_s=record.process_cpu_s,
+    )
+
+
+def _load_row(model: str, rate: float, s) -> dict[str, Any]:
+    return {
+        "model": model,
+        "offered_rps": rate,
+        "model_offered_rps": s.offered_rps,
+        "achieved_rps": s.achieved_rps,
+        "requests": s.scheduled,
+        "p50_ms": s.p50_ms,
+        "p95_ms": s.p95_ms,
+        "p99_ms": s.p99_ms,
+        "error_rate": s.error_rate,
+        "issue_delay_p99_ms": s.issue_delay_p99_ms,
+        "valid": s.valid,
+        "invalid_reason": "; ".join(s.invalid_reasons),
+        "errors": json.dumps(s.errors),
+    }
+
+
+async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list]:
+    """Open-loop HTTP load over every model (round robin through /v2): a row for the mix
+    and one per model at each offered rate; the mix is checked against the targets."""
+    names = sorted(models)
+    if not names:
+        return [], []
+    k = len(names)
+    requests = _load_requests(models)
     p99_bound = targets["p99_latency_ms"].threshold
     rows, checks = [], []
     for rate in cfg.rates:
+        errors: dict[str, dict[str, int]] = {n: {} for n in names}
 
-        def send(i: int, rate=rate):
-            m = i % len(names)
-            return client.post_json(paths[m], bodies[names[m]][(i // len(names)) % 8])
+        def tally(name: str, future: asyncio.Future, errors=errors) -> None:
+            result = future.result()
+            if not result.success:
+                key = result.error or f"HTTP {result.status}"
+                errors[name][key] = errors[name].get(key, 0) + 1
+
+        def send(i: int):
+            name = names[i % k]
+            path, body, headers = requests[name][(i // k) % len(requests[name])]
+            future = client.request("POST", path, body, "application/octet-stream", headers)
+            future.add_done_callback(lambda f, name=name: tally(name, f))
+            return future
 
         record = await run_open_loop(
-            send,
-            float(rate),
-            cfg.duration_s,
-            warmup_s=cfg.warmup_s,
-            seed=int(rate),
+            send, float(rate), cfg.duration_s, warmup_s=cfg.warmup_s, seed=int(rate)
         )
-        s = summarize(record, percentile=claim, max_issue_delay_ms=10.0)
-        rows.append(
-            {
-                "offered_rps": rate,
-                "achieved_rps": s.achieved_rps,
-                "requests": s.scheduled,
-                "p50_ms": s.p50_ms,
-                "p95_ms": s.p95_ms,
-                "p99_ms": s.p99_ms,
-                "error_rate": s.error_rate,
-                "issue_delay_p99_ms": s.issue_delay_p99_ms,
-                "valid": s.valid,
-                "invalid_reason": "; ".join(s.invalid_reasons),
-                "errors": json.dumps(s.errors),
-            }
+        mix = summarize(record, percentile=claim, max_issue_delay_ms=10.0)
+        rows.append(_load_row("mixed", rate, mix))
+        per_model = []
+        for m, name in enumerate(names):
+            share = summarize(
+                _model_share(record, m, k, errors[name]), percentile=claim, max_issue_delay_ms=10.0
+            )
+            rows.append(_load_row(name, rate, share))
+            per_model.append(f"{name} {share.p99_ms:.2f} ms ({share.error_rate:.1%} errors)")
+        ok = (
+            mix.valid
+            and mix.error_rate <= targets["error_rate"].threshold
+            and mix.p99_ms <= p99_bound
         )
-        ok = s.valid and s.error_rate <= targets["error_rate"].threshold and s.p99_ms <= p99_bound
         checks.append(
             check_row(
                 f"http_load_{rate}rps",
                 "mixed",
                 ok,
-                s.p99_ms,
+                mix.p99_ms,
                 "p99 ms",
                 p99_bound,
-                f"{s.scheduled} requests: p50 {s.p50_ms:.2f} ms, errors "
-                f"{s.error_rate:.2%}, issue delay p99 {s.issue_delay_p99_ms:.2f} ms"
-                + ("" if s.valid else f"; INVALID: {'; '.join(s.invalid_reasons)}"),
+                f"{mix.scheduled} requests over {k} model(s) through /v2: p50 {mix.p50_ms:.2f} ms, "
+                f"errors {mix.error_rate:.2%}, issue delay p99 {mix.issue_delay_p99_ms:.2f} ms; "
+                f"p99 per model: {', '.join(per_model)}"
+                + ("" if mix.valid else f"; INVALID: {'; '.join(mix.invalid_reasons)}"),
+                samples=mix.scheduled,
             )
         )
         say(
-            f"infra: HTTP open loop {rate} req/s: p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms, "
-            f"errors {s.error_rate:.2%}"
+            f"infra: HTTP open loop {rate} req/s over {k} models: p50 {mix.p50_ms:.2f} ms, "
+            f"p99 {mix.p99_ms:.2f} ms, errors {mix.error_rate:.2%}"
         )
     return rows, checks

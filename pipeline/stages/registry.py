@@ -297,8 +297,13 @@ STAGES: tuple[Stage, ...] = (
             _t(
                 "infra",
                 "load",
-                (("offered_rps", "float"), ("p99_ms", "float"), ("valid", "bool")),
-                ("offered_rps",),
+                (
+                    ("model", "str"),  # a model's share of the trial, or "mixed": all of it
+                    ("offered_rps", "float"),
+                    ("p99_ms", "float"),
+                    ("valid", "bool"),
+                ),
+                ("model", "offered_rps"),
                 "trial",
             ),
             _t("infra", "resources", _RESOURCE_COLUMNS, ("t_s",), "sample"),

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.targets import Targets, load_targets
 
@@ -86,3 +91,36 @@ def extract(zip_path: Path, into: Path) -> Path:
         archive.extractall(into)
         top = archive.namelist()[0].split("/")[0]
     return into / top
+
+
+def smoke_against_the_service(top: Path, wait_s: float = 30.0) -> tuple[Any, str]:
+    """Run the unzipped package's validation/smoke_test.py against the real service started
+    from its models with its ConfigMap's settings; (the smoke test's process, server log)."""
+    config = yaml.safe_load((top / "kubernetes/configmap.yaml").read_text())["data"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "pipeline.serve", "--model-dir", str(top / "models")]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env=dict(os.environ, **config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        script = [sys.executable, "-I", str(top / "validation/smoke_test.py")]
+        completed = subprocess.run(
+            [*script, "--url", f"http://127.0.0.1:{port}", "--wait-s", str(wait_s)],
+            capture_output=True,
+            text=True,
+            timeout=wait_s + 60,
+        )
+    finally:
+        server.terminate()
+        try:
+            _, errors = server.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, errors = server.communicate()
+    return completed, errors

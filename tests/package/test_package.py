@@ -26,7 +26,7 @@ from pipeline.package import (
     validate_manifests,
 )
 from pipeline.targets import load_targets
-from tests.package.conftest import extract, make_run
+from tests.package.conftest import extract, make_run, smoke_against_the_service
 
 KUBERNETES_VERSION = "1.31.0"
 VERSION = "1.0.20260115"
@@ -569,18 +569,30 @@ def test_golden_answers_match_the_in_process_engine(package) -> None:
     golden = json.loads((top / "validation/golden.json").read_text())
     assert golden["tolerance"] == 1e-4
     assert {c["model"] for c in golden["cases"]} == {"quality_predictor", "routing_classifier"}
-    assert len(golden["cases"]) == 10
+    named = [c for c in golden["cases"] if c.get("protocol") != "v2"]
+    protocol = [c for c in golden["cases"] if c.get("protocol") == "v2"]
+    assert len(named) == len(protocol) == 10  # every model through /v2, the examples named too
     manager = ProductionModelManager(top / "models", warmup_enabled=False, strict=True)
     engine = ProductionInferenceEngine(manager)
 
-    async def answer(case):
-        result = await engine.predict(f"{case['model']}_onnx", case["request"]["features"])
+    async def answer(model, row):
+        result = await engine.predict(f"{model}_onnx", row)
         assert result.success, result.error
         return result
 
     info = json.loads((top / "models/model_info.json").read_text())
-    for case in golden["cases"]:
-        result = run(answer(case))
+    for case in protocol:
+        tensor = case["request"]["inputs"][0]
+        assert case["endpoint"] == f"/v2/models/{case['model']}/infer"
+        assert tensor["name"] == "features" and tensor["datatype"] == "FP32"
+        assert tensor["shape"] == [1, len(info[case["model"]]["feature_names"])]
+        result = run(answer(case["model"], tensor["data"]))
+        output = case["expected"]["outputs"][0]
+        assert case["expected"]["model_version"] == info[case["model"]]["version"]
+        assert output["shape"] == [1, *result.output.shape] and output["datatype"] == "FP32"
+        np.testing.assert_allclose(output["data"], result.output.ravel(), atol=1e-6)
+    for case in named:
+        result = run(answer(case["model"], case["request"]["features"]))
         expected = case["expected"]
         assert expected["model_version"] == result.model_version == info[case["model"]]["version"]
         if case["model"] == "quality_predictor":
@@ -605,7 +617,11 @@ class _GoldenServer:
             answer = dict(case["expected"], latency_ms=0.1)
             if model_version is not None:
                 answer["model_version"] = model_version
-            answers[(case["endpoint"], json.dumps(case["request"]["features"]))] = answer
+            answers[(case["endpoint"], json.dumps(case["request"]))] = answer
+        for name, model in golden.get("models", {}).items():
+            versions = [model_version or model["version"]]
+            metadata = {"name": name, "versions": versions, "inputs": [model["input"]]}
+            answers[(f"/v2/models/{name}", None)] = metadata
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
@@ -620,15 +636,17 @@ class _GoldenServer:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
-                if self.path in ("/health/ready", "/health/live"):
+                if self.path in ("/health/ready", "/health/live", "/v2/health/ready"):
                     self._send(200, {"status": "ok"})
+                elif (self.path, None) in answers:
+                    self._send(200, answers[(self.path, None)])
                 else:
                     self._send(404, {"error": "not found"})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                features = json.loads(self.rfile.read(length))["features"]
-                answer = answers.get((self.path, json.dumps(features)))
+                request = json.loads(self.rfile.read(length))
+                answer = answers.get((self.path, json.dumps(request)))
                 if answer is None:
                     self._send(422, {"error": "unknown input"})
                 else:
@@ -667,8 +685,9 @@ def test_smoke_script_passes_against_the_right_answers(package) -> None:
         completed = _smoke(top, server.url)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
-    assert sum(line.startswith("PASS  ") for line in lines) == 12  # 2 health + 10 golden
-    assert "smoke test PASSED: 12 of 12 checks passed" in lines
+    # 3 health + 2 model metadata + 10 golden through /v2 + 10 on the named endpoints
+    assert sum(line.startswith("PASS  ") for line in lines) == 25
+    assert "smoke test PASSED: 25 of 25 checks passed" in lines
 
 
 def test_smoke_script_fails_on_another_model_version(package) -> None:
@@ -678,6 +697,10 @@ def test_smoke_script_fails_on_another_model_version(package) -> None:
         completed = _smoke(top, server.url)
     assert completed.returncode == 1
     assert "model_version is '0.9.20251201'" in completed.stdout
+    # the model metadata names the wrong version too
+    assert "FAIL  GET /v2/models/quality_predictor: versions are ['0.9.20251201']" in (
+        completed.stdout
+    )
     assert "smoke test FAILED" in completed.stdout
 
 
@@ -713,35 +736,9 @@ def test_the_service_accepts_the_packaged_configuration(package) -> None:
 def test_smoke_script_passes_against_the_real_service(package) -> None:
     pytest.importorskip("pipeline.serve.cli")
     _, _, top = package
-    env = dict(os.environ, **_yaml(top, "kubernetes/configmap.yaml")["data"])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "pipeline.serve", "--model-dir", str(top / "models")]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        script = [sys.executable, "-I", str(top / "validation/smoke_test.py")]
-        completed = subprocess.run(
-            [*script, "--url", f"http://127.0.0.1:{port}", "--wait-s", "30"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    finally:
-        server.terminate()
-        try:
-            _, errors = server.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, errors = server.communicate()
+    completed, errors = smoke_against_the_service(top)
     assert completed.returncode == 0, completed.stdout + errors
-    assert "smoke test PASSED: 12 of 12 checks passed" in completed.stdout
+    assert "smoke test PASSED: 25 of 25 checks passed" in completed.stdout
 
 
 _SERVE_AND_LIST_MODULES = """

@@ -36,6 +36,7 @@ def test_ready_only_after_warm_up_and_torchscript_values_match(
                 "status": "ready",
                 "format": "torchscript",
                 "models": {name: entry["version"] for name, entry in info.items()},
+                "formats": dict.fromkeys(info, "torchscript"),
             }
 
             xs = np.random.default_rng(5).random((4, 10), dtype=np.float32)
