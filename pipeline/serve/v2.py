@@ -216,14 +216,15 @@ class InferEndpoint(_V2Endpoint):
         return 200, payload, ((_HEADER_LENGTH, str(json_size).encode()),), _OCTETS
 
     async def _run(self, key: str, rows: np.ndarray, receive: Receive) -> list[Any]:
-        """Every row as its own engine request, submitted at once; their results in order."""
-        engine = self.service.engine
+        """Every row as its own engine request (through the service's admission control),
+        submitted at once; their results in order."""
+        predict = self.service.predict
         if len(rows) == 1:
-            future = engine.predict(key, rows[0])
+            future = predict(key, rows[0])
             if future.done():
                 return [future.result()]
             return [await _result_unless_gone(future, receive)]
-        future = asyncio.gather(*[engine.predict(key, row) for row in rows])
+        future = asyncio.gather(*[predict(key, row) for row in rows])
         return list(await _result_unless_gone(future, receive))
 
 
