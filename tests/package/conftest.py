@@ -30,6 +30,9 @@ MEASURED = {
     "error_rate": 0.002,
     "concurrent_users_supported": 46,
     "cache_hit_rate": 0.81,
+    "soak_p99_drift_ratio": 1.05,
+    "soak_rss_growth_mb": 3.0,
+    "soak_error_rate": 0.0,
     "model_initialization_s": 0.42,
     "parity_max_abs_diff": 1.8e-7,
 }
