@@ -54,9 +54,10 @@ def with_(entry: dict, **changes: object) -> dict:
 def test_shipped_file_declares_every_known_metric_in_order() -> None:
     targets = load_targets()
     assert tuple(targets) == KNOWN_METRICS
-    assert len(targets) == 13
+    assert len(targets) == 16
     assert targets["p99_latency_ms"].target == 300
-    assert targets["average_inference_latency_ms"].description  # documented
+    # no description claims a measurement: the measuring code says what it measured
+    assert all(not t.description for t in targets.values())
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,9 @@ def test_shipped_file_declares_every_known_metric_in_order() -> None:
         ("error_rate", 0.015),
         ("concurrent_users_supported", 18.0),
         ("cache_hit_rate", 0.595),
+        ("soak_p99_drift_ratio", 1.5),
+        ("soak_rss_growth_mb", 50.0),
+        ("soak_error_rate", 0.01),
         ("model_initialization_s", 3.0),
         ("parity_max_abs_diff", 1e-5),
     ],

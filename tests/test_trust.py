@@ -125,17 +125,18 @@ def test_a_build_task_checks_again_and_refuses_imported_callables(
     """Where the code would run: a models file changed after `prepare` is refused, and a
     builder must be defined under a prefix, not merely imported into an allowed module."""
     from pipeline import orchestrate
-    from pipeline.trust import UntrustedInput
+    from pipeline.stages.common import ModelDefect
 
     allowed = tmp_path / "allowed"
     monkeypatch.setenv("RELCERT_MODELS_DIRS", str(allowed))
     monkeypatch.setenv("RELCERT_ARTIFACTS", str(tmp_path / "artifacts"))
     ctx = {"models_file": "/etc/passwd", "run_dir": str(tmp_path / "artifacts" / "r")}
-    with pytest.raises(UntrustedInput, match="outside the models folders"):
+    # refused for good: a ModelDefect is never retried by the DAG
+    with pytest.raises(ModelDefect, match="outside the models folders"):
         orchestrate.build_part(ctx, "m")
     # `init_module` is imported into pipeline.build.examples from pipeline.build.train
     models = _models_file(allowed, {"name": "m", "builder": "pipeline.build.examples:init_module"})
     validate_conf({"models_file": str(models)})  # by name it is under the prefix
-    with pytest.raises(UntrustedInput, match=r"defined in 'pipeline\.build\.train'"):
+    with pytest.raises(ModelDefect, match=r"defined in 'pipeline\.build\.train'"):
         orchestrate.build_part({**ctx, "models_file": str(models)}, "m")
     assert not (tmp_path / "artifacts").exists()  # refused before the run was touched

@@ -178,6 +178,10 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
         np.dtype(manager.model_info[k].input_dtype if k in manager.model_info else "float32")
         for k in keys
     ]
+    # ... and are flat: each is reshaped to its model's request shape (any rank)
+    shapes = [
+        manager.model_info[k].feature_shape if manager.is_loaded(k) else (-1,) for k in keys
+    ]
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
     held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
     gate: dict[str, Any] = {"admission": None}  # OP_ADMISSION: admission control, when on
@@ -306,6 +310,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 if op == OP_PREDICT:
                     _, _, index = _REQ.unpack_from(body)
                     x = np.frombuffer(body, dtype=dtypes[index], offset=_REQ.size)
+                    x = x.reshape(shapes[index]) if x.size else x
                     future = (gate["admission"] or engine).predict(keys[index], x)
                     future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
                     continue
