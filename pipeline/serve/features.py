@@ -104,7 +104,9 @@ class FeatureSpec:
         if names:
             feature_names = tuple(str(n) for n in names)
         else:
-            shape = entry.get("input_shape") or []
+            shape = list(entry.get("input_shape") or [])
+            if len(shape) == 1 and not entry.get("files"):  # the plan's feature-only shape
+                shape = [None, *shape]
             if not (len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0):
                 raise ValueError(
                     f"model_info.json: model {model!r} has neither feature_names nor an "

@@ -127,6 +127,40 @@ def test_plan_style_model_info_without_checksums_still_serves(models_dir: Path) 
     assert manager.get_model(f"{ROUTING}_onnx").fixed_batch_size is None  # the graph says so
 
 
+def test_a_folder_in_the_plans_format_loads_and_serves(models_dir: Path) -> None:
+    """The plan wrote feature dimensions only (`input_shape: [10]`, `output_shape: [1]`):
+    the batch dimension is implied and dynamic; both formats load, batch and answer."""
+    import asyncio
+
+    from pipeline.inference import ProductionInferenceEngine
+
+    plan = {
+        QUALITY: {"input_shape": [10], "output_shape": [1], "model_type": "regression"},
+        ROUTING: {"input_shape": [15], "output_shape": [4], "model_type": "classification"},
+    }
+    (models_dir / "model_info.json").write_text(json.dumps(plan))
+    manager = ProductionModelManager(models_dir)
+    for key in (f"{QUALITY}_torchscript", f"{QUALITY}_onnx", f"{ROUTING}_onnx"):
+        assert manager.load_model(key), manager.load_errors
+        assert manager.model_info[key].input_shape[0] is None  # dynamic, implied
+        assert manager.get_model(key).fixed_batch_size is None
+    engine = ProductionInferenceEngine(manager, max_batch_size=8)
+
+    async def burst():
+        return await asyncio.gather(
+            *(engine.predict(f"{ROUTING}_onnx", [0.5] * 15) for _ in range(8))
+        )
+
+    results = asyncio.run(burst())
+    assert all(r.success and r.output.shape == (4,) for r in results)
+    assert max(r.batch_size for r in results) > 1
+    async def one():
+        return await engine.predict(f"{QUALITY}_torchscript", [0.5] * 10)
+
+    quality = asyncio.run(one())
+    assert quality.success and quality.output.shape == (1,)
+
+
 def test_memory_budget_evicts_least_recently_used_or_refuses(built_models: Path) -> None:
     probe = ProductionModelManager(built_models)
     sizes = {}

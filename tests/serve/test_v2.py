@@ -350,3 +350,37 @@ def test_torchscript_format_serves_an_onnx_only_import_from_its_onnx(
         }
         assert http.get(f"/v2/models/{QUALITY}").json()["platform"] == "pytorch_libtorch"
         assert http.get(f"/v2/models/{IMAGE}").json()["platform"] == "onnxruntime_onnx"
+
+
+def test_a_folder_in_the_plans_format_serves(built_models: Path, tmp_path: Path) -> None:
+    """model_info.json written the original plan's way (feature dimensions only, no files,
+    no checksums): the service loads it and answers on both kinds of endpoint."""
+    import json
+    import shutil
+
+    import httpx
+
+    from tests.serve.conftest import running_server
+
+    folder = tmp_path / "plan-models"
+    folder.mkdir()
+    for name in ("quality_predictor", "routing_classifier"):
+        for suffix in (".pt", ".onnx"):
+            shutil.copy(built_models / f"{name}{suffix}", folder / f"{name}{suffix}")
+    (folder / "model_info.json").write_text(
+        json.dumps(
+            {
+                "quality_predictor": {"input_shape": [10], "output_shape": [1]},
+                "routing_classifier": {"input_shape": [15], "output_shape": [4]},
+            }
+        )
+    )
+    with running_server(folder, tmp_path) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        named = httpx.post(f"{base}/api/v1/predict/quality", json={"features": [0.5] * 10})
+        assert named.status_code == 200 and 0.0 <= named.json()["quality"] <= 1.0
+        tensor = {"name": "input", "shape": [2, 15], "datatype": "FP32", "data": [0.5] * 30}
+        body = {"inputs": [tensor]}
+        v2 = httpx.post(f"{base}/v2/models/routing_classifier/infer", json=body)
+        assert v2.status_code == 200, v2.text
+        assert v2.json()["outputs"][0]["shape"] == [2, 4]
