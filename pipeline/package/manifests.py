@@ -534,9 +534,10 @@ def monitoring_files(ctx: ManifestContext) -> dict[str, str]:
 
 
 def prometheus_adapter_rules(ctx: ManifestContext) -> dict[str, Any]:
-    """The prometheus-adapter rule that serves the HPA's per-pod request rate
-    (`relcert_requests_per_second`) from the service's `relcert_requests_total`."""
-    return {
+    """A ConfigMap with the prometheus-adapter rule that serves the HPA's per-pod request
+    rate (`relcert_requests_per_second`) from the service's `relcert_requests_total`: merge
+    its `config.yaml` into the adapter's configuration."""
+    rules = {
         "rules": [
             {
                 "seriesQuery": f'relcert_requests_total{{namespace!="",pod!="",job="{ctx.name}"}}',
@@ -550,4 +551,10 @@ def prometheus_adapter_rules(ctx: ManifestContext) -> dict[str, Any]:
                 "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
             }
         ]
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ctx, f"{ctx.name}-adapter-rules"),
+        "data": {"config.yaml": dump_yaml(rules)},
     }

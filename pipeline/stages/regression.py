@@ -89,14 +89,18 @@ class RunFiles:
         return frame[~frame["warmup"].astype(bool) & frame["success"].astype(bool)]
 
 
-def _local(ctx: StageContext) -> RunFiles:
-    root = ctx.run.root
+def folder_files(root: Path, label: str) -> RunFiles:
+    """The files of a run folder on this machine."""
 
     def read(relative: str) -> bytes | None:
         path = root / relative
         return path.read_bytes() if path.is_file() else None
 
-    return RunFiles("this run", read)
+    return RunFiles(label, read)
+
+
+def _local(ctx: StageContext) -> RunFiles:
+    return folder_files(ctx.run.root, "this run")
 
 
 def _stored(store, location: str, label: str) -> RunFiles:
