@@ -104,6 +104,28 @@ PARAMS = {
         "Certifications view).",
         section="Release",
     ),
+    "waive_regression": Param(
+        None,
+        type=["null", "object"],
+        properties={
+            "criterion": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ]
+            },
+            "justification": {"type": "string", "minLength": 20},
+        },
+        required=["criterion", "justification"],
+        additionalProperties=False,
+        title="Waive a regression",
+        description_md="Accept one regression against the baseline for this run, e.g. "
+        '`{"criterion": "latency_p99_ms[quality_predictor]", "justification": "the new '
+        'feature costs 2 ms, agreed with the service owners"}`. The waiver, its justification '
+        "and who triggered the run are recorded; the decision is at most "
+        "CONDITIONAL_APPROVAL.",
+        section="Release",
+    ),
 }
 
 DEFAULT_ARGS = {
@@ -199,6 +221,7 @@ def model_release_certification():
                 dict(context["params"]),
                 run_type=str(run_type) if run_type else None,
                 dag_run_conf=dict(dag_run.conf or {}),
+                triggered_by=getattr(dag_run, "triggering_user_name", None),
             )
         except ConfError as exc:
             raise AirflowFailException(f"invalid conf: {exc}") from None

@@ -57,6 +57,7 @@ CONF_KEYS = (
     "build_package",
     "build_image",
     "reason",
+    "waive_regression",
 )
 
 

@@ -94,6 +94,56 @@ def _check_trusted_build(models_file: str, name: str) -> None:
     check_builder_callables([spec for spec in specs if spec.name == name])
 
 
+#: the shortest justification a regression waiver accepts (a sentence, not "ok")
+MIN_WAIVER_JUSTIFICATION = 20
+
+
+def validate_waiver(value: Any) -> dict[str, str] | None:
+    """conf.waive_regression: null, or {criterion, justification}: the criterion names
+    regression comparisons (`compute_time_ms[model]`; a bare metric waives it for the mix and
+    every model; or a list of them) and the justification is a written sentence. A waived
+    regression passes the regression gate and caps the decision at CONDITIONAL_APPROVAL."""
+    from pipeline.regression.config import default_regression_config
+
+    if value in (None, {}):
+        return None
+    if not isinstance(value, dict):
+        raise ConfError(
+            "conf.waive_regression must be an object {criterion, justification} or null, "
+            f"got {type(value).__name__}"
+        )
+    extra = sorted(set(value) - {"criterion", "justification"})
+    if extra:
+        raise ConfError(
+            f"conf.waive_regression: unknown keys {extra}; expected criterion and justification"
+        )
+    criterion = value.get("criterion")
+    metrics = sorted(default_regression_config())
+    names = [criterion] if isinstance(criterion, str) else criterion
+    if not isinstance(names, list) or not names:
+        names = [None]
+    for name in names:
+        metric = name.split("[", 1)[0] if isinstance(name, str) else None
+        if metric not in metrics or (
+            "[" in name and (not name.endswith("]") or len(name) <= len(metric) + 2)
+        ):
+            raise ConfError(
+                "conf.waive_regression.criterion must name regression comparisons: METRIC "
+                f"(every model) or METRIC[model], or a list of them, with METRIC one of "
+                f"{metrics}; got {criterion!r}"
+            )
+    justification = value.get("justification")
+    if not isinstance(justification, str) or len(justification.strip()) < MIN_WAIVER_JUSTIFICATION:
+        raise ConfError(
+            "conf.waive_regression.justification must say why the regression is accepted "
+            f"(at least {MIN_WAIVER_JUSTIFICATION} characters), got {justification!r}"
+        )
+    return {
+        "criterion": names if len(names) > 1 else names[0],
+        "justification": justification.strip(),
+    }
+
+
 def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     """Check a run's params beyond what the trigger form's JSON schema can say."""
     from pipeline.targets import TargetsError, load_targets
@@ -131,6 +181,7 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
         "build_package": bool(params.get("build_package", True)),
         "build_image": bool(params.get("build_image", False)),
         "reason": str(params.get("reason") or ""),
+        "waive_regression": validate_waiver(params.get("waive_regression")),
     }
 
 
@@ -178,17 +229,23 @@ def prepare_run(
     *,
     run_type: str | None = None,
     dag_run_conf: dict[str, Any] | None = None,
+    triggered_by: str | None = None,
 ) -> dict[str, Any]:
     """Validate the conf, create the run folder, record the effective targets and conf.
 
     `run_type` (scheduled, backfill, manual, ...) and the conf given explicitly choose the
-    profile (`run_profile`). Returns the run context every later task receives (small JSON).
+    profile (`run_profile`); `triggered_by` (the triggering user) is recorded, and signs a
+    regression waiver. Returns the run context every later task receives (small JSON).
     """
     from pipeline.build import load_models_config
     from pipeline.profiles import ProfileError, load_profile
     from pipeline.stages.common import RunDir
 
     params = {**params, "profile": run_profile(params, run_type, dag_run_conf or {})}
+    if triggered_by in (None, "", "dag_test"):  # a local `relcert run`: the OS user
+        from pipeline.regression.baseline import whoami
+
+        triggered_by = whoami() or triggered_by
     conf = validate_conf(params)
     try:
         definition = load_profile(conf["profile"]).to_dict()
@@ -218,6 +275,10 @@ def prepare_run(
         "reason": conf["reason"],
         "target_overrides": conf["target_overrides"],
         "relaxed_targets": [r.to_dict() for r in conf["targets"].relaxed],
+        "triggered_by": triggered_by,
+        "waive_regression": (
+            {**conf["waive_regression"], "by": triggered_by} if conf["waive_regression"] else None
+        ),
     }
     with workspace(location, store=store) as run_dir:
         # a cleared or repeated run starts a new attempt: the earlier attempt's evidence

@@ -31,6 +31,7 @@ __all__ = [
     "IntegrationSettings",
     "Profile",
     "ProfileError",
+    "RegressionSettings",
     "Scenario",
     "Seeds",
     "StressSettings",
@@ -48,13 +49,17 @@ class ProfileError(ValueError):
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class CapacitySettings:
-    """Open-loop capacity search: trial length, rates searched, bisection steps."""
+    """Open-loop knee search: trial length, the first rate, a safety cap on the rates (the
+    search stops at the knee: p99 past its bound, errors, or a generator that cannot keep
+    up), the bisection's resolution (0.05: within 5% of the failing rate) and a time
+    budget per search."""
 
     trial_s: float
     warmup_s: float
     start_rps: float
     max_rps: float
-    refine_steps: int
+    resolution: float
+    max_seconds: float
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,19 @@ class InfraSettings:
 
 
 @dataclass(frozen=True)
+class RegressionSettings:
+    """The regression stage's A/B latency measurement: `blocks` closed-loop blocks of
+    `block_s` (ABBA order: this run's models, then the baseline's, in one engine), `users`
+    users with `think_ms` between requests; the first `warmup_s` of a block is discarded."""
+
+    blocks: int
+    block_s: float
+    users: int
+    think_ms: float
+    warmup_s: float
+
+
+@dataclass(frozen=True)
 class Seeds:
     """Named seeds: every random draw of a stage starts from one of these."""
 
@@ -128,6 +146,7 @@ class Seeds:
     integration: int
     stress: int
     infra: int
+    regression: int
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,7 @@ class Profile:
     integration: IntegrationSettings
     stress: StressSettings
     infra: InfraSettings
+    regression: RegressionSettings
     soak_s: float
     seeds: Seeds
     mix_behaviour: str

@@ -44,6 +44,8 @@ def report_conf(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "relaxed_targets": ctx.get("relaxed_targets", []),
         "profile_definition": ctx.get("profile_definition"),
         "run_type": ctx.get("run_type"),
+        "triggered_by": ctx.get("triggered_by"),
+        "waive_regression": ctx.get("waive_regression"),
     }
 
 

@@ -41,15 +41,16 @@ def models_dir(built_models: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def staged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder certified stage by stage with the CLI (`relcert stage build ... certify`,
+    """A run folder certified stage by stage with the CLI (`relcert stage build ... regression`,
     quick profile), with no report yet (read-only: copy before changing)."""
     from pipeline.cli import main
+    from pipeline.stages.registry import STAGE_NAMES
     from tests.quick_profile import quick_profiles
 
     folder = tmp_path_factory.mktemp("staged")
     run = folder / "run"
     with quick_profiles(folder):
-        for stage in ("build", "integration", "load", "stress", "infra", "certify"):
+        for stage in STAGE_NAMES:  # every stage the DAG runs, the regression stage last
             args = ["stage", stage, "--run-dir", str(run)]
             args += ["--date", SNAPSHOT_DATE] if stage == "build" else []
             assert main(args) == 0, f"relcert stage {stage}: its gate failed"

@@ -34,7 +34,8 @@ profiles:
     stability_tolerance: 1.0
     stability_floor_ms: 5.0
     percentiles_claimed: [50, 95]
-    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 400, refine_steps: 0}
+    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 100, max_rps: 400,
+               resolution: 0.5, max_seconds: 20}
     burst_requests: 100
     concurrency: {users: [1, 11, 21], requests_per_user: 20, think_ms: 10}
     cache: {distinct_inputs: 50, requests: 500, zipf_a: 1.3, concurrency: 4}
@@ -42,6 +43,7 @@ profiles:
     integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
     stress: {scale: 0.1}
     infra: {rates: [250], duration_s: 1.5, warmup_s: 0.2}
+    regression: {blocks: 12, block_s: 0.75, users: 8, think_ms: 10, warmup_s: 0.2}
   nightly:  # scheduled and backfilled runs certify with `nightly`: the same quick settings
     extends: smoke
 """

@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.stages.registry import STAGE_NAMES
 from tests.quick_profile import quick_profiles
 
 torch = pytest.importorskip("torch")
 
 SNAPSHOT = "2026-01-15"
-ALL_STAGES = ("build", "integration", "load", "stress", "infra", "certify")
+ALL_STAGES = STAGE_NAMES  # every stage the DAG runs
 
 
 def _third_party() -> Path:
@@ -165,9 +166,7 @@ def _unzip(run: Path, member: str) -> str:
 
     [package] = sorted((run / "package").glob("*.zip"))
     with zipfile.ZipFile(package) as archive:
-        return next(
-            archive.read(n).decode() for n in archive.namelist() if n.endswith(member)
-        )
+        return next(archive.read(n).decode() for n in archive.namelist() if n.endswith(member))
 
 
 def _criteria(report: dict) -> dict[str, dict]:

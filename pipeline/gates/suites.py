@@ -102,6 +102,7 @@ _STATUS_VERDICT: dict[str, str] = {
     "integration": "passed",
     "infra": "passed",
     "certify": "met",
+    "regression": "passed",
 }
 
 # Other columns that must have a value on every row.

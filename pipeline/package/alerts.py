@@ -37,6 +37,7 @@ __all__ = [
     "Scenario",
     "alert_rules_and_tests",
     "build_alerts",
+    "envelope_factor",
     "latency_buckets_ms",
     "rules_document",
     "tests_document",
@@ -44,8 +45,18 @@ __all__ = [
 
 #: the window of every rate() in the rules
 WINDOW_MINUTES = 5
-#: the capacity alert fires above this share of the certified max sustained rate per pod
+#: the capacity alert fires above this share of the certified max sustained rate per pod,
+#: unless the targets file's `regression: envelope_safety_factor` says otherwise
 CAPACITY_SAFETY_FACTOR = 0.5
+
+
+def envelope_factor(targets: Targets | None) -> float:
+    """The operating envelope's share of the knee (targets' regression block, default 0.5)."""
+    if targets is None or not hasattr(targets, "regression_config"):
+        return CAPACITY_SAFETY_FACTOR
+    return float(targets.regression_config().envelope_safety_factor)
+
+
 #: the tests put the alerted quantity this far past (fires) and inside (silent) a threshold
 NEAR = 0.05
 BYTES_PER_MB = 2**20  # relcert_memory_rss_bytes = memory_usage_mb * 2**20 (monitor.py)
@@ -454,10 +465,10 @@ _TARGET_ALERTS: dict[str, Callable[[Target, str, tuple[float, ...]], Alert]] = {
 }
 
 
-def _capacity(service: str, certified_rps: float) -> Alert:
-    t = _clean(certified_rps * CAPACITY_SAFETY_FACTOR)
+def _capacity(service: str, certified_rps: float, factor: float) -> Alert:
+    t = _clean(certified_rps * factor)
     rule = (
-        f"traffic per replica <= {format_number(CAPACITY_SAFETY_FACTOR)} x certified "
+        f"traffic per replica <= {format_number(factor)} x certified "
         f"max sustained {format_number(certified_rps)} req/s"
     )
     return Alert(
@@ -467,11 +478,12 @@ def _capacity(service: str, certified_rps: float) -> Alert:
         expr=f"sum without (outcome) (rate({REQUESTS}[{_WINDOW}])) > {promql_number(t)}",
         for_minutes=10,
         severity="warning",
-        summary="Traffic per replica above half its certified capacity",
+        summary=f"Traffic per replica above {format_number(factor)} of its certified capacity",
         description=(
             f"{{where}}: receives {{value}} req/s (over {_WINDOW}); the run certified "
             f"{format_number(certified_rps)} req/s per replica (stages/load/summary.json "
-            f"capacity.max_sustained_rps), alert at x{format_number(CAPACITY_SAFETY_FACTOR)}."
+            f"capacity.max_sustained_rps, the knee), alert at x{format_number(factor)} (the "
+            "targets file's regression.envelope_safety_factor)."
         ),
         runbook="horizontal-scaling",
         rule_text=rule,
@@ -558,7 +570,7 @@ def build_alerts(
         if name in targets
     ]
     if certified_capacity_rps is not None:
-        alerts.append(_capacity(service, certified_capacity_rps))
+        alerts.append(_capacity(service, certified_capacity_rps, envelope_factor(targets)))
     alerts += [_queue_saturated(settings, service), _service_down(service)]
     return tuple(alerts)
 

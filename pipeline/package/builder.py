@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline._io import atomic_write_bytes
 from pipeline.names import ALLOWS_PACKAGE
-from pipeline.package.alerts import CAPACITY_SAFETY_FACTOR, build_alerts
+from pipeline.package.alerts import build_alerts, envelope_factor
 from pipeline.package.archive import EPOCH, sha256sums_text, zip_bytes
 from pipeline.package.docs import render
 from pipeline.package.errors import PackageError, PackageRefused
@@ -417,7 +417,8 @@ def build_package(
     """Build `<run>/package/relcert-service-<version>.zip` for an approved run.
 
     `certified_capacity_rps` (default: the load stage's capacity.max_sustained_rps, if it
-    recorded one) adds an alert on traffic per replica above half of it, with its tests.
+    recorded one: the knee) sets the HPA's per-pod request-rate target and adds an alert on
+    traffic per replica, both at the knee x the targets' regression.envelope_safety_factor.
     `requirements` is the service's hashed requirements file (default: the service lock the
     packaged models need, include/service-locks/<format>.txt: torchscript when any model is
     served from its TorchScript file, else onnx). With `wheelhouse` (a wheel cache
@@ -550,7 +551,8 @@ def build_package(
         "capacity": (
             {
                 "certified": _show(certified_capacity_rps, "req/s"),
-                "threshold": _show(certified_capacity_rps * CAPACITY_SAFETY_FACTOR, "req/s"),
+                "threshold": _show(certified_capacity_rps * envelope_factor(targets), "req/s"),
+                "factor": envelope_factor(targets),
             }
             if certified_capacity_rps
             else None

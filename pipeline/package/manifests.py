@@ -238,6 +238,16 @@ def service(ctx: ManifestContext) -> dict[str, Any]:
     }
 
 
+#: per-pod request rate the HPA scales on (served by prometheus-adapter from
+#: relcert_requests_total; the rule is monitoring/prometheus-adapter.yaml)
+PODS_RATE_METRIC = "relcert_requests_per_second"
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity for a rate: whole units, or milli-units below 10."""
+    return f"{round(value)}" if value >= 10 else f"{max(1, round(value * 1000))}m"
+
+
 def hpa(ctx: ManifestContext) -> dict[str, Any]:
     def utilisation(resource: str, percent: int) -> dict[str, Any]:
         return {
@@ -248,6 +258,21 @@ def hpa(ctx: ManifestContext) -> dict[str, Any]:
             },
         }
 
+    metrics = [utilisation("cpu", 70), utilisation("memory", 80)]
+    if ctx.certified_capacity_rps:  # scale on the measured envelope, not only on CPU
+        from pipeline.package.alerts import envelope_factor
+
+        per_pod = ctx.certified_capacity_rps * envelope_factor(ctx.targets)
+        metrics.insert(
+            0,
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": PODS_RATE_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
+                },
+            },
+        )
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -256,7 +281,7 @@ def hpa(ctx: ManifestContext) -> dict[str, Any]:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ctx.name},
             "minReplicas": 3,
             "maxReplicas": 10,
-            "metrics": [utilisation("cpu", 70), utilisation("memory", 80)],
+            "metrics": metrics,
             "behavior": {
                 "scaleDown": {
                     "stabilizationWindowSeconds": 300,
@@ -495,11 +520,41 @@ def monitoring_files(ctx: ManifestContext) -> dict[str, str]:
     rules, tests = alert_rules_and_tests(
         ctx.targets, ctx.settings, ctx.name, ctx.certified_capacity_rps
     )
-    return {
+    files = {
         "prometheus-rule.yaml": dump_yaml(prometheus_rule(ctx, rules)),
         "rules.yaml": dump_yaml(rules),
         "tests/alerts_test.yaml": dump_yaml(tests, _HEADER + _TESTS_HEADER),
         "servicemonitor.yaml": dump_yaml(service_monitor(ctx)),
         "grafana-dashboard.json": json.dumps(grafana_dashboard(ctx), indent=2, sort_keys=True)
         + "\n",
+    }
+    if ctx.certified_capacity_rps:
+        files["prometheus-adapter.yaml"] = dump_yaml(prometheus_adapter_rules(ctx))
+    return files
+
+
+def prometheus_adapter_rules(ctx: ManifestContext) -> dict[str, Any]:
+    """A ConfigMap with the prometheus-adapter rule that serves the HPA's per-pod request
+    rate (`relcert_requests_per_second`) from the service's `relcert_requests_total`: merge
+    its `config.yaml` into the adapter's configuration."""
+    rules = {
+        "rules": [
+            {
+                "seriesQuery": f'relcert_requests_total{{namespace!="",pod!="",job="{ctx.name}"}}',
+                "resources": {
+                    "overrides": {
+                        "namespace": {"resource": "namespace"},
+                        "pod": {"resource": "pod"},
+                    }
+                },
+                "name": {"matches": "^relcert_requests_total$", "as": PODS_RATE_METRIC},
+                "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
+            }
+        ]
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ctx, f"{ctx.name}-adapter-rules"),
+        "data": {"config.yaml": dump_yaml(rules)},
     }

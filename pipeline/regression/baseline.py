@@ -287,7 +287,7 @@ def _write_json(store: ArtifactStore, location: str, data: Mapping[str, Any]) ->
         store.fs.pipe_file(path, text.encode("utf-8"))
 
 
-def _whoami() -> str | None:
+def whoami() -> str | None:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -320,7 +320,7 @@ def pin_baseline(
         run_key=run_key,
         run_id=record.run_id,
         pinned_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        pinned_by=_whoami(),
+        pinned_by=whoami(),
         reason=reason,
     )
     _write_json(store, _pin_location(store, dag_id), pin.to_dict())

@@ -287,6 +287,25 @@ def _insufficient(
     )
 
 
+#: replicates of a cluster bootstrap (each one re-assembles whole blocks: slower per draw)
+CLUSTER_BOOTSTRAP_RESAMPLES = 2000
+
+
+def _cluster_replicates(
+    x: np.ndarray, groups: np.ndarray, statistic: str, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Replicates of the statistic when the samples come in blocks (runs of one
+    measurement): each replicate draws as many blocks as there are, with replacement, and
+    takes the statistic of their samples together. A hiccup that slowed one block then
+    moves the interval as much as it can move the estimate."""
+    blocks = [x[groups == g] for g in np.unique(groups)]
+    out = np.empty(n_boot)
+    for i in range(n_boot):
+        chosen = rng.integers(0, len(blocks), size=len(blocks))
+        out[i] = sample_statistic(np.concatenate([blocks[j] for j in chosen]), statistic)
+    return out
+
+
 def _clean(values: Sequence[float] | np.ndarray, side: str) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
     if np.any(np.isnan(x)) or np.any(np.isinf(x)):
@@ -307,22 +326,32 @@ def compare_samples(
     alpha: float = DEFAULT_ALPHA,
     n_boot: int = DEFAULT_BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    baseline_groups: Sequence[int] | np.ndarray | None = None,
+    candidate_groups: Sequence[int] | np.ndarray | None = None,
 ) -> Comparison:
     """Compare a statistic of two samples (e.g. p99 of per-request latency_ms).
 
     `direction` "max": lower is better (latency); "min": higher is better. Raises
     ValueError on unusable arguments or values (NaN, negative); too few samples is a
-    verdict ("insufficient"), not an error.
+    verdict ("insufficient"), not an error. With `baseline_groups` and `candidate_groups`
+    (a block id per sample, at least 3 blocks a side) the interval is a cluster bootstrap
+    over the blocks (`CLUSTER_BOOTSTRAP_RESAMPLES` replicates): samples of one block are
+    not independent, so blocks are what is resampled.
     """
+    clustered = baseline_groups is not None and candidate_groups is not None
     _check_common(direction, max_relative_change, alpha, "max_relative_change")
     need = min_samples_for_statistic(statistic)
     if n_boot < 1000:
         raise ValueError(f"n_boot must be >= 1000 for a {1 - alpha:.0%} interval, got {n_boot}")
-    base = np.sort(_clean(baseline, "baseline"))
-    cand = np.sort(_clean(candidate, "candidate"))
+    base_raw, cand_raw = _clean(baseline, "baseline"), _clean(candidate, "candidate")
+    if clustered:
+        b_groups, c_groups = np.asarray(baseline_groups), np.asarray(candidate_groups)
+        if b_groups.shape != base_raw.shape or c_groups.shape != cand_raw.shape:
+            raise ValueError("baseline_groups / candidate_groups need one block id per sample")
+    base, cand = np.sort(base_raw), np.sort(cand_raw)
     base_value, cand_value = sample_statistic(base, statistic), sample_statistic(cand, statistic)
     common = dict(
-        method="bootstrap",
+        method="cluster_bootstrap" if clustered else "bootstrap",
         statistic=statistic,
         direction=direction,
         baseline_value=base_value,
@@ -349,9 +378,20 @@ def compare_samples(
     from scipy.stats import mannwhitneyu
 
     rng = np.random.default_rng(seed)
-    ratios = _replicates(cand, statistic, n_boot, rng) / np.maximum(
-        _replicates(base, statistic, n_boot, rng), np.finfo(float).tiny
-    )
+    if clustered:
+        blocks = min(len(np.unique(b_groups)), len(np.unique(c_groups)))
+        if blocks < 3:
+            return _insufficient(
+                **common, reason=f"a cluster bootstrap needs >= 3 blocks a side, got {blocks}"
+            )
+        reps = min(n_boot, CLUSTER_BOOTSTRAP_RESAMPLES)
+        ratios = _cluster_replicates(cand_raw, c_groups, statistic, reps, rng) / np.maximum(
+            _cluster_replicates(base_raw, b_groups, statistic, reps, rng), np.finfo(float).tiny
+        )
+    else:
+        ratios = _replicates(cand, statistic, n_boot, rng) / np.maximum(
+            _replicates(base, statistic, n_boot, rng), np.finfo(float).tiny
+        )
     low, high = (float(v) for v in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
     p_value = float(mannwhitneyu(cand, base, alternative="two-sided").pvalue)
     ratio = cand_value / base_value

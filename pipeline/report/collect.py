@@ -476,6 +476,7 @@ def environment(root: Path, found: Mapping[str, Mapping[str, Any]]) -> dict[str,
             "python": host.get("python"),
             "platform": host.get("platform"),
             "cpu_count": host.get("cpu_count"),
+            "cpu_model": host.get("cpu_model"),
             "hostname": host.get("hostname"),
             "measured_on": measured_on,
             "same_host_for_all_stages": len(distinct) <= 1,
@@ -533,3 +534,79 @@ def performance_analysis(root: Path, criteria: Sequence[Mapping[str, Any]]) -> l
             }
         )
     return rows
+
+
+# --------------------------------------------------------------------------- baseline
+def _ratio_phrase(row: Mapping[str, Any]) -> str:
+    ratio, low, high = (as_float(row.get(k)) for k in ("ratio", "ci_low", "ci_high"))
+    if row.get("metric") == "quality":
+        base, cand = as_float(row.get("baseline_value")), as_float(row.get("candidate_value"))
+        if base is None or cand is None:
+            return "no value"
+        return f"{cand - base:+.4f} points ({cand:.4g} vs {base:.4g})"
+    text = "no ratio" if ratio is None else f"{ratio:.3g}x"
+    if low is not None and high is not None:
+        text += f" (interval {low:.3g}x to {high:.3g}x)"
+    p_value = as_float(row.get("p_value"))
+    if p_value is not None:
+        text += f", p = {p_value:.2g}"
+    return text
+
+
+def regression_sentence(row: Mapping[str, Any], baseline: str) -> str:
+    """`latency_p99_ms[m]: regressed against the baseline <run>: 2.1x (interval ...), p = ...;
+    allowed +25%. <detail>`: the model, the metric, the baseline, the ratio and its evidence."""
+    allowance = as_float(row.get("allowance"))
+    allowed = ""
+    if allowance is not None:
+        allowed = (
+            f"; a drop of at most {allowance:g} allowed"
+            if row.get("metric") == "quality"
+            else f"; at most {allowance:.0%} allowed"
+        )
+    model = f" of model {row['model']}" if row.get("model") else " of the mix"
+    return (
+        f"{row.get('name')}: {row.get('metric')}{model} regressed against the baseline "
+        f"{baseline}: {_ratio_phrase(row)}{allowed}. {row.get('detail') or ''}".strip()
+    )
+
+
+def regression(root: Path) -> dict[str, Any] | None:
+    """The regression stage's comparisons of this attempt with its baseline, for the report:
+    the baseline, whether it was comparable, the rows, and one sentence per regression
+    (unwaived) and per waiver. None when the stage did not run."""
+    summary = _summary(root, "regression")
+    rows = read_csv(root, STAGE_TABLES["regression"])
+    if summary is None and rows is None:
+        return None
+    summary = summary or {}
+    baseline = summary.get("baseline") or {}
+    run = baseline.get("run") or {}
+    key = run.get("run_key") or "none"
+    rows = rows or []
+    for row in rows:
+        row["waived"] = as_bool(row.get("waived")) is True
+        row["passed"] = as_bool(row.get("passed")) is True
+    regressed = [r for r in rows if r.get("verdict") == "regression"]
+    return {
+        "baseline": baseline,
+        "baseline_run": run.get("run_key"),
+        "baseline_location": run.get("location"),
+        "comparable": bool(summary.get("comparable")),
+        "comparability": summary.get("comparability"),
+        "reason": baseline.get("reason"),
+        "allowances": summary.get("allowances"),
+        "knees": summary.get("knees") or {},
+        "waiver": summary.get("waiver"),
+        "counts": {
+            "comparisons": len(rows),
+            "measured": sum(r.get("status") == "measured" for r in rows),
+            "not_applicable": sum(r.get("status") == "not_applicable" for r in rows),
+            "regressions": sum(not r["waived"] for r in regressed),
+            "waived": sum(r["waived"] for r in regressed),
+            "improvements": sum(r.get("verdict") == "improvement" for r in rows),
+        },
+        "regressions": [regression_sentence(r, key) for r in regressed if not r["waived"]],
+        "waived": [regression_sentence(r, key) for r in regressed if r["waived"]],
+        "rows": rows,
+    }

@@ -13,10 +13,12 @@ The original plan's rule, made honest:
   integration, certification, load and stress gates all passed); or everything passed but
   the run certified against a relaxed target (or a waived regression): a run held to a
   weaker bar than declared is never a plain approval.
-- NOT_APPROVED (LOW): everything else, and always when a *shipping* gate failed or did
-  not run: the build (the models that would ship) or the infra stage (the HTTP service
-  that would ship). The service that failed its own validation is the artifact being
-  shipped, so no package is written for it.
+- NOT_APPROVED (LOW): everything else; always when the candidate regressed against its
+  baseline (the last approved release: a change beyond its allowance that is significant,
+  not waived), each regression named with its model, metric, baseline, ratio and evidence;
+  and always when a *shipping* gate failed or did not run: the build (the models that
+  would ship) or the infra stage (the HTTP service that would ship). The service that
+  failed its own validation is the artifact being shipped, so no package is written for it.
 """
 
 from __future__ import annotations
@@ -227,12 +229,25 @@ def decide(
     stages_ran: Mapping[str, bool],
     errors: Mapping[str, str] | None = None,
     caps: Sequence[str] = (),
+    regressions: Sequence[str] = (),
 ) -> Decision:
     """(decision, confidence, readiness_score, reasons) for one run; see the module doc.
     `caps`: why this run can be at most CONDITIONAL_APPROVAL (relaxed targets, waivers),
-    one sentence each."""
+    one sentence each. `regressions`: the candidate's unwaived regressions against its
+    baseline, one sentence each; any rules the release out."""
     score = readiness_score(gates)
     issues = blocking_issues(criteria, gates, stages_ran, errors)
+    if regressions:
+        decision = NOT_APPROVED
+        reasons = [
+            f"Not approved: {len(regressions)} regression(s) against the baseline (the last "
+            "approved release); a regression is not made up for by meeting the targets.",
+            *regressions,
+            f"Readiness score {score:.2f}.",
+            *[i for i in issues if not i.startswith("Gate 'regression' failed")],
+            *caps,
+        ]
+        return Decision(decision, CONFIDENCE[decision], score, reasons)
     terms = ", ".join(
         f"{label} {'passed' if all(_gate_passed(gates, s) for s in stages) else 'failed'}"
         f" ({weight:g})"

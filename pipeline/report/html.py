@@ -137,6 +137,53 @@ again by {{ link("gates/certification.json") }}). Margin: relative headroom to t
 (positive inside). Marginal: met only thanks to the tolerance, or with under 10% headroom.</p>
 </section>
 
+<section id="regression">
+<h2>Against the baseline</h2>
+{% set g = d.regression %}
+{% if not g.ran %}<p class="note">{{ g.reason }}</p>
+{% else %}
+<p>Baseline: {% if g.baseline_run %}<strong>{{ g.baseline_run }}</strong>
+  {%- if g.baseline.pinned %} (pinned){% endif %}
+  {%- if g.baseline_location %} · <span class="mono">{{ g.baseline_location }}</span>{% endif %}
+  {%- else %}none{% endif %} — {{ g.reason }}.
+  {% if g.baseline_run and not g.comparable %}<br><span class="warn">Not comparable:</span>
+  {{ (g.comparability.reasons or []) | join("; ") }}; every comparison is not applicable.
+  {% endif %}</p>
+{% if g.counts %}<p class="meta">{{ g.counts.measured }} comparison(s) measured,
+  {{ g.counts.regressions }} regression(s), {{ g.counts.waived }} waived,
+  {{ g.counts.improvements }} improvement(s), {{ g.counts.not_applicable }} not applicable.
+  A change is a regression only when it exceeds its allowance in the targets file's
+  <code>regression:</code> block AND its whole interval lies beyond it.</p>{% endif %}
+{% if g.waiver %}<p class="warn">Waiver: {{ g.waiver.criterion }} by {{ g.waiver.by or "the
+  trigger" }}: {{ g.waiver.justification }}</p>{% endif %}
+<table>
+<tr><th>comparison</th><th>verdict</th><th>baseline</th><th>this run</th><th>ratio</th>
+<th>interval</th><th>p</th><th>allowance</th><th>samples</th></tr>
+{% for r in g.rows %}
+<tr class="comparison" id="comparison-{{ r.name }}"><td><strong>{{ r.name }}</strong><br>
+<span class="meta">{{ r.detail }}</span></td>
+<td>{% if r.status == "not_applicable" %}<span class="na">not applicable</span>
+  {%- elif r.verdict == "regression" and r.waived %}<span class="warn">regression (waived)</span>
+  {%- elif r.verdict == "regression" %}<span class="bad">REGRESSION</span>
+  {%- elif r.verdict == "improvement" %}<span class="ok">improvement</span>
+  {%- else %}{{ r.verdict or "–" }}{% endif %}</td>
+<td class="num">{{ num(fnum(r.baseline_value)) }}</td>
+<td class="num">{{ num(fnum(r.candidate_value)) }}</td>
+<td class="num">{{ num(fnum(r.ratio)) }}</td>
+<td class="num">{% if fnum(r.ci_low) is not none %}{{ num(fnum(r.ci_low)) }} – {{
+  num(fnum(r.ci_high)) }}{% else %}–{% endif %}</td>
+<td class="num">{{ num(fnum(r.p_value)) }}</td>
+<td class="num">{{ num(fnum(r.allowance)) }}</td>
+<td class="num">{{ r.samples }} / {{ r.baseline_samples }}</td></tr>
+{% endfor %}
+</table>
+<p class="meta">Evidence: {{ link("stages/regression/comparisons.csv") }},
+{{ link("stages/regression/latency_quantiles.csv") }},
+{{ link("stages/regression/capacity_trials.csv") }} (both runs, kept with this run);
+the figures are under Performance analysis.</p>
+{% endif %}
+</section>
+
 <section id="gates">
 <h2>Gates</h2>
 <table>
@@ -272,6 +319,15 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+def _fnum(value: Any) -> float | None:
+    """A CSV cell as a finite number, None otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _pct(value: Any) -> str:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return "–"
@@ -352,5 +408,6 @@ def render_html(data: Mapping[str, Any], root: Path, plots: Sequence[Plot]) -> s
         gate_status=gate_status,
         num=_num,
         pct=_pct,
+        fnum=_fnum,
         tojson=lambda v: json.dumps(v, sort_keys=True),
     )

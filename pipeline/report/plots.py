@@ -251,6 +251,81 @@ def _concurrency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     return fig, caption, (table,)
 
 
+def _needs_baseline(root: Path, table: str) -> None:
+    if not (root / table).is_file() and (root / "stages" / "regression" / "summary.json").is_file():
+        raise _NoData("this run had no comparable baseline, so there is nothing to overlay")
+
+
+def _baseline_latency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    """This run's latency distribution over the baseline's, per subject (quantile curves)."""
+    table = "stages/regression/latency_quantiles.csv"
+    _needs_baseline(root, table)
+    frame = _read(root, table, ("side", "subject", "q", "latency_ms"))
+    subjects = list(dict.fromkeys(frame["subject"]))
+    fig, (ax,) = _figure()
+    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#e45756"]
+    for i, subject in enumerate(subjects):
+        colour = palette[i % len(palette)]
+        for side, style in (("baseline", "--"), ("candidate", "-")):
+            part = frame[(frame["subject"] == subject) & (frame["side"] == side)]
+            if not part.empty:
+                ax.plot(
+                    part["latency_ms"],
+                    part["q"],
+                    style,
+                    color=colour,
+                    linewidth=1.2,
+                    label=f"{subject} ({'this run' if side == 'candidate' else side})",
+                )
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (ms, log)")
+    ax.set_ylabel("fraction of requests")
+    ax.legend(fontsize=7, ncol=2)
+    caption = (
+        "Latency distributions of the load scenarios (after warm-up), this run (solid) over "
+        "the baseline (dashed), for the mix and each model. A curve shifted right is slower."
+    )
+    return fig, caption, (table,)
+
+
+def _baseline_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
+    """p99 against offered load of the mix, this run and the baseline, with both knees."""
+    import json
+
+    table = "stages/regression/capacity_trials.csv"
+    _needs_baseline(root, table)
+    frame = _read(root, table, ("side", "offered_rps", "p99_ms"))
+    if "subject" in frame.columns:
+        frame = frame[frame["subject"] == "mix"]
+    frame = frame.sort_values("offered_rps")
+    fig, (ax,) = _figure()
+    summary_path = root / "stages" / "regression" / "summary.json"
+    knees = {}
+    if summary_path.is_file():
+        knees = (json.loads(summary_path.read_text()).get("knees") or {}).get("mix") or {}
+    for side, style, colour in (("baseline", "s--", "#888888"), ("candidate", "o-", "#e45756")):
+        part = frame[frame["side"] == side]
+        label = "this run" if side == "candidate" else "baseline"
+        ax.plot(part["offered_rps"], part["p99_ms"], style, color=colour, label=f"p99 ({label})")
+        knee = knees.get(side)
+        if knee:
+            ax.axvline(knee, color=colour, linestyle=":", linewidth=1.2, label=f"knee ({label})")
+    bound = _threshold(criteria, "p99_latency_ms")
+    if bound:
+        ax.axhline(bound, color="#e45756", linestyle="--", linewidth=0.8, label="p99 bound")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load of the mix (req/s, open loop)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.legend(fontsize=7)
+    caption = (
+        "p99 latency against offered load in both runs' capacity searches (the mix), with "
+        f"each run's knee: this run {_fmt(knees.get('candidate'))} req/s, the baseline "
+        f"{_fmt(knees.get('baseline'))} req/s."
+    )
+    return fig, caption, (table,)
+
+
 _FIGURES: tuple[tuple[str, str, Callable[..., Any], tuple[str, ...]], ...] = (
     (
         "latency_by_scenario",
@@ -287,6 +362,18 @@ _FIGURES: tuple[tuple[str, str, Callable[..., Any], tuple[str, ...]], ...] = (
         "Latency and success against concurrent users",
         _concurrency,
         ("stages/load/concurrency.csv",),
+    ),
+    (
+        "baseline_latency",
+        "Latency distributions against the baseline",
+        _baseline_latency,
+        ("stages/regression/latency_quantiles.csv",),
+    ),
+    (
+        "baseline_load",
+        "Latency against offered load, this run and the baseline",
+        _baseline_load,
+        ("stages/regression/capacity_trials.csv",),
     ),
 )
 

@@ -112,6 +112,40 @@ def _relaxed_sentence(relaxed: list[dict[str, Any]], reason: str) -> str:
     return f"Relaxed targets: {'; '.join(parts)}{why}."
 
 
+def _regression_section(against: dict[str, Any] | None) -> dict[str, Any]:
+    """report.json's "regression": the baseline, its comparisons and what they say; a run
+    whose regression stage did not run says so (nothing was compared)."""
+    if against is None:
+        return {
+            "ran": False,
+            "baseline_run": None,
+            "reason": "the regression stage did not run: nothing was compared",
+            "rows": [],
+            "regressions": [],
+            "waived": [],
+        }
+    return {"ran": True, **against}
+
+
+def _baseline_sentence(against: dict[str, Any] | None, decision: str) -> list[str]:
+    """What the decision's regression side rests on (not repeated when it is the cause)."""
+    if decision == NOT_APPROVED and against and against["regressions"]:
+        return []
+    if against is None:
+        return ["No regression comparison: the regression stage did not run."]
+    counts = against["counts"]
+    if not against["comparable"] or not counts["measured"]:
+        why = against.get("reason") or ""
+        if against.get("baseline_run") and not against["comparable"]:
+            why = "; ".join((against.get("comparability") or {}).get("reasons") or []) or why
+        return [f"No regression comparison (all {counts['comparisons']} not applicable): {why}."]
+    return [
+        f"Against the baseline {against['baseline_run']}: {counts['measured']} comparison(s) "
+        f"measured, {counts['regressions']} regression(s), {counts['waived']} waived, "
+        f"{counts['improvements']} improvement(s), {counts['not_applicable']} not applicable."
+    ]
+
+
 def _counts(rows: list[dict[str, str]] | None, *columns: str) -> dict[str, int] | None:
     if rows is None:
         return None
@@ -195,7 +229,16 @@ def build_report_data(
         (conf or {}).get("relaxed_targets") or []
     )
     caps = [_relaxed_sentence(relaxed, (conf or {}).get("reason") or "")] if relaxed else []
-    verdict = decide(criteria, gates, stages_ran, errors, caps)
+    against = collect.regression(root)
+    if against and against["waived"]:
+        waiver = against.get("waiver") or {}
+        caps.append(
+            f"Waived regression (by {waiver.get('by') or 'the trigger'}: "
+            f"{waiver.get('justification')}): " + "; ".join(against["waived"])
+        )
+    verdict = decide(
+        criteria, gates, stages_ran, errors, caps, against["regressions"] if against else ()
+    )
     issues = blocking_issues(criteria, gates, stages_ran, errors)
     risks = derive_risks(criteria, gates, stages_ran)
     gates_section = _gates_section(gates, stages_ran)
@@ -212,7 +255,7 @@ def build_report_data(
         "decision": verdict.decision,
         "confidence": verdict.confidence,
         "readiness_score": verdict.readiness_score,
-        "reasons": list(verdict.reasons),
+        "reasons": list(verdict.reasons) + _baseline_sentence(against, verdict.decision),
         "next_steps": next_steps(verdict.decision, issues),
         "criteria": criteria,
         "gates": gates_section,
@@ -223,6 +266,7 @@ def build_report_data(
         "readiness": readiness(root, criteria, gates, verdict.decision),
         "performance": collect.performance_analysis(root, criteria),
         "package": None,
+        "regression": _regression_section(against),
         "environment": collect.environment(root, found),
     }
     data["summary"] = _summary(root, criteria, gates_section, risks, verdict.decision)

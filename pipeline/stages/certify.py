@@ -150,14 +150,16 @@ def _sustained(ev: Evidence, model: str | None) -> Measurement:
         if model not in per_model:
             raise NotRun("load", f"not run: the load stage searched no capacity for {model}")
         cap = per_model[model]
-    capped = " (the search's cap: capacity is at least this)" if cap["capped"] else ""
     who = "the mix" if model is None else f"{model} alone"
+    search = cap.get("describe") or (
+        "the search's cap: capacity is at least this" if cap["capped"] else ""
+    )
     return Measurement(
         float(cap["max_sustained_rps"]),
         int(cap["best_samples"]) if cap["trials"] else 0,
         1,
         f"highest open-loop rate of {who} with p99 <= {cap['p99_bound_ms']:g} ms, success >= "
-        f"99%, generator valid, over {cap['trials']} trials{capped}",
+        f"99%, generator valid, over {cap['trials']} trials" + (f" ({search})" if search else ""),
     )
 
 

@@ -196,11 +196,13 @@ def host_facts() -> dict[str, Any]:
     """Which machine ran a stage (results say where they were measured)."""
     import os
 
+    from pipeline.regression.baseline import cpu_model
     from pipeline.scaleout import worker_hostname
 
     return {
         "hostname": worker_hostname(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }

@@ -13,7 +13,8 @@ no other local user can drive (or disturb) the engine under measurement.
 Frame: u32 little-endian length, then the body.
   request  body: u32 id, u8 op, then for PREDICT: u8 model index, the input values in the
            model's own input dtype (model_info.json: float32, float64 or int64)
-  response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, then float32 output (ok) or
+  response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, f32 inference ms of the batch,
+                 u32 batch id, then float32 output (ok) or
                  UTF-8 "<error class>\0<message>" (not ok); for control ops: UTF-8 JSON
 
 Stress-test control ops (used by the stress stage; they never run unless asked):
@@ -59,7 +60,7 @@ OP_BALLAST, OP_POOL, OP_ADMISSION = 4, 5, 6
 _LEN = struct.Struct("<I")
 _REQ = struct.Struct("<IBB")
 _CTL = struct.Struct("<IB")
-_RESP = struct.Struct("<IBBH")
+_RESP = struct.Struct("<IBBHfI")
 _TOKEN_BYTES = 32
 _AUTH_TIMEOUT_S = 10.0
 _AUTH_OK, _AUTH_DENIED = b"OK", b"DENIED"
@@ -121,6 +122,8 @@ class HostResult:
     batch_size: int
     cache_hit: bool
     error_type: str | None = None  # the engine's error class (InvalidInputError, ...)
+    inference_ms: float = 0.0  # the model's own compute time for the request's batch
+    batch_id: int = 0  # requests answered by one runtime call share it
 
 
 # --------------------------------------------------------------------------- child side
@@ -179,9 +182,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
         for k in keys
     ]
     # ... and are flat: each is reshaped to its model's request shape (any rank)
-    shapes = [
-        manager.model_info[k].feature_shape if manager.is_loaded(k) else (-1,) for k in keys
-    ]
+    shapes = [manager.model_info[k].feature_shape if manager.is_loaded(k) else (-1,) for k in keys]
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
     held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
     gate: dict[str, Any] = {"admission": None}  # OP_ADMISSION: admission control, when on
@@ -296,7 +297,12 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
             else:  # "<error class>\0<message>"
                 payload = f"{result.error_type or ''}\0{result.error or 'failed'}".encode()
             head = _RESP.pack(
-                request_id, result.success, result.cache_hit, min(result.batch_size, 65535)
+                request_id,
+                result.success,
+                result.cache_hit,
+                min(result.batch_size, 65535),
+                result.inference_time_ms if result.success else 0.0,
+                result.batch_id & 0xFFFFFFFF,
             )
             writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
 
@@ -339,7 +345,7 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                     payload = json.dumps(admission_op(args), default=float).encode()
                 else:
                     payload = b'{"error": "unknown op"}'
-                head = _RESP.pack(request_id, 1, 0, 0)
+                head = _RESP.pack(request_id, 1, 0, 0, 0.0, 0)
                 writer.write(_LEN.pack(len(head) + len(payload)) + head + payload)
         except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
             pass  # the client went away, or the server is shutting down
@@ -519,7 +525,7 @@ class EngineHost:
             while True:
                 size = _LEN.unpack(await reader.readexactly(4))[0]
                 body = await reader.readexactly(size)
-                request_id, ok, hit, batch = _RESP.unpack_from(body)
+                request_id, ok, hit, batch, inference_ms, batch_id = _RESP.unpack_from(body)
                 entry = pending.pop(request_id, None)
                 if entry is None:
                     continue
@@ -531,7 +537,9 @@ class EngineHost:
                     future.set_result(data)
                 elif ok:
                     out = np.frombuffer(data, dtype=np.float32)
-                    future.set_result(HostResult(True, out, None, batch, bool(hit)))
+                    future.set_result(
+                        HostResult(True, out, None, batch, bool(hit), None, inference_ms, batch_id)
+                    )
                 else:
                     kind, _, message = data.decode().rpartition("\0")
                     result = HostResult(False, None, message, batch, False, kind or None)

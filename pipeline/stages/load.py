@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.loadgen import (
-    find_max_sustained_rate,
+    find_knee,
     min_samples_for,
     percentiles,
     run_open_loop,
@@ -71,6 +71,8 @@ REQUEST_COLUMNS = [
     "error",
     "batch_size",
     "cache_hit",
+    "inference_ms",
+    "batch_id",
 ]
 
 
@@ -190,6 +192,8 @@ async def _closed_loop(
                 error,
                 0 if t.lost else r.batch_size,
                 (not t.lost) and r.cache_hit,
+                0.0 if t.lost else r.inference_ms,
+                0 if t.lost else r.batch_id,
             )
         )
     return rows
@@ -383,8 +387,9 @@ async def scenarios(lr: LoadRun) -> tuple[list[tuple], list[dict], list[dict]]:
 
 
 async def capacity(lr: LoadRun, p99_bound_ms: float, only: str | None = None):
-    """The highest open-loop rate sustained with p99 within bound (the search's result), for
-    the mix or for one model alone (`only`, against its own p99 bound)."""
+    """The knee of the mix (or of one model alone: `only`, against its own p99 bound): the
+    offered rate doubles until p99 passes its bound, errors appear or the generator cannot
+    keep up, then bisects to the profile's resolution (pipeline.loadgen.find_knee)."""
     cfg = lr.profile.capacity
     who = f" {only}" if only else ""
 
@@ -399,28 +404,38 @@ async def capacity(lr: LoadRun, p99_bound_ms: float, only: str | None = None):
             only=only,
         )
 
-    return await find_max_sustained_rate(
+    return await find_knee(
         trial,
         p99_bound_ms=p99_bound_ms,
         start_rps=cfg.start_rps,
-        max_rps=cfg.max_rps,
-        refine_steps=cfg.refine_steps,
+        safety_cap_rps=cfg.max_rps,
+        resolution=cfg.resolution,
         max_error_rate=MAX_ERROR_RATE,
-        require_valid=True,
+        max_issue_delay_ms=MAX_ISSUE_DELAY_MS,
+        max_seconds=cfg.max_seconds,
         progress=lambda line: lr.ctx.say(f"load: capacity{who} {line.strip()}"),
     )
 
 
-def _capacity_summary(search, p99_bound_ms: float) -> dict[str, Any]:
-    best = search.best
+def _capacity_summary(knee, p99_bound_ms: float) -> dict[str, Any]:
+    """The envelope of one subject: the highest valid rate, its latency and batch size, and
+    what stopped the search."""
+    best = knee.best
     return {
-        "max_sustained_rps": search.max_sustained_rps,
-        "capped": search.capped,
+        "max_sustained_rps": knee.knee_rps,
+        "capped": knee.at_least,
+        "stopped_by": knee.stopped_by,
+        "limit_rps": knee.limit_rps,
+        "resolution_rps": knee.resolution_rps,
         "p99_bound_ms": p99_bound_ms,
         "max_error_rate": MAX_ERROR_RATE,
+        "best_p50_ms": best.p50_ms if best else None,
         "best_p99_ms": best.p99_ms if best else None,
+        "best_mean_batch_size": best.mean_batch_size if best else None,
         "best_samples": best.scheduled if best else 0,
-        "trials": len(search.trials),
+        "trials": len(knee.trials),
+        "search_s": knee.seconds,
+        "describe": knee.describe(),
     }
 
 

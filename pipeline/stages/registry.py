@@ -78,6 +78,8 @@ _REQUEST_COLUMNS = (
     ("error", "str"),
     ("batch_size", "int"),
     ("cache_hit", "bool"),
+    ("inference_ms", "float"),  # the model's own compute time for the request's batch
+    ("batch_id", "int"),  # requests run in one runtime call share it
 )
 _RESOURCE_COLUMNS = (("t_s", "float"), ("rss_mb", "float"), ("cpu_percent", "float"))
 
@@ -358,6 +360,58 @@ STAGES: tuple[Stage, ...] = (
         ),
         after=("infra",),
         task_id="certify",
+        always=True,
+    ),
+)
+
+STAGES += (
+    Stage(
+        name="regression",
+        title="This attempt against the baseline (the last approved release): latency, "
+        "compute time, capacity, RSS, initialisation and quality, per model and for the mix; "
+        "a change beyond its allowance that is also significant is a regression.",
+        runner="pipeline.stages.regression:run",
+        tables=(
+            _t(
+                "regression",
+                "comparisons",
+                (
+                    ("name", "str"),
+                    ("metric", "str"),
+                    ("model", "str"),
+                    ("status", "str"),
+                    ("passed", "bool"),
+                    ("verdict", "str"),
+                    ("baseline_value", "float"),
+                    ("candidate_value", "float"),
+                    ("ratio", "float"),
+                    ("ci_low", "float"),
+                    ("ci_high", "float"),
+                    ("p_value", "float"),
+                    ("allowance", "float"),
+                    ("samples", "int"),
+                    ("baseline_samples", "int"),
+                    ("method", "str"),
+                    ("waived", "bool"),
+                    ("detail", "str"),
+                ),
+                ("name",),
+                "comparison",
+            ),
+        ),
+        summary=SummaryContract(
+            "regression",
+            (
+                ("baseline", "dict"),
+                ("comparable", "bool"),
+                ("comparisons", "int"),
+                ("regressions", "list"),
+                ("improvements", "list"),
+                ("waived", "list"),
+            ),
+        ),
+        after=("certify",),
+        task_id="regression",
         always=True,
     ),
 )

@@ -340,6 +340,9 @@ class RunSummary:
     started: float = 0.0  # mtime of conf.json (or the folder): orders runs of one date
     why: list[str] = field(default_factory=list)  # the decision's first reasons
     relaxed: list[str] = field(default_factory=list)  # targets relaxed for this run
+    baseline: str | None = None  # run key of the baseline it was compared with
+    regressions: int | None = None  # unwaived regressions against it (None: not compared)
+    regression_note: str = ""  # no baseline / not comparable: why; waived: which
 
     @property
     def sort_key(self) -> tuple[str, float, str]:
@@ -361,6 +364,9 @@ class RunSummary:
             "package": self.package,
             "why": self.why,
             "relaxed": self.relaxed,
+            "baseline": self.baseline,
+            "regressions": self.regressions,
+            "regression_note": self.regression_note,
         }
 
 
@@ -479,7 +485,28 @@ def summarize(folder: Path) -> RunSummary:
     relaxed = report.get("relaxed_targets")
     if isinstance(relaxed, list):
         summary.relaxed = [_relaxed_text(r) for r in relaxed if isinstance(r, dict)]
+    _regression(summary, report.get("regression"))
     return summary
+
+
+def _regression(summary: RunSummary, section: Any) -> None:
+    """The run's comparison with its baseline (report.json "regression")."""
+    if not isinstance(section, dict):
+        summary.regression_note = "not compared (report without a regression section)"
+        return
+    if not section.get("ran"):
+        summary.regression_note = str(section.get("reason") or "not compared")
+        return
+    summary.baseline = section.get("baseline_run") or None
+    counts = section.get("counts") if isinstance(section.get("counts"), dict) else {}
+    if summary.baseline and section.get("comparable") and counts.get("measured"):
+        summary.regressions = int(counts.get("regressions") or 0)
+        waived = section.get("waived") or []
+        summary.regression_note = f"{len(waived)} waived" if waived else ""
+    else:
+        comparability = section.get("comparability") or {}
+        reasons = comparability.get("reasons") if isinstance(comparability, dict) else None
+        summary.regression_note = "; ".join(reasons or []) or str(section.get("reason") or "")
 
 
 def _relaxed_text(entry: dict[str, Any]) -> str:

@@ -124,6 +124,25 @@ def _links_cell(links: Mapping[str, str | None]) -> str:
     return f"<td>{' · '.join(parts) if parts else '<span class=muted>–</span>'}</td>"
 
 
+def _baseline_cell(run: RunSummary, links: Mapping[str, Mapping[str, str | None]]) -> str:
+    """The run against its baseline: regressions (or none), with a link to the baseline."""
+    note = f'<br><span class="muted">{escape(run.regression_note)}</span>'
+    if run.regressions is None:
+        text = "no baseline" if run.status == "certified" else "–"
+        return f'<td class="muted">{text}{note if run.regression_note else ""}</td>'
+    target = (links.get(run.baseline or "") or {}).get("report")
+    name = escape(run.baseline or "")
+    base = f'<span class="mono">{name}</span>'
+    if target:
+        base = f'<a href="{escape(target)}">{name}</a>'
+    verdict = (
+        f'<span class="unmet">{run.regressions} regression(s)</span>'
+        if run.regressions
+        else '<span class="met">no regression</span>'
+    )
+    return f"<td>{verdict} vs {base}{note if run.regression_note else ''}</td>"
+
+
 #: the trend plot shows at most this many of the newest runs
 TREND_RUNS = 200
 
@@ -147,7 +166,7 @@ def certifications_page(
         "<th>Snapshot date</th><th>Run</th><th>Models</th><th>Decision</th>"
         "<th>Readiness</th>"
         + "".join(f"<th>{escape(label)}</th>" for _, label, _ in METRICS)
-        + "<th>Reason</th><th>Artifacts</th>"
+        + "<th>Against baseline</th><th>Reason</th><th>Artifacts</th>"
     )
     rows = []
     for run in runs:
@@ -163,6 +182,7 @@ def certifications_page(
             f'<td class="mono">{escape(run.run_id)}{profile}</td>'
             f"{_models_cell(run)}<td>{decision_badge(run)}</td>{readiness}"
             + "".join(metric_cell(run.metrics.get(name)) for name, _, _ in METRICS)
+            + _baseline_cell(run, links)
             + f"<td>{escape(run.reason or '')}</td>{_links_cell(links.get(run.run_key, {}))}</tr>"
         )
     certified = sum(1 for r in every if r.status == "certified")

@@ -91,7 +91,9 @@ def test_the_shape_follows_the_architecture(dag) -> None:
         "gate_stress"
     )
     assert "certify" in downstream("gate_infra")
-    assert "final_report" in downstream("gate_certify")
+    assert "regression" in downstream("gate_certify")  # against the last approved release
+    assert str(dag.get_task("regression").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    assert "final_report" in downstream("gate_regression")
     assert "deployment_package" in downstream("final_report")
     assert str(dag.get_task("final_report").trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     # the decision is the run's only leaf: its state is the run's state

@@ -22,7 +22,7 @@ def by_meaning(specs: list[ExpectationSpec], text: str) -> ExpectationSpec:
 
 
 def test_every_stage_has_a_suite_with_unique_json_ready_expectations(targets: Targets) -> None:
-    assert STAGES == ("build", "integration", "load", "stress", "infra", "certify")
+    assert STAGES == ("build", "integration", "load", "stress", "infra", "certify", "regression")
     for stage in STAGES:
         specs = suite_spec(stage, targets)
         meanings = [spec.meaning for spec in specs]

@@ -154,6 +154,7 @@ def test_a_folder_in_the_plans_format_loads_and_serves(models_dir: Path) -> None
     results = asyncio.run(burst())
     assert all(r.success and r.output.shape == (4,) for r in results)
     assert max(r.batch_size for r in results) > 1
+
     async def one():
         return await engine.predict(f"{QUALITY}_torchscript", [0.5] * 10)
 

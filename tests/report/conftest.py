@@ -45,7 +45,8 @@ profiles:
     stability_tolerance: 1.0
     stability_floor_ms: 5.0
     percentiles_claimed: [50, 95]
-    capacity: {trial_s: 0.6, warmup_s: 0.1, start_rps: 60, max_rps: 120, refine_steps: 0}
+    capacity: {trial_s: 0.6, warmup_s: 0.1, start_rps: 60, max_rps: 120,
+               resolution: 0.5, max_seconds: 20}
     burst_requests: 100
     concurrency: {users: [1, 11, 21], requests_per_user: 20, think_ms: 10}
     cache: {distinct_inputs: 50, requests: 500, zipf_a: 1.3, concurrency: 4}

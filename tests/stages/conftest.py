@@ -32,7 +32,8 @@ profiles:
     stability_tolerance: 1.0
     stability_floor_ms: 5.0
     percentiles_claimed: [50]
-    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 50, max_rps: 100, refine_steps: 0}
+    capacity: {trial_s: 0.5, warmup_s: 0.1, start_rps: 50, max_rps: 100,
+               resolution: 0.5, max_seconds: 20}
     burst_requests: 20
     concurrency: {users: [1, 4], requests_per_user: 3, think_ms: 10}
     cache: {distinct_inputs: 10, requests: 40, zipf_a: 1.3, concurrency: 2}
