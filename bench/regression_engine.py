@@ -45,7 +45,7 @@ from pipeline.regression.config import default_regression_config  # noqa: E402
 from pipeline.regression.stats import compare_samples  # noqa: E402
 
 LATENCY = (("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_p99_ms", "p99"))
-CHAIN_SIZE = 128  # the slowdown chain's matrices are CHAIN_SIZE x CHAIN_SIZE
+CHAIN_SIZES = (8, 16, 32, 64, 128)  # the slowdown chain's square matrices, smallest first
 
 
 # --------------------------------------------------------------------------- models
@@ -102,8 +102,8 @@ def _file_entry(path: Path) -> dict:
     return {"path": path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def slowed_onnx(data: bytes, steps: int) -> bytes:
-    """The model with `steps` extra CHAIN_SIZE^2 matrix products whose result, times zero,
+def slowed_onnx(data: bytes, steps: int, size: int = 128) -> bytes:
+    """The model with `steps` extra size x size matrix products whose result, times zero,
     is added to the output: the same answers, more compute per call."""
     import onnx
     from onnx import helper, numpy_helper
@@ -115,7 +115,7 @@ def slowed_onnx(data: bytes, steps: int) -> bytes:
     for node in graph.node:
         node.output[:] = [renamed if o == y else o for o in node.output]
     rng = np.random.default_rng(0)
-    w = (rng.random((CHAIN_SIZE, CHAIN_SIZE)) / CHAIN_SIZE).astype(np.float32)
+    w = (rng.random((size, size)) / size).astype(np.float32)
     graph.initializer.extend(
         [
             numpy_helper.from_array(w, "slow__w"),
@@ -152,14 +152,26 @@ def _call_ms(data: bytes, batch: np.ndarray, calls: int = 200) -> float:
     return float(np.median(times)) * 1000.0
 
 
-def calibrate(data: bytes, batch: np.ndarray, factor: float) -> tuple[int, float]:
-    """Chain steps that make one call at `batch` take `factor` x as long; (steps, reached)."""
+def calibrate(data: bytes, batch: np.ndarray, factor: float) -> tuple[bytes, str, float]:
+    """A slowed copy whose call at `batch` takes about `factor` x as long: the largest chain
+    matrix that still needs >= 8 steps (fine-grained), its steps fitted from a probe;
+    (model bytes, how, the factor reached, measured)."""
     base = _call_ms(data, batch)
-    probe = 20
-    per_step = max((_call_ms(slowed_onnx(data, probe), batch) - base) / probe, 1e-4)
-    steps = max(1, round((factor - 1.0) * base / per_step))
-    reached = _call_ms(slowed_onnx(data, steps), batch) / base
-    return steps, reached
+    wanted = (factor - 1.0) * base
+    size, steps = CHAIN_SIZES[0], 1
+    for candidate in CHAIN_SIZES:
+        probe = 32
+        per_step = max((_call_ms(slowed_onnx(data, probe, candidate), batch) - base) / probe, 1e-5)
+        if wanted / per_step < 8 and candidate != CHAIN_SIZES[0]:
+            break
+        size, steps = candidate, max(1, round(wanted / per_step))
+    slowed = slowed_onnx(data, steps, size)
+    reached = _call_ms(slowed, batch) / base
+    if reached > 1.0 and abs(reached - factor) > 0.05 * factor:  # one correction
+        steps = max(1, round(steps * (factor - 1.0) / (reached - 1.0)))
+        slowed = slowed_onnx(data, steps, size)
+        reached = _call_ms(slowed, batch) / base
+    return slowed, f"{steps} x {size}x{size} matmuls", reached
 
 
 # --------------------------------------------------------------------------- runs
@@ -268,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
 
             shape = tuple(info[model]["input_shape"][1:])
             for factor in args.factors:
-                steps, reached = calibrate(data, dummy_batch((1, *shape), np.float32), factor)
-                slowed = slowed_onnx(data, steps)
+                slowed, steps, reached = calibrate(
+                    data, dummy_batch((1, *shape), np.float32), factor
+                )
                 got = []
                 for i in range(args.reps):
                     run = _copy_run(origin, root / f"{model}-x{factor}-{i}", model, slowed)
