@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import warnings
 import zipfile
@@ -483,3 +484,42 @@ def test_an_unchanged_report_is_not_parsed_again(
     assert len(parsed) == first + 1  # only the changed report
     approved = next(r for r in data["runs"] if r["run_key"] == fake_tree["approved"].run_key)
     assert approved["readiness_score"] == 0.5
+
+
+def test_the_regression_column_names_the_baseline_and_links_it(
+    client: TestClient, fake_tree: FakeTree
+):
+    """A run compared with its baseline shows its regressions and links the baseline's
+    report; a run without a baseline says why."""
+    approved, baseline = fake_tree["approved"], fake_tree["conditional"]
+    path = approved.folder / "report.json"
+    report = json.loads(path.read_text())
+    report["regression"] = {
+        "ran": True,
+        "baseline_run": baseline.run_key,
+        "comparable": True,
+        "counts": {"comparisons": 12, "measured": 9, "regressions": 2},
+        "waived": [],
+        "reason": "the last APPROVED run before 2026-01-16",
+    }
+    path.write_text(json.dumps(report))
+    rejected = fake_tree["rejected"].folder / "report.json"
+    report = json.loads(rejected.read_text())
+    report["regression"] = {
+        "ran": True,
+        "baseline_run": None,
+        "comparable": False,
+        "counts": {"comparisons": 12, "measured": 0, "regressions": 0},
+        "reason": "no APPROVED run of the DAG before 2026-01-14",
+    }
+    rejected.write_text(json.dumps(report))
+
+    text = client.get("/certifications").text
+    assert "Against baseline" in text
+    assert "2 regression(s)" in text
+    assert f'href="/runs/{baseline.run_key}/report">{baseline.run_key}</a>' in text
+    assert "no baseline" in text and "no APPROVED run of the DAG before 2026-01-14" in text
+    runs = {r["run_key"]: r for r in client.get("/api/certifications").json()["runs"]}
+    assert runs[approved.run_key]["baseline"] == baseline.run_key
+    assert runs[approved.run_key]["regressions"] == 2
+    assert runs[fake_tree["rejected"].run_key]["regressions"] is None
