@@ -46,3 +46,34 @@ def test_prepare_records_the_profiles_whole_definition_and_relaxed_targets(
     ]
     targets = (Path(ctx["run_dir"]) / "targets.yaml").read_text()
     assert "relaxed:" in targets and "p99_latency_ms" in targets
+
+
+@pytest.mark.parametrize(
+    ("waiver", "message"),
+    [
+        ("compute_time_ms", "must be an object {criterion, justification}"),
+        ({"criterion": "speed", "justification": "x" * 30}, "must name regression comparisons"),
+        ({"criterion": "compute_time_ms[", "justification": "x" * 30}, "METRIC[model]"),
+        ({"criterion": "compute_time_ms[m]", "justification": "ok"}, "at least 20 characters"),
+        ({"criterion": "compute_time_ms", "justification": "x" * 30, "by": "me"}, "unknown keys"),
+    ],
+)
+def test_a_malformed_regression_waiver_is_refused_naming_what_was_expected(waiver, message):
+    from pipeline.orchestrate import ConfError, validate_waiver
+
+    with pytest.raises(ConfError, match=message.replace("[", r"\[")):
+        validate_waiver(waiver)
+
+
+def test_a_waiver_is_recorded_with_who_triggered_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELCERT_ARTIFACTS", str(tmp_path / "artifacts"))
+    waiver = {
+        "criterion": ["compute_time_ms[quality_predictor]", "latency_p50_ms"],
+        "justification": "the new feature costs 2 ms, agreed with the service owners",
+    }
+    ctx = prepare_run("dag", "manual__1", None, {"waive_regression": waiver}, triggered_by="alice")
+    conf = json.loads((Path(ctx["run_dir"]) / "conf.json").read_text())
+    assert conf["waive_regression"] == {**waiver, "by": "alice"}
+    assert conf["triggered_by"] == "alice"

@@ -247,3 +247,20 @@ def test_criteria_left_unmeasured_by_a_missing_stage_are_grouped() -> None:
     risks = derive_risks(rows, gates(missing=("load",)), ran(("load",)))
     assert {r["mitigation"] for r in risks} == {"run the load stage and its gate"}
     assert recommendations(risks, rows) == ["run the load stage and its gate (load, latency)"]
+
+
+def test_a_regression_against_the_baseline_is_not_approved_whatever_the_score() -> None:
+    sentence = (
+        "compute_time_ms[scorer]: compute_time_ms of model scorer regressed against the "
+        "baseline r1: 1.94x (interval 1.92x to 1.96x), p = 1e-99; at most 10% allowed."
+    )
+    decision, confidence, score, reasons = decide([crit()], gates(), ran(), regressions=[sentence])
+    assert (decision, confidence, score) == (NOT_APPROVED, "LOW", 1.0)
+    assert reasons[0].startswith("Not approved: 1 regression(s) against the baseline")
+    assert reasons[1] == sentence
+
+
+def test_a_waived_regression_caps_the_decision_at_conditional() -> None:
+    cap = "Waived regression (by alice: agreed with the search team): compute_time_ms[scorer]"
+    decision, _, _, reasons = decide([crit()], gates(), ran(), caps=[cap])
+    assert decision == CONDITIONAL_APPROVAL and cap in reasons
