@@ -23,13 +23,20 @@ file that names the variable, so a deployment sees it in the UI's import errors 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NOTIFY_EVENTS", "NotifierConfigError", "dag_callbacks", "notifier_class"]
+__all__ = [
+    "NOTIFY_EVENTS",
+    "NotifierConfigError",
+    "PerCallNotifier",
+    "dag_callbacks",
+    "notifier_class",
+]
 
 NOTIFY_EVENTS = {"failure": "on_failure_callback", "success": "on_success_callback"}
 
@@ -91,12 +98,30 @@ def dag_callbacks(environ: Mapping[str, str] | None = None) -> dict[str, list[An
         return {}
     cls = notifier_class(path)
     kwargs = _kwargs(env.get("RELCERT_NOTIFIER_KWARGS") or "{}")
-    callbacks: dict[str, list[Any]] = {}
-    for event in _events(env.get("RELCERT_NOTIFY_ON") or "failure"):
-        try:  # one instance per callback: rendering its templates changes it
-            callbacks[NOTIFY_EVENTS[event]] = [cls(**kwargs)]
-        except TypeError as exc:
-            raise NotifierConfigError(
-                f"RELCERT_NOTIFIER_KWARGS does not fit {path}: {exc}"
-            ) from None
-    return callbacks
+    try:
+        cls(**copy.deepcopy(kwargs))  # the arguments must fit now, not at the first callback
+    except TypeError as exc:
+        raise NotifierConfigError(f"RELCERT_NOTIFIER_KWARGS does not fit {path}: {exc}") from None
+    return {
+        NOTIFY_EVENTS[event]: [PerCallNotifier(cls, kwargs)]
+        for event in _events(env.get("RELCERT_NOTIFY_ON") or "failure")
+    }
+
+
+class PerCallNotifier:
+    """The configured notifier, a new instance for every callback.
+
+    A BaseNotifier renders its templates in place, once (``render_template_fields`` is
+    irreversible), and the DAG processor runs the callbacks of several runs on one parsed
+    DAG: one shared instance would send the first run's rendered message for every later
+    run. Each call here builds the notifier afresh from the class and its arguments."""
+
+    def __init__(self, notifier_class: type, kwargs: Mapping[str, Any]) -> None:
+        self.notifier_class = notifier_class
+        self.kwargs = dict(kwargs)
+
+    def __call__(self, *args: Any) -> None:
+        self.notifier_class(**copy.deepcopy(self.kwargs))(*args)
+
+    def __repr__(self) -> str:
+        return f"PerCallNotifier({self.notifier_class.__module__}.{self.notifier_class.__name__})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -21,11 +23,32 @@ def test_the_smtp_notifier_on_failure_by_default_and_on_success_when_asked() -> 
     callbacks = dag_callbacks(env)
     assert list(callbacks) == ["on_failure_callback"]
     [notifier] = callbacks["on_failure_callback"]
-    assert isinstance(notifier, SmtpNotifier) and notifier.to == "ml-platform@example.com"
+    assert notifier.notifier_class is SmtpNotifier
+    assert notifier.kwargs["to"] == "ml-platform@example.com"
     both = dag_callbacks({**env, "RELCERT_NOTIFY_ON": "failure,success"})
     assert set(both) == {"on_failure_callback", "on_success_callback"}
-    # one instance per callback: rendering a notifier's templates changes it
-    assert both["on_failure_callback"][0] is not both["on_success_callback"][0]
+
+
+def test_each_run_is_notified_with_its_own_rendered_message(tmp_path) -> None:
+    """The DAG processor runs several runs' callbacks on one parsed DAG: the second run's
+    notification carries the second run's note, not the first's (a notifier renders its
+    templates in place)."""
+    from types import SimpleNamespace
+
+    log = tmp_path / "notifications.jsonl"
+    env = {
+        "RELCERT_NOTIFIER": "tests.dags.recording_notifier.RecordingNotifier",
+        "RELCERT_NOTIFIER_KWARGS": json.dumps({"path": str(log), "message": "{{ dag_run.note }}"}),
+        "RELCERT_NOTIFY_ON": "success",
+    }
+    [callback] = dag_callbacks(env)["on_success_callback"]
+    for run_id, note in (("run_a", "APPROVED (readiness 1.00)"), ("run_b", "NOT_APPROVED")):
+        callback({"dag_run": SimpleNamespace(run_id=run_id, note=note), "reason": "success"})
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["run_id"], x["message"]) for x in lines] == [
+        ("run_a", "APPROVED (readiness 1.00)"),
+        ("run_b", "NOT_APPROVED"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,7 @@ def test_the_notifier_comes_from_the_environment_and_a_bad_one_is_an_import_erro
         "from airflow.dag_processing.dagbag import DagBag; import json; "
         f"b = DagBag({str(DAG_FILE.parent)!r}); d = b.dags.get({DAG_ID!r}); "
         "print(json.dumps({'errors': list(b.import_errors.values()), 'callbacks': d and ["
-        "type(c).__name__ for c in d.on_failure_callback + d.on_success_callback]}))"
+        "c.notifier_class.__name__ for c in d.on_failure_callback + d.on_success_callback]}))"
     )
 
     def parse(**extra: str) -> dict:
