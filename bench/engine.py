@@ -130,12 +130,15 @@ def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
             trial,
             p99_bound_ms=P99_BOUND_MS,
             start_rps=1000.0,
+            max_rps=1_000_000.0,  # above any rate here: the null ceiling is measured, not capped
             refine_steps=3 if quick else 5,
             progress=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True),
         )
         return {
             "system": name,
             "max_sustained_rps": capacity.max_sustained_rps,
+            # every rate up to the search's cap was sustained: capacity is at least this
+            "capped": capacity.capped,
             "best": capacity.best.to_dict() if capacity.best else None,
             "trials": capacity.trial_table(),
             "fixed_rate": fixed.to_dict(),
@@ -258,8 +261,10 @@ def main() -> None:
     for system in SYSTEMS:
         r = results["capacity"][system]
         fixed, best = r["fixed_rate"], r["best"] or {}
+        at_least = ">=" if r.get("capped") else ""
         print(
-            f"{system:12s} {cap[system]:19.0f} {fixed['p50_ms']:10.3f} {fixed['p99_ms']:10.3f}"
+            f"{system:12s} {at_least:>2s}{cap[system]:17.0f} {fixed['p50_ms']:10.3f}"
+            f" {fixed['p99_ms']:10.3f}"
             f" {best.get('mean_batch_size', 0):10.1f} {fixed['valid']!s:>9s}"
         )
     rss_t, rss_o = results["rss_torch"], results["rss_onnx"]
@@ -272,10 +277,19 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
     ts, ox = results["capacity"]["torchscript"], results["capacity"]["onnx"]
     print()
-    print(f"RATIO engine_torchscript/naive = {cap['torchscript'] / cap['naive']:.2f}  (goal >= 4)")
-    print(f"RATIO engine_onnx/naive        = {cap['onnx'] / cap['naive']:.2f}  (goal >= 4)")
-    print(f"RATIO engine_torchscript/null  = {cap['torchscript'] / cap['null']:.2f}  (goal >= 0.8)")
-    print(f"RATIO engine_onnx/null         = {cap['onnx'] / cap['null']:.2f}  (goal >= 0.8)")
+    capped = {s: bool(results["capacity"][s].get("capped")) for s in SYSTEMS}
+
+    def ratio(a: str, b: str) -> str:
+        # a capped numerator is only a lower bound (the ratio is at least this), a capped
+        # denominator only an upper one (the ratio is at most this)
+        mark = ">=" if capped[a] and not capped[b] else "<=" if capped[b] and not capped[a] else ""
+        note = "" if not (capped[a] or capped[b]) else "  (a capped search: a bound)"
+        return f"{mark}{cap[a] / cap[b]:.2f}{note}"
+
+    print(f"RATIO engine_torchscript/naive = {ratio('torchscript', 'naive')}  (goal >= 8)")
+    print(f"RATIO engine_onnx/naive        = {ratio('onnx', 'naive')}  (goal >= 8)")
+    print(f"RATIO engine_torchscript/null  = {ratio('torchscript', 'null')}  (goal >= 0.8)")
+    print(f"RATIO engine_onnx/null         = {ratio('onnx', 'null')}  (goal >= 0.8)")
     print(
         f"AT 1000 req/s torchscript p50 {ts['fixed_rate']['p50_ms']:.3f} ms, p99 "
         f"{ts['fixed_rate']['p99_ms']:.3f} ms; onnx p50 {ox['fixed_rate']['p50_ms']:.3f} ms, "

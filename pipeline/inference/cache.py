@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,22 @@ class ResultCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+                self._evictions += 1
+
+    def put_many(self, items: Iterable[tuple[tuple, np.ndarray]]) -> None:
+        """`put` for several (key, value) pairs under one lock (the engine's per-batch call)."""
+        stored = []
+        for key, value in items:
+            copy = np.array(value, copy=True)
+            copy.setflags(write=False)
+            stored.append((key, copy))
+        entries = self._entries
+        with self._lock:
+            for key, copy in stored:
+                entries[key] = copy
+                entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
                 self._evictions += 1
 
     def invalidate(self, model_key: str | None = None) -> int:

@@ -63,6 +63,7 @@ class MemoryPoolManager:
         self._free: OrderedDict[int, tuple[tuple, np.ndarray]] = OrderedDict()  # LRU order
         self._free_by_key: dict[tuple, list[int]] = {}
         self._in_use: dict[int, tuple[tuple, np.ndarray]] = {}
+        self._ptr_by_id: dict[int, int] = {}  # id(buffer) -> its address, while pooled
         self._bytes = 0
         self._in_use_bytes = 0
         self._peak = 0
@@ -77,7 +78,7 @@ class MemoryPoolManager:
         self, shape: tuple[int, ...] | list[int], dtype: Any = np.float32, *, as_torch: bool = False
     ) -> Any:
         """A buffer of `shape` (contents undefined). Raises PoolExhaustedError past the limit."""
-        key = (tuple(int(d) for d in shape), np.dtype(dtype).str)
+        key = (tuple(map(int, shape)), np.dtype(dtype).str)
         with self._lock:
             ptrs = self._free_by_key.get(key)
             if ptrs:
@@ -97,6 +98,7 @@ class MemoryPoolManager:
                     self._evict_one()
                 array = np.empty(key[0], dtype=dtype)
                 ptr = _pointer(array)
+                self._ptr_by_id[id(array)] = ptr
                 self._bytes += nbytes
                 self._peak = max(self._peak, self._bytes)
                 self._misses += 1
@@ -110,7 +112,11 @@ class MemoryPoolManager:
 
     def release_tensor(self, tensor: Any) -> None:
         """Return a buffer (or a view of it) to the pool for reuse."""
-        ptr = _pointer(tensor)
+        # the common case, the very array `allocate_tensor` returned: its address is known
+        # (the pool holds a reference to each of its buffers, so their ids are unique)
+        ptr = self._ptr_by_id.get(id(tensor)) if type(tensor) is np.ndarray else None
+        if ptr is None:
+            ptr = _pointer(tensor)
         with self._lock:
             entry = self._in_use.pop(ptr, None)
             if entry is None:
@@ -124,6 +130,7 @@ class MemoryPoolManager:
     def _evict_one(self) -> None:
         ptr, (key, array) = self._free.popitem(last=False)
         self._free_by_key[key].remove(ptr)
+        self._ptr_by_id.pop(id(array), None)
         self._bytes -= array.nbytes
         self._evictions += 1
 

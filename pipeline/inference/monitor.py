@@ -107,6 +107,7 @@ class RealTimePerformanceMonitor:
         )
         # per-bucket (not cumulative) counts since start; the last one is +Inf
         self._bucket_counts = [0] * (len(self.latency_buckets_ms) + 1)
+        self._bounds = np.asarray(self.latency_buckets_ms, dtype=np.float64)
         self._latency_sum_ms = 0.0
         self.window_seconds = float(window_seconds)
         self.memory_limit_mb = memory_limit_mb
@@ -154,6 +155,39 @@ class RealTimePerformanceMonitor:
         self._latency_sum_ms += latency_ms
         if not success:
             self._errors_total += 1
+
+    def record_batch(
+        self, latencies_ms: Sequence[float] | np.ndarray, success: bool, cache_hit: bool = False
+    ) -> None:
+        """`record` for several requests with the same outcome (the engine's per-batch call):
+        the same ring entries, histogram and totals, written with a few array operations."""
+        lat = np.asarray(latencies_ms, dtype=np.float64)
+        k = int(lat.size)
+        if k == 0:
+            return
+        now = time.perf_counter()
+        cap = self._capacity
+        start = self._n % cap
+        keep = lat if k <= cap else lat[k - cap :]  # the ring holds the last `cap` only
+        first = (start + k - keep.size) % cap
+        m = keep.size
+        head = min(m, cap - first)
+        for lo, hi, part in ((first, first + head, keep[:head]), (0, m - head, keep[head:])):
+            if hi > lo:
+                self._t[lo:hi] = now
+                self._lat[lo:hi] = part
+                self._ok[lo:hi] = success
+                self._hit[lo:hi] = cache_hit
+        self._n += k
+        # a latency equal to a bound counts in that bucket (Prometheus `le`), as in `record`
+        where = np.searchsorted(self._bounds, lat, side="left")
+        counts = self._bucket_counts
+        for i, c in enumerate(np.bincount(where, minlength=len(counts)).tolist()):
+            if c:
+                counts[i] += c
+        self._latency_sum_ms += float(lat.sum())
+        if not success:
+            self._errors_total += k
 
     def set_queue_depth_provider(self, provider: Callable[[], int]) -> None:
         self._queue_depth = provider
