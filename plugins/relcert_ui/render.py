@@ -121,7 +121,8 @@ def _interface_cell(run: RunSummary) -> str:
             verdict, klass = "not run", "unmet"
         else:
             value = c.get("measured")
-            verdict = "–" if value is None else f"{_fmt_number(value)} {unit}".strip()
+            shown = f"{value:.4f}" if value is not None and not unit else None
+            verdict = "–" if value is None else shown or f"{_fmt_number(value)} {unit}"
             verdict += " (invalid)" if status == "invalid" else ""
             klass = "met" if c.get("met") and status == "measured" else "unmet"
         items.append(

@@ -82,7 +82,7 @@ def test_a_healthy_run_is_approved(approved_report) -> None:
     not_applicable = [c["name"] for c in data["criteria"] if c["status"] == "not_applicable"]
     assert not_applicable == ["soak_p99_drift_ratio", "soak_rss_growth_mb", "soak_error_rate"]
     assert all(g["success"] for g in data["gates"].values())
-    assert set(data["gates"]) == {"build", "integration", "load", "stress", "certify"}
+    assert set(data["gates"]) == {"build", "integration", "load", "stress", "infra", "certify"}
     assert not [r for r in data["risks"] if r["level"] == "high"]
     assert data["summary"]["deployment_allowed"] and data["run_id"] == "nightly-1"
     assert data["profile"] == "report"
