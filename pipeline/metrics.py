@@ -52,6 +52,12 @@ METRICS: dict[str, Metric] = {
         Metric("soak_rss_growth_mb", "max", "stability", "MB"),
         Metric("soak_error_rate", "max", "stability", "ratio"),
         Metric("model_initialization_s", "max", "initialization", "s"),
+        # the service's interface (the infra stage, over HTTP on loopback)
+        Metric("routing_endpoint_p99_ms", "max", "interface", "ms"),
+        Metric("quality_endpoint_p99_ms", "max", "interface", "ms"),
+        Metric("endpoint_p99_latency_ms", "max", "interface", "ms", "model"),
+        Metric("validation_endpoint_s", "max", "interface", "s"),
+        Metric("availability", "min", "reliability", "ratio"),
         Metric("parity_max_abs_diff", "max", "model_quality", "abs", "model"),
     )
 }

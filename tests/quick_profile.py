@@ -10,7 +10,8 @@ from pathlib import Path
 
 # A small profile under the name the DAG's form accepts: every certification criterion
 # gets enough samples to be valid (2,600 load requests, half per example model, since a p99
-# per model needs 1,000 of that model's own; 21 concurrent users; p50/p95 claims), so a
+# per model needs 1,000 of that model's own; 21 concurrent users; p50/p95 claims; 1,000
+# HTTP requests per endpoint and >= 100 health probes in the infra stage), so a
 # healthy model is approved and packaged, in about a minute per run.
 QUICK_PROFILES = """
 version: 1
@@ -42,7 +43,7 @@ profiles:
     calibration_s: 0.3
     integration: {concurrent_clients: 3, requests_per_client: 3, think_ms: 5, memory_requests: 20}
     stress: {scale: 0.1}
-    infra: {rates: [250], duration_s: 1.5, warmup_s: 0.2}
+    infra: {rates: [1000], duration_s: 5.0, warmup_s: 0.2}
     regression: {blocks: 12, block_s: 0.75, users: 8, think_ms: 10, warmup_s: 0.2}
   nightly:  # scheduled and backfilled runs certify with `nightly`: the same quick settings
     extends: smoke

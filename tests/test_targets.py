@@ -54,7 +54,7 @@ def with_(entry: dict, **changes: object) -> dict:
 def test_shipped_file_declares_every_known_metric_in_order() -> None:
     targets = load_targets()
     assert tuple(targets) == KNOWN_METRICS
-    assert len(targets) == 16
+    assert len(targets) == 21
     assert targets["p99_latency_ms"].target == 300
     # no description claims a measurement: the measuring code says what it measured
     assert all(not t.description for t in targets.values())
@@ -78,6 +78,12 @@ def test_shipped_file_declares_every_known_metric_in_order() -> None:
         ("soak_rss_growth_mb", 50.0),
         ("soak_error_rate", 0.01),
         ("model_initialization_s", 3.0),
+        # the plan's interface SLAs and uptime, no tolerance
+        ("routing_endpoint_p99_ms", 25.0),
+        ("quality_endpoint_p99_ms", 30.0),
+        ("endpoint_p99_latency_ms", 30.0),
+        ("validation_endpoint_s", 60.0),
+        ("availability", 0.99),
         ("parity_max_abs_diff", 1e-5),
     ],
 )

@@ -86,6 +86,40 @@ TARGET_BOUNDS: tuple[TargetBound, ...] = (
     TargetBound("load", "p95_latency_ms", "p95_ms", "p95 latency of every scenario"),
     TargetBound("load", "p99_latency_ms", "p99_ms", "p99 latency of every scenario"),
     TargetBound("load", "memory_usage_mb", "peak_rss_mb", "peak RSS of every scenario"),
+    # the interface SLAs, over HTTP on loopback (each model's /v2 endpoint: _per_model_bounds)
+    TargetBound(
+        "infra",
+        "routing_endpoint_p99_ms",
+        "measured",
+        "p99 of POST /api/v1/predict/routing under the open-loop load",
+        where=(("check", "routing_endpoint_p99_ms"), _MEASURED),
+    ),
+    TargetBound(
+        "infra",
+        "quality_endpoint_p99_ms",
+        "measured",
+        "p99 of POST /api/v1/predict/quality under the open-loop load",
+        where=(("check", "quality_endpoint_p99_ms"), _MEASURED),
+    ),
+    TargetBound(
+        "infra",
+        "validation_endpoint_s",
+        "measured",
+        "completion time of POST /api/v1/validate/performance",
+        where=(("check", "validation_endpoint_s"), _MEASURED),
+    ),
+    TargetBound(
+        "infra",
+        "availability",
+        "measured",
+        "share of health probes and load requests answered correctly",
+        where=(("check", "availability"), _MEASURED),
+    ),
+)
+
+#: per-model target bounds: (stage, metric, check), one bound per model with its own target
+_PER_MODEL_BOUNDS: tuple[tuple[str, str, str], ...] = (
+    ("infra", "endpoint_p99_latency_ms", "p99 of POST /v2/models/{model}/infer under the load"),
 )
 
 # Boolean columns that must be True on every row (each also must not be empty: GX column
@@ -179,6 +213,28 @@ def _bound_spec(bound: TargetBound, target: Target) -> ExpectationSpec:
         f"{bound.subject} {rule} ({tolerance_phrase(target)})",
         target=target.name,
     )
+
+
+def _per_model_bounds(
+    stage: str, targets: Targets, model_info: Mapping[str, Any] | None
+) -> list[tuple[TargetBound, Target]]:
+    """A bound per model on its own row of a per-model check, with the model's own target
+    (a models-file value, else the run's)."""
+    return [
+        (
+            TargetBound(
+                stage,
+                metric,
+                "measured",
+                subject.format(model=model),
+                where=(("check", metric), ("model", model), _MEASURED),
+            ),
+            targets.for_model(model)[metric],
+        )
+        for bound_stage, metric, subject in _PER_MODEL_BOUNDS
+        if bound_stage == stage and metric in targets
+        for model in sorted(model_info or {})
+    ]
 
 
 def _certification_bounds(planned: list[Planned]) -> list[tuple[TargetBound, Target]]:
@@ -308,6 +364,7 @@ def suite_spec(
         )
 
     bounds = [(b, targets[b.target]) for b in TARGET_BOUNDS if b.target in targets]
+    bounds += _per_model_bounds(stage, targets, model_info)
     bounds += _certification_bounds(planned)
     for bound, target in bounds:
         if bound.stage != stage:

@@ -90,6 +90,19 @@ _EXCERPTS: dict[str, tuple[str, ...]] = {
         "engine_peak_rss_mb",
         "engine_exit_code",
     ),
+    "infra": (
+        "profile",
+        "checks",
+        "failed",
+        "max_body_bytes",
+        "peak_rss_mb",
+        "mean_cpu_percent",
+        "validation.seconds",
+        "availability.value",
+        "availability.probes",
+        "availability.requests",
+        "availability.restarts",
+    ),
     "certify": ("criteria", "met", "unmet", "certification_passed", "by_category"),
 }
 _SECONDS_KEYS = ("seconds", "wall_s", "build_seconds")

@@ -20,7 +20,7 @@ __all__ = ["GROUPS", "PACKAGE_ITEM", "package_item", "readiness"]
 GROUPS = ("functional", "performance", "reliability", "operational")
 
 PACKAGE_ITEM = "deployment package can be generated"
-_PERFORMANCE_CATEGORIES = ("latency", "throughput", "concurrency", "memory", "cache")
+_PERFORMANCE_CATEGORIES = ("latency", "throughput", "concurrency", "memory", "cache", "interface")
 _RELIABILITY_CATEGORIES = ("reliability",)
 
 

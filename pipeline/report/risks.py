@@ -76,6 +76,12 @@ MITIGATIONS: dict[str, tuple[str, ...]] = {
         "retrain the model on fresh data",
         "review the training and hold-out data (drift, labels)",
     ),
+    "interface": (
+        "profile the slow endpoint's request path (body parsing, serialisation) apart from "
+        "the model",
+        "scale the service out and keep each replica below the certified rate",
+        "tune admission control so an overload is shed before it queues",
+    ),
     "initialization": (
         "warm models up before taking traffic",
         "keep model files small and on local storage",

@@ -21,7 +21,12 @@ Definitions (also in the README):
   target; cache hit rate: engine cache hits over the Zipf cache workload's requests;
 - model quality: the hold-out SLAs recomputed through the engine (integration stage);
   initialisation: load + verify + warm-up of every model file; parity: the worst of the
-  integration stage's parity checks.
+  integration stage's parity checks;
+- interface (the infra stage, the service over HTTP on loopback): per endpoint, the worst p99
+  under the open-loop load over the offered rates with >= 1,000 samples of that endpoint
+  (the named routing and quality endpoints; each model's /v2 endpoint, per model); the
+  validation endpoint's completion time; availability: health probes (every 100 ms) and load
+  requests answered correctly over all of them, claimed on >= 100 probes.
 """
 
 from __future__ import annotations
@@ -309,6 +314,72 @@ def _quality(ev: Evidence, model: str | None) -> Measurement:
     )
 
 
+def _infra_row(ev: Evidence, check: str, model: str):
+    """The infra stage's row of `check` for `model` ("all": the service as a whole);
+    NotApplicable with its reason when the row is not applicable."""
+    checks = ev.table("infra", "checks")
+    rows = checks[(checks["check"] == check) & (checks["model"] == model)]
+    if rows.empty:
+        summary = ev.summary("infra")
+        if not any(str(f).startswith("readiness") for f in summary.get("failed") or []):
+            return None
+        raise NotRun("infra", "not run: the service never became ready in the infra stage")
+    row = rows.iloc[0]
+    if row["status"] == str(Status.NOT_APPLICABLE):
+        raise NotApplicable(str(row["detail"]))
+    return row
+
+
+def _endpoint_p99(named: str | None) -> Measure:
+    """p99 of one endpoint over HTTP under the infra stage's open-loop load: a named
+    endpoint of an example model (`named`), or each model's own /v2 endpoint (None)."""
+    from pipeline.stages.interface import ENDPOINTS, INTERFACE_PERCENTILE, NAMED_SLAS, V2_SLA
+
+    def measure(ev: Evidence, model: str | None) -> Measurement:
+        check = V2_SLA if named is None else NAMED_SLAS[named]
+        who = model if named is None else named
+        row = _infra_row(ev, check, who)
+        if row is None:
+            if named is not None and who not in ev.ctx.run.model_info():
+                raise NotApplicable(
+                    f"not applicable: no {who} in this run ({ENDPOINTS[who]} serves only it)"
+                )
+            raise NotRun("infra", f"not run: the infra stage measured no {check} for {who}")
+        return Measurement(
+            float(row["measured"]),
+            int(row["samples"]),
+            min_samples_for(INTERFACE_PERCENTILE),
+            f"{row['detail']} (the infra stage's open-loop HTTP load on loopback; a p99 needs "
+            f">= {min_samples_for(INTERFACE_PERCENTILE)} samples)",
+        )
+
+    return measure
+
+
+def _validation(ev: Evidence, model: str | None) -> Measurement:
+    from pipeline.stages.interface import VALIDATION_SLA
+
+    row = _infra_row(ev, VALIDATION_SLA, "all")
+    if row is None:
+        raise NotRun("infra", "not run: the infra stage did not call the validation endpoint")
+    return Measurement(float(row["measured"]), int(row["samples"]), 1, str(row["detail"]))
+
+
+def _availability(ev: Evidence, model: str | None) -> Measurement:
+    from pipeline.stages.availability import MIN_AVAILABILITY_PROBES
+
+    row = _infra_row(ev, "availability", "all")
+    if row is None:
+        raise NotRun("infra", "not run: the infra stage probed no health endpoint")
+    detail = str(row["detail"]).split(" (INVALID:")[0]
+    return Measurement(
+        float(row["measured"]),
+        int(row["samples"]),
+        MIN_AVAILABILITY_PROBES,
+        f"{detail} (needs >= {MIN_AVAILABILITY_PROBES} probes)",
+    )
+
+
 #: metric name -> (measure(evidence, model or None) -> Measurement, what it reads)
 MEASURES: dict[str, tuple[Measure, str]] = {
     "average_inference_latency_ms": _latency(None),
@@ -326,6 +397,11 @@ MEASURES: dict[str, tuple[Measure, str]] = {
     "soak_rss_growth_mb": (_soak("rss_growth_mb"), "stages/load/summary.json"),
     "soak_error_rate": (_soak("error_rate"), "stages/load/summary.json"),
     "model_initialization_s": (_initialisation, "stages/integration/checks.csv"),
+    "routing_endpoint_p99_ms": (_endpoint_p99("routing_classifier"), "stages/infra/checks.csv"),
+    "quality_endpoint_p99_ms": (_endpoint_p99("quality_predictor"), "stages/infra/checks.csv"),
+    "endpoint_p99_latency_ms": (_endpoint_p99(None), "stages/infra/checks.csv"),
+    "validation_endpoint_s": (_validation, "stages/infra/checks.csv"),
+    "availability": (_availability, "stages/infra/checks.csv"),
     "parity_max_abs_diff": (_parity, "stages/integration/checks.csv"),
 }
 #: each model's quality SLA (model_quality[<model>]), measured by the integration stage

@@ -10,10 +10,19 @@ dtype), a malformed request (400). The example models are also checked on their 
 endpoints (golden answers, 422); for other models those checks are rows marked not
 applicable. Then error handling (404, 413), /metrics, liveness, open-loop HTTP load spread
 over every model with the load stage's methodology (Poisson arrivals, latency from the
-scheduled time, issue delay recorded; latency per model and for the mix), the server
-process's RSS and CPU; the server is always stopped, even when a check fails. Writes
-`stages/infra/checks.csv` (gated), `stages/infra/load.csv`, `stages/infra/resources.csv` and
-`summary.json`.
+scheduled time, issue delay recorded) spread over every endpoint a model is served on (its
+/v2 endpoint, and the named endpoint of an example model), then the performance validation
+endpoint (enabled for this instance with a random token), the server process's RSS and CPU;
+the server is always stopped, even when a check fails.
+
+The interface SLAs are checks of their own, each against its target: per endpoint, the p99
+under the open-loop load (`routing_endpoint_p99_ms`, `quality_endpoint_p99_ms` on the named
+endpoints, `endpoint_p99_latency_ms` on each model's /v2 endpoint with the model's own
+target when it has one), and the validation endpoint's completion time
+(`validation_endpoint_s`). While the load and the validation run, the health endpoints are
+probed on a fixed cadence (pipeline.stages.availability): `availability` is the share of
+probes and requests answered correctly. Writes `stages/infra/checks.csv` (gated),
+`stages/infra/load.csv`, `stages/infra/resources.csv` and `summary.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,17 +45,21 @@ import numpy as np
 from pipeline._io import atomic_write_text
 from pipeline._proc import stop_process_group
 from pipeline.loadgen import run_open_loop, summarize
+from pipeline.stages.availability import HealthProber
 from pipeline.stages.common import SERVING_FORMAT, StageError, check_row, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import ResourceSampler
+from pipeline.stages.interface import (
+    ENDPOINTS,
+    NAMED_SLAS,
+    V2_SLA,
+    availability_check,
+    interface_checks,
+    validation_checks,
+)
 
 __all__ = ["ServerProcess", "run"]
 
-#: the named endpoints of the example models (every model also has /v2/models/{name}/infer)
-ENDPOINTS = {
-    "quality_predictor": "/api/v1/predict/quality",
-    "routing_classifier": "/api/v1/predict/routing",
-}
 READY_TIMEOUT_S = 90.0
 #: golden rows per model
 GOLDEN_ROWS = 8
@@ -191,11 +205,16 @@ async def _run(ctx: StageContext) -> dict:
     keys = serving_keys(info)
     models, rows = await _golden(run, info, keys, profile.seeds.infra)
     limit = body_limit_for(info, _default_body_bytes())
-    env = {"MAX_BODY_BYTES": str(limit)}
+    # this instance's validation endpoint (off unless a token is set): a fresh random token,
+    # held in memory only (never written, logged or put on a command line)
+    token = secrets.token_urlsafe(32)
+    env = {"MAX_BODY_BYTES": str(limit), "VALIDATE_TOKEN": token}
     server = ServerProcess(run.models, env, hide=run.root).start(ctx.folder / "server.log")
     sampler = ResourceSampler(server.pid, interval_s=0.5)
     client = HttpLoadClient("127.0.0.1", server.port, connections=16)
+    probe_client = HttpLoadClient("127.0.0.1", server.port, connections=2)
     load_rows: list[dict[str, Any]] = []
+    interface: dict[str, Any] = {"endpoints": [], "validation": None, "availability": None}
     say(f"infra: service pid {server.pid} on 127.0.0.1:{server.port} serving {', '.join(keys)}")
     try:
         sampler.start()
@@ -208,12 +227,28 @@ async def _run(ctx: StageContext) -> dict:
             rows += await _named_checks(client, models)
             rows += await _service_checks(client, models, limit)
             claim = min(95.0, max(profile.percentiles_claimed))
-            load_rows, load_checks = await _load(client, models, profile.infra, targets, claim, say)
-            rows += load_checks
+            await _connect(probe_client, server)
+            prober = await HealthProber(probe_client).start()
+            try:
+                load_rows, load_checks, trials = await _load(
+                    client, models, profile.infra, targets, claim, say
+                )
+                validation_rows, interface["validation"] = await validation_checks(
+                    client, token, targets, say
+                )
+            finally:
+                await prober.stop()
+            endpoint_rows, interface["endpoints"] = interface_checks(trials, targets)
+            availability_row, interface["availability"] = availability_check(
+                prober, load_rows, targets
+            )
+            rows += [*load_checks, *endpoint_rows, *validation_rows, availability_row]
+            say(f"infra: {availability_row['detail']}")
         sampler.sample()
     finally:
         await sampler.stop()
         await client.close()
+        await probe_client.close()
         code = server.stop()
     rows += _process_checks(server, code, sampler, targets)
     ctx.write_table("checks", rows)
@@ -237,6 +272,7 @@ async def _run(ctx: StageContext) -> dict:
             "peak_rss_mb": sampler.peak_rss_mb(),
             "mean_cpu_percent": sampler.mean_cpu_percent(),
             "load": load_rows,
+            **interface,
         }
     )
     say(
@@ -647,23 +683,51 @@ async def _service_checks(client, models: dict[str, _Model], limit: int) -> list
 
 
 # ----------------------------------------------------------------------------- load
-def _load_requests(models: dict[str, _Model]) -> dict[str, list[tuple[str, bytes, tuple]]]:
-    """Per model, a request per golden row as a standard client sends it (binary data)."""
+@dataclass(frozen=True)
+class _Endpoint:
+    """One endpoint the load goes to: a model's /v2 endpoint or an example model's named one,
+    with a request per golden row as a client sends it (body, content type, headers)."""
+
+    model: str
+    path: str
+    sla: str  # the interface target it is certified against
+    requests: tuple[tuple[bytes, str, tuple], ...]
+
+
+def _load_endpoints(models: dict[str, _Model]) -> list[_Endpoint]:
+    """Every model's /v2 endpoint (binary tensor data, as a standard client sends it) and
+    the named endpoint of each example model (its JSON body)."""
     from pipeline.serve.tensors import encode_infer_request
 
-    requests = {}
-    for name, m in models.items():
-        requests[name] = []
+    endpoints = []
+    for name in sorted(models):
+        m = models[name]
+        v2 = []
         for row in m.rows:
             body, size = encode_infer_request(
                 m.input_name, row[None], binary_input=True, binary_output=True
             )
-            requests[name].append((m.infer_path, body, ((_HEADER, str(size)),)))
-    return requests
+            v2.append((body, "application/octet-stream", ((_HEADER, str(size)),)))
+        endpoints.append(_Endpoint(name, m.infer_path, V2_SLA, tuple(v2)))
+        path = ENDPOINTS.get(name)
+        if path is not None:
+            names = m.entry["feature_names"]
+            named = tuple(
+                (
+                    json.dumps(
+                        {"features": dict(zip(names, map(float, row), strict=True))}
+                    ).encode(),
+                    "application/json",
+                    (),
+                )
+                for row in m.rows
+            )
+            endpoints.append(_Endpoint(name, path, NAMED_SLAS[name], named))
+    return endpoints
 
 
 def _model_share(record, m: int, k: int, errors: dict[str, int]):
-    """The part of an open-loop record that went to model `m` of `k` (round robin)."""
+    """The part of an open-loop record that went to endpoint `m` of `k` (round robin)."""
     from pipeline.loadgen.issue import OpenLoopRecord
 
     return OpenLoopRecord(
@@ -682,13 +746,15 @@ def _model_share(record, m: int, k: int, errors: dict[str, int]):
     )
 
 
-def _load_row(model: str, rate: float, s) -> dict[str, Any]:
+def _load_row(model: str, endpoint: str, rate: float, s) -> dict[str, Any]:
     return {
         "model": model,
+        "endpoint": endpoint,
         "offered_rps": rate,
         "model_offered_rps": s.offered_rps,
         "achieved_rps": s.achieved_rps,
         "requests": s.scheduled,
+        "succeeded": s.succeeded,
         "p50_ms": s.p50_ms,
         "p95_ms": s.p95_ms,
         "p99_ms": s.p99_ms,
@@ -700,44 +766,64 @@ def _load_row(model: str, rate: float, s) -> dict[str, Any]:
     }
 
 
-async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list]:
-    """Open-loop HTTP load over every model (round robin through /v2): a row for the mix
-    and one per model at each offered rate; the mix is checked against the targets."""
-    names = sorted(models)
-    if not names:
-        return [], []
-    k = len(names)
-    requests = _load_requests(models)
+def _kept_up(summary) -> bool:
+    """The generator kept up (its issue delay and issue count were fine), whatever the
+    sample count: the per-endpoint p99 claims check their own sample counts."""
+    return not [r for r in summary.invalid_reasons if " samples; " not in r]
+
+
+async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list, list]:
+    """Open-loop HTTP load over every endpoint (round robin): a row for the mix and one per
+    endpoint at each offered rate; the mix is checked against the run's targets. Also
+    returns each endpoint's trials (rate, p99, samples, generator kept up) for the
+    interface SLAs."""
+    endpoints = _load_endpoints(models)
+    if not endpoints:
+        return [], [], []
+    k = len(endpoints)
     p99_bound = targets["p99_latency_ms"].threshold
     rows, checks = [], []
+    trials: list[dict[str, Any]] = []
     for rate in cfg.rates:
-        errors: dict[str, dict[str, int]] = {n: {} for n in names}
+        errors: list[dict[str, int]] = [{} for _ in endpoints]
 
-        def tally(name: str, future: asyncio.Future, errors=errors) -> None:
+        def tally(m: int, future: asyncio.Future, errors=errors) -> None:
             result = future.result()
             if not result.success:
                 key = result.error or f"HTTP {result.status}"
-                errors[name][key] = errors[name].get(key, 0) + 1
+                errors[m][key] = errors[m].get(key, 0) + 1
 
         def send(i: int):
-            name = names[i % k]
-            path, body, headers = requests[name][(i // k) % len(requests[name])]
-            future = client.request("POST", path, body, "application/octet-stream", headers)
-            future.add_done_callback(lambda f, name=name: tally(name, f))
+            m = i % k
+            body, kind, headers = endpoints[m].requests[(i // k) % len(endpoints[m].requests)]
+            future = client.request("POST", endpoints[m].path, body, kind, headers)
+            future.add_done_callback(lambda f, m=m: tally(m, f))
             return future
 
         record = await run_open_loop(
             send, float(rate), cfg.duration_s, warmup_s=cfg.warmup_s, seed=int(rate)
         )
         mix = summarize(record, percentile=claim, max_issue_delay_ms=10.0)
-        rows.append(_load_row("mixed", rate, mix))
-        per_model = []
-        for m, name in enumerate(names):
+        rows.append(_load_row("mixed", "all", rate, mix))
+        per_endpoint = []
+        for m, ep in enumerate(endpoints):
             share = summarize(
-                _model_share(record, m, k, errors[name]), percentile=claim, max_issue_delay_ms=10.0
+                _model_share(record, m, k, errors[m]), percentile=claim, max_issue_delay_ms=10.0
             )
-            rows.append(_load_row(name, rate, share))
-            per_model.append(f"{name} {share.p99_ms:.2f} ms ({share.error_rate:.1%} errors)")
+            rows.append(_load_row(ep.model, ep.path, rate, share))
+            per_endpoint.append(f"{ep.path} {share.p99_ms:.2f} ms ({share.error_rate:.1%} errors)")
+            trials.append(
+                {
+                    "model": ep.model,
+                    "endpoint": ep.path,
+                    "sla": ep.sla,
+                    "offered_rps": float(rate),
+                    "p99_ms": share.p99_ms,
+                    "samples": share.scheduled,
+                    "answered": share.measured,
+                    "kept_up": _kept_up(mix),
+                }
+            )
         ok = (
             mix.valid
             and mix.error_rate <= targets["error_rate"].threshold
@@ -751,15 +837,15 @@ async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list]:
                 mix.p99_ms,
                 "p99 ms",
                 p99_bound,
-                f"{mix.scheduled} requests over {k} model(s) through /v2: p50 {mix.p50_ms:.2f} ms, "
-                f"errors {mix.error_rate:.2%}, issue delay p99 {mix.issue_delay_p99_ms:.2f} ms; "
-                f"p99 per model: {', '.join(per_model)}"
+                f"{mix.scheduled} requests over {k} endpoint(s) of {len(models)} model(s): p50 "
+                f"{mix.p50_ms:.2f} ms, errors {mix.error_rate:.2%}, issue delay p99 "
+                f"{mix.issue_delay_p99_ms:.2f} ms; p99 per endpoint: {', '.join(per_endpoint)}"
                 + ("" if mix.valid else f"; INVALID: {'; '.join(mix.invalid_reasons)}"),
                 samples=mix.scheduled,
             )
         )
         say(
-            f"infra: HTTP open loop {rate} req/s over {k} models: p50 {mix.p50_ms:.2f} ms, "
+            f"infra: HTTP open loop {rate} req/s over {k} endpoints: p50 {mix.p50_ms:.2f} ms, "
             f"p99 {mix.p99_ms:.2f} ms, errors {mix.error_rate:.2%}"
         )
-    return rows, checks
+    return rows, checks, trials

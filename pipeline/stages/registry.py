@@ -290,7 +290,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="infra",
         title="The HTTP service that will be deployed, started from the run's models on "
-        "loopback: golden requests, errors, metrics, open-loop HTTP load, RSS.",
+        "loopback: golden requests, errors, metrics, open-loop HTTP load per endpoint (the "
+        "interface SLAs), the validation endpoint, availability probes, RSS.",
         runner="pipeline.stages.infra:run",
         tables=(
             TableContract(
@@ -301,16 +302,30 @@ STAGES: tuple[Stage, ...] = (
                 "load",
                 (
                     ("model", "str"),  # a model's share of the trial, or "mixed": all of it
+                    ("endpoint", "str"),  # the path it went to ("all" for the mix)
                     ("offered_rps", "float"),
+                    ("requests", "int"),
+                    ("succeeded", "int"),
                     ("p99_ms", "float"),
                     ("valid", "bool"),
                 ),
-                ("model", "offered_rps"),
+                ("model", "endpoint", "offered_rps"),
                 "trial",
             ),
             _t("infra", "resources", _RESOURCE_COLUMNS, ("t_s",), "sample"),
         ),
-        summary=SummaryContract("infra", (("checks", "int"), ("failed", "list"))),
+        summary=SummaryContract(
+            "infra",
+            (
+                ("checks", "int"),
+                ("failed", "list"),
+                # the interface SLAs: each endpoint's p99 under the load, the validation
+                # endpoint's completion and the availability probes (null: not reached)
+                ("endpoints", "list"),
+                ("validation", "dict?"),
+                ("availability", "dict?"),
+            ),
+        ),
         after=("load", "stress"),
         task_id="infra_validate",
         perf=True,

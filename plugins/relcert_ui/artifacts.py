@@ -38,6 +38,11 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("memory_usage_mb", "Memory", "MB"),
 )
 
+# the service's interface SLAs (criteria of category `interface`) and its availability,
+# listed in one column, each with its verdict
+INTERFACE_CATEGORY = "interface"
+AVAILABILITY = "availability"
+
 # the folder names `pipeline.orchestrate.run_key` can produce
 _RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -343,6 +348,9 @@ class RunSummary:
     baseline: str | None = None  # run key of the baseline it was compared with
     regressions: int | None = None  # unwaived regressions against it (None: not compared)
     regression_note: str = ""  # no baseline / not comparable: why; waived: which
+    #: the interface SLAs and availability: [{name, measured, unit, threshold, direction,
+    #: status, met, detail}] in the report's order
+    interface: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def sort_key(self) -> tuple[str, float, str]:
@@ -367,6 +375,7 @@ class RunSummary:
             "baseline": self.baseline,
             "regressions": self.regressions,
             "regression_note": self.regression_note,
+            "interface": self.interface,
         }
 
 
@@ -429,6 +438,34 @@ def _metrics(report: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     return out
 
 
+def _interface(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The interface criteria and availability of report.json, each with its verdict."""
+    criteria = report.get("criteria")
+    if not isinstance(criteria, list):
+        return []
+    out = []
+    for row in criteria:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            continue
+        metric = row.get("metric") or row["name"].split("[")[0]
+        if row.get("category") != INTERFACE_CATEGORY and metric != AVAILABILITY:
+            continue
+        met = row.get("met")
+        out.append(
+            {
+                "name": row["name"],
+                "measured": _number(row.get("measured")),
+                "unit": str(row.get("unit") or ""),
+                "threshold": _number(row.get("threshold")),
+                "direction": str(row.get("direction") or ""),
+                "status": str(row.get("status") or ""),
+                "met": met if isinstance(met, bool) else None,
+                "detail": str(row.get("detail") or "")[:400],
+            }
+        )
+    return out
+
+
 def _gates(report: dict[str, Any]) -> dict[str, bool | None]:
     gates = report.get("gates")
     out: dict[str, bool | None] = {}
@@ -476,6 +513,7 @@ def summarize(folder: Path) -> RunSummary:
     summary.decision = str(decision) if decision else None
     summary.readiness_score = _number(report.get("readiness_score"))
     summary.metrics = _metrics(report)
+    summary.interface = _interface(report)
     summary.gates = _gates(report)
     package = package_file(folder, report)
     summary.package = package.name if package else None

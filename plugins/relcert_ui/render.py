@@ -34,7 +34,7 @@ font-size:.78rem;white-space:nowrap}
 .met{color:#1e7e34}.unmet{color:#b00020;font-weight:600}.invalid{color:#8a5a00;font-style:italic}
 .muted{color:#777}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem}
 .trend{margin:0 0 1.2rem;max-width:1000px}.trend svg{max-width:100%;height:auto}
-a{color:#0b5cad}ul.models{margin:0;padding-left:1rem}
+a{color:#0b5cad}ul.models,ul.interface{margin:0;padding-left:1rem}
 """
 
 
@@ -102,6 +102,36 @@ def metric_cell(metric: Mapping[str, Any] | None) -> str:
     return f'<td class="{" ".join(classes)}"{title_attr}>{text}</td>'
 
 
+def _interface_cell(run: RunSummary) -> str:
+    """Each interface SLA and the availability: measured against its threshold, met, not
+    met, invalid, not run or not applicable (with why, on hover)."""
+    if not run.interface:
+        return '<td class="muted">–</td>'
+    items = []
+    for c in run.interface:
+        status = c.get("status")
+        unit = "" if c.get("unit") == "ratio" else escape(c.get("unit") or "")
+        bound = ""
+        if c.get("threshold") is not None:
+            op = "&lt;=" if c.get("direction") == "max" else "&gt;="
+            bound = f" ({op} {c['threshold']:g}{' ' + unit if unit else ''})"
+        if status == "not_applicable":
+            verdict, klass, bound = "not applicable", "muted", ""
+        elif status == "not_run":
+            verdict, klass = "not run", "unmet"
+        else:
+            value = c.get("measured")
+            shown = f"{value:.4f}" if value is not None and not unit else None
+            verdict = "–" if value is None else shown or f"{_fmt_number(value)} {unit}"
+            verdict += " (invalid)" if status == "invalid" else ""
+            klass = "met" if c.get("met") and status == "measured" else "unmet"
+        items.append(
+            f'<li class="{klass}" title="{escape(c.get("detail") or "")}">'
+            f"{escape(c['name'])}: {verdict}{bound}</li>"
+        )
+    return f'<td><ul class="interface">{"".join(items)}</ul></td>'
+
+
 def _models_cell(run: RunSummary) -> str:
     if not run.models:
         return '<td class="muted">–</td>'
@@ -166,6 +196,7 @@ def certifications_page(
         "<th>Snapshot date</th><th>Run</th><th>Models</th><th>Decision</th>"
         "<th>Readiness</th>"
         + "".join(f"<th>{escape(label)}</th>" for _, label, _ in METRICS)
+        + "<th>Interface SLAs and availability</th>"
         + "<th>Against baseline</th><th>Reason</th><th>Artifacts</th>"
     )
     rows = []
@@ -182,6 +213,7 @@ def certifications_page(
             f'<td class="mono">{escape(run.run_id)}{profile}</td>'
             f"{_models_cell(run)}<td>{decision_badge(run)}</td>{readiness}"
             + "".join(metric_cell(run.metrics.get(name)) for name, _, _ in METRICS)
+            + _interface_cell(run)
             + _baseline_cell(run, links)
             + f"<td>{escape(run.reason or '')}</td>{_links_cell(links.get(run.run_key, {}))}</tr>"
         )

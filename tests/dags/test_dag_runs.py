@@ -115,8 +115,22 @@ def test_an_impossible_target_gives_not_approved_and_no_package(
     report, run_dir = _report(result.stdout)
     assert report["package"] is None and not (run_dir / "package").exists()
     failed = [
-        c["name"] for c in report["criteria"] if not c["met"] and c["status"] != "not_applicable"
+        c["name"]
+        for c in report["criteria"]
+        if not c["met"] and c["status"] not in ("not_applicable", "not_run")
     ]
+    # the failed load gate stops the infra stage: its criteria (the interface SLAs and the
+    # availability) are not run, saying so, never passed
+    not_run = [c for c in report["criteria"] if c["status"] == "not_run"]
+    assert {c["name"] for c in not_run} == {
+        "routing_endpoint_p99_ms",
+        "quality_endpoint_p99_ms",
+        "endpoint_p99_latency_ms[quality_predictor]",
+        "endpoint_p99_latency_ms[routing_classifier]",
+        "validation_endpoint_s",
+        "availability",
+    }
+    assert all("the infra stage did not run" in c["detail"] for c in not_run)
     # the override reaches the stages that measure against it: the capacity search looks
     # for a rate whose p99 is within 1.2 microseconds, and finds none (for the mix and for
     # each model on its own)

@@ -523,3 +523,59 @@ def test_the_regression_column_names_the_baseline_and_links_it(
     assert runs[approved.run_key]["baseline"] == baseline.run_key
     assert runs[approved.run_key]["regressions"] == 2
     assert runs[fake_tree["rejected"].run_key]["regressions"] is None
+
+
+def test_the_interface_column_lists_each_sla_and_the_availability_with_its_verdict(
+    client: TestClient, fake_tree: FakeTree
+):
+    """The interface SLAs and the availability of a run's report, each measured against its
+    threshold (met or not), invalid, or not applicable with why."""
+    approved = fake_tree["approved"]
+    path = approved.folder / "report.json"
+    report = json.loads(path.read_text())
+
+    def row(name: str, measured, threshold, unit, direction, status, met, detail, **extra):
+        category = "reliability" if name == "availability" else "interface"
+        return {
+            "name": name,
+            "category": category,
+            "measured": measured,
+            "threshold": threshold,
+            "unit": unit,
+            "direction": direction,
+            "status": status,
+            "met": met,
+            "detail": detail,
+            **extra,
+        }
+
+    report["criteria"] += [
+        row("routing_endpoint_p99_ms", 41.5, 25.0, "ms", "max", "measured", False, "POST r"),
+        row("quality_endpoint_p99_ms", 4.25, 30.0, "ms", "max", "measured", True, "POST q"),
+        row(
+            "endpoint_p99_latency_ms[image]",
+            None,
+            30.0,
+            "ms",
+            "max",
+            "not_applicable",
+            False,
+            "not applicable: the run's targets declare no endpoint_p99_latency_ms",
+            metric="endpoint_p99_latency_ms",
+        ),
+        row("availability", 0.9991, 0.99, "ratio", "min", "invalid", False, "42 probes"),
+    ]
+    path.write_text(json.dumps(report))
+    text = client.get("/certifications").text
+    assert "Interface SLAs and availability" in text
+    routing = '<li class="unmet" title="POST r">routing_endpoint_p99_ms: 41.50 ms (&lt;= 25 ms)'
+    assert routing in text
+    assert '<li class="met" title="POST q">quality_endpoint_p99_ms: 4.25 ms (&lt;= 30 ms)' in text
+    assert "endpoint_p99_latency_ms[image]: not applicable</li>" in text
+    assert "availability: 0.9991 (invalid) (&gt;= 0.99)</li>" in text
+    runs = {r["run_key"]: r for r in client.get("/api/certifications").json()["runs"]}
+    interface = {c["name"]: c for c in runs[approved.run_key]["interface"]}
+    assert interface["routing_endpoint_p99_ms"]["met"] is False
+    assert interface["availability"]["status"] == "invalid"
+    assert "p99_latency_ms" not in interface  # a latency criterion, not the interface's
+    assert runs[fake_tree["rejected"].run_key]["interface"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipeline.report import (
     set_package,
     write_report,
 )
+from pipeline.stages import run_stage
 from tests.report.conftest import STAGES_RUN
 
 VOID = {"meta", "br", "img", "hr", "link", "input", "col", "wbr", "source"}
@@ -80,7 +82,7 @@ def test_a_healthy_run_is_approved(approved_report) -> None:
     not_applicable = [c["name"] for c in data["criteria"] if c["status"] == "not_applicable"]
     assert not_applicable == ["soak_p99_drift_ratio", "soak_rss_growth_mb", "soak_error_rate"]
     assert all(g["success"] for g in data["gates"].values())
-    assert set(data["gates"]) == {"build", "integration", "load", "stress", "certify"}
+    assert set(data["gates"]) == {"build", "integration", "load", "stress", "infra", "certify"}
     assert not [r for r in data["risks"] if r["level"] == "high"]
     assert data["summary"]["deployment_allowed"] and data["run_id"] == "nightly-1"
     assert data["profile"] == "report"
@@ -93,14 +95,22 @@ def test_a_healthy_run_is_approved(approved_report) -> None:
 
 
 def test_infra_expected_but_not_run_is_not_approved(good_run: Path) -> None:
-    # The default expects the infra stage (the DAG runs it). Every scored gate passed, so
-    # the score is 1.0, but the service that would ship was never validated: NOT_APPROVED.
+    # The default expects the infra stage (the DAG runs it). Without it the service that
+    # would ship was never validated, and its criteria (the interface SLAs, availability)
+    # were not run: NOT_APPROVED.
+    shutil.rmtree(good_run / "stages/infra")
+    (good_run / "gates/infra.json").unlink()
+    run_stage("certify", good_run, "smoke")  # its criteria as the certify task finds them
     report = write_report(good_run, conf={"reason": "<script>alert('x')</script>"})
     data = report.data
     assert (report.decision, data["confidence"]) == (NOT_APPROVED, "LOW")
-    assert report.readiness_score == 1.0
     assert "nothing is packaged" in data["reasons"][0]
     assert any("infra: did not run" in r for r in data["reasons"])
+    criteria = {c["name"]: c for c in data["criteria"]}
+    interface = ("routing_endpoint_p99_ms", "endpoint_p99_latency_ms[quality_predictor]")
+    for name in ("availability", *interface):
+        assert criteria[name]["status"] == "not_run" and not criteria[name]["met"]
+        assert "infra" in criteria[name]["detail"]
     assert data["gates"]["infra"] == {
         **data["gates"]["infra"],
         "ran": False,

@@ -18,15 +18,15 @@ from pipeline.targets import load_targets
 
 @pytest.fixture(scope="module")
 def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder on which the integration and load stages ran with the quick profile
-    (the smallest whose samples support every certified figure)."""
+    """A run folder on which the integration, load and infra stages ran with the quick
+    profile (the smallest whose samples support every certified figure)."""
     from tests.quick_profile import quick_profiles
 
     folder = tmp_path_factory.mktemp("certify")
     run = folder / "run"
     shutil.copytree(built_models, run / "models")
     with quick_profiles(folder):
-        for stage in ("integration", "load"):
+        for stage in ("integration", "load", "infra"):
             gate = run_stage(stage, run, "smoke")["gate"]
             if not gate["success"] and stage == "integration":
                 checks = pd.read_csv(run / "stages/integration/checks.csv")
@@ -77,6 +77,7 @@ def test_every_target_is_measured_from_the_run(measured_run: Path) -> None:
         "concurrency",
         "cache",
         "model_quality",
+        "interface",
     }
     # figures trace back to this run's tables
     requests = pd.read_csv(measured_run / "stages/load/requests.csv")
@@ -114,3 +115,57 @@ def test_a_stage_that_did_not_run_leaves_its_criteria_unmet(run_dir: Path) -> No
         assert rows[name]["status"] == "not_run"
         assert math.isnan(rows[name]["measured"])
         assert "did not run" in rows[name]["detail"]
+
+
+def test_the_interface_slas_pass_and_a_tightened_one_fails_naming_its_endpoint(
+    measured_run: Path,
+) -> None:
+    """The plan's interface SLAs hold over HTTP (each endpoint's p99 under the infra stage's
+    load, the validation endpoint's completion, availability); a tightened routing target
+    fails the infra and certification gates naming /api/v1/predict/routing, and a model's
+    own /v2 endpoint target fails that model's criterion only."""
+    from pipeline.gates import run_gate
+
+    declared = load_targets()
+    criteria = {c.name: c for c in measure_targets(measured_run, declared)}
+    for name, endpoint in (
+        ("routing_endpoint_p99_ms", "/api/v1/predict/routing"),
+        ("quality_endpoint_p99_ms", "/api/v1/predict/quality"),
+        ("endpoint_p99_latency_ms[routing_classifier]", "/v2/models/routing_classifier/infer"),
+        ("validation_endpoint_s", "/api/v1/validate/performance"),
+    ):
+        c = criteria[name]
+        assert c.status == "measured" and c.met, (name, c.detail)
+        assert endpoint in c.detail and c.category == "interface"
+    routing = criteria["routing_endpoint_p99_ms"]
+    assert routing.samples >= routing.min_samples == 1000 and routing.threshold == 25
+    availability = criteria["availability"]
+    assert availability.status == "measured" and availability.met
+    assert availability.samples >= availability.min_samples == 100
+    assert "/health/live" in availability.detail and "/health/ready" in availability.detail
+
+    # tightened below what was measured: the routing endpoint's SLA fails, nothing else
+    strict = declared.with_overrides({"routing_endpoint_p99_ms": routing.measured / 2})
+    gate = run_gate("infra", measured_run, strict)
+    assert not gate.success
+    assert [f for f in gate.failed if "POST /api/v1/predict/routing" in f] == list(gate.failed)
+    result = run_stage("certify", measured_run, targets=strict)
+    assert not result["gate"]["success"]
+    rows = pd.read_csv(measured_run / "stages/certify/criteria.csv").set_index("name")
+    assert not rows.loc["routing_endpoint_p99_ms", "met"]
+    assert "POST /api/v1/predict/routing" in rows.loc["routing_endpoint_p99_ms", "detail"]
+    others = rows.drop(index="routing_endpoint_p99_ms")
+    assert (others["met"] | (others["status"] == "not_applicable")).all()
+
+    # a model's own target for its /v2 endpoint (as its models-file `targets:` sets it)
+    quality = criteria["endpoint_p99_latency_ms[quality_predictor]"]
+    own = declared.with_model_overrides(
+        "quality_predictor", {"endpoint_p99_latency_ms": quality.measured / 2}
+    )
+    mine = {c.name: c for c in measure_targets(measured_run, own)}
+    failed = mine["endpoint_p99_latency_ms[quality_predictor]"]
+    assert not failed.met and failed.threshold == pytest.approx(quality.measured / 2)
+    assert "/v2/models/quality_predictor/infer" in failed.detail
+    assert mine["endpoint_p99_latency_ms[routing_classifier]"].met
+    assert not run_gate("infra", measured_run, own).success
+    assert run_gate("infra", measured_run, declared).success  # the declared SLAs hold

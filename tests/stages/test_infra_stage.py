@@ -10,6 +10,7 @@ import pandas as pd
 import psutil
 
 from pipeline.stages import run_stage
+from pipeline.stages.certify import measure_targets
 
 
 def _alive(pid: int) -> bool:
@@ -30,6 +31,43 @@ def test_the_service_passes_golden_error_and_load_checks(run_dir: Path, mini_pro
     summary = json.loads((run_dir / "stages/infra/summary.json").read_text())
     assert 20 < summary["peak_rss_mb"] < 2000
     assert not _alive(summary["server_pid"])  # the service process was stopped
+    # the interface SLAs, over HTTP: each endpoint's p99 under the load, against its target
+    for check, model, endpoint in (
+        ("routing_endpoint_p99_ms", "routing_classifier", "/api/v1/predict/routing"),
+        ("quality_endpoint_p99_ms", "quality_predictor", "/api/v1/predict/quality"),
+        ("endpoint_p99_latency_ms", "routing_classifier", "/v2/models/routing_classifier/infer"),
+    ):
+        row = by_check.loc[(check, model)]
+        assert row["status"] == "measured" and row["passed"] and endpoint in row["detail"]
+        assert 0 < row["measured"] <= row["limit"] and row["samples"] > 0
+    load = pd.read_csv(run_dir / "stages/infra/load.csv")
+    assert set(load["endpoint"]) == {
+        "all",
+        "/api/v1/predict/routing",
+        "/api/v1/predict/quality",
+        "/v2/models/routing_classifier/infer",
+        "/v2/models/quality_predictor/infer",
+    }
+    # the validation endpoint, enabled for this instance only: refused without its token
+    assert by_check.loc[("validate_requires_token", "all"), "measured"] == 401
+    validation = by_check.loc[("validation_endpoint_s", "all")]
+    assert validation["passed"] and 0 < validation["measured"] <= 60
+    assert summary["validation"]["completed"] and summary["validation"]["requests"] > 0
+    # availability: probes of both health endpoints alongside the load, all answered
+    availability = by_check.loc[("availability", "all")]
+    assert availability["measured"] == 1.0 and availability["passed"]
+    probes = {p["path"]: p for p in summary["availability"]["paths"]}
+    assert probes["/health/live"]["sent"] == probes["/health/live"]["ok"] > 5
+    assert probes["/health/ready"]["ok"] > 5 and summary["availability"]["restarts"] == 0
+    assert len(summary["availability"]["uptime_gauge_s"]) == 2  # the gauge read both ends
+    # the mini profile is too short for the claims: invalid, saying what they needed
+    criteria = {c.name: c for c in measure_targets(run_dir, profile="mini")}
+    few = criteria["availability"]
+    assert few.status == "invalid" and not few.met
+    assert few.samples == summary["availability"]["probes"] < 100
+    assert "needs >= 100 samples" in few.detail
+    routing = criteria["routing_endpoint_p99_ms"]
+    assert routing.status == "invalid" and "needs >= 1000 samples" in routing.detail
 
 
 def test_a_service_that_cannot_load_fails_the_gate_and_is_still_stopped(
@@ -83,9 +121,21 @@ def test_every_model_is_validated_through_the_open_inference_protocol(
             assert row["status"] == "not_applicable" and "no named endpoint" in row["detail"]
     assert by_check.loc[("golden_requests_named", "quality_predictor"), "passed"]
     assert float(by_check.loc[("unknown_model_404", "all"), "measured"]) == 404
-    # HTTP load over every model: a row per model and one for the mix
+    # HTTP load over every endpoint: a row per model's /v2 endpoint, one per named endpoint
+    # of an example model, and one for the mix
     load = pd.read_csv(run / "stages/infra/load.csv")
-    assert sorted(load["model"]) == sorted([*names, "mixed"])
+    v2 = load[load["endpoint"].str.startswith("/v2/")]
+    assert sorted(v2["model"]) == names
+    assert sorted(load[load["endpoint"].str.startswith("/api/")]["model"]) == [
+        "quality_predictor",
+        "routing_classifier",
+    ]
+    assert (load["model"] == "mixed").sum() == 1
+    # imports are certified on their /v2 endpoint; no named-endpoint SLA applies to them
+    for name in (IMAGE, PRECISE):
+        row = by_check.loc[("endpoint_p99_latency_ms", name)]
+        assert row["status"] == "measured" and f"/v2/models/{name}/infer" in row["detail"]
+        assert ("routing_endpoint_p99_ms", name) not in by_check.index
     mix = load.set_index("model").loc["mixed"]
     assert mix["requests"] == load[load["model"] != "mixed"]["requests"].sum()
     assert (load["error_rate"] == 0).all()
