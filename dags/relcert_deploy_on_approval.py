@@ -5,8 +5,13 @@ An example of a deployment DAG driven by relcert's decisions. It is scheduled on
 approval Asset of `model_release_certification` for the model set of
 `include/models.yaml` (`relcert://model_release_certification/quality_predictor+routing_classifier`):
 each APPROVED certification run of those models, once its package is written, emits an
-event of that Asset, and this DAG runs on it (approvals that arrive meanwhile are handled by
-one run).
+event of that Asset, and this DAG runs on it.
+
+Airflow 3.3 queues one pending run per Asset: an approval that arrives while the previous
+approval's queue entry is still pending is consumed by the run of the *next* approval, not by
+a run of its own (apache/airflow#54659, #56050). With `max_active_runs=1` that window would
+be a whole run of this DAG, so the example leaves it unset; to roll out one package at a
+time, give the rollout task a pool with one slot.
 
 `verify_package` reads every triggering event's extra (the package's location in the
 artifacts store, its sha256, the model versions, the report) and checks that the package is
@@ -35,7 +40,6 @@ APPROVALS = approval_asset(CERTIFICATION_DAG_ID, model_names(MODELS_FILE))
     schedule=[APPROVALS],
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["relcert", "deployment", "example"],
     default_args={

@@ -22,6 +22,8 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         **os.environ,
         "RELCERT_ARTIFACTS": str(root / "artifacts"),
         "RELCERT_AIRFLOW_HOME": str(root / "airflow"),
+        # no run here is about retry delays: a failed prepare's final_report retries once
+        "RELCERT_RETRY_DELAY_S": "1",
     }
 
 
