@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline._io import sha256_file  # noqa: E402
+from pipeline.build.export import export_onnx  # noqa: E402
 from pipeline.regression.config import default_regression_config  # noqa: E402
 from pipeline.regression.stats import compare_samples  # noqa: E402
 
@@ -65,18 +65,7 @@ def _image_model(folder: Path) -> None:
         torch.nn.Linear(512, 10),
     ).eval()
     path = folder / "image.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.rand(2, 3, 64, 64),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-            opset_version=17,
-        )
+    export_onnx(net, torch.rand(2, 3, 64, 64), path, "x", "y")
     info_path = folder / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info["image"] = {
@@ -98,8 +87,7 @@ def _image_model(folder: Path) -> None:
 
 
 def _file_entry(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"path": path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def slowed_onnx(data: bytes, steps: int, size: int = 128) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,8 @@ import yaml
 from tests.quick_profile import quick_profiles
 
 torch = pytest.importorskip("torch")
+
+from pipeline.build.export import export_onnx  # noqa: E402  (needs torch)
 
 DAG = "model_release_certification"
 STAGES = ("build", "integration", "load", "stress", "infra", "certify", "regression")
@@ -50,18 +51,7 @@ class _Matmuls(torch.nn.Module):
 
 
 def _export(steps: int, path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Matmuls(steps).eval(),
-            (torch.rand(2, 8),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-            opset_version=17,
-        )
+    export_onnx(_Matmuls(steps), torch.rand(2, 8), path, "x", "y")
 
 
 def _models_file(folder: Path, stem: str, file: str) -> Path:

@@ -59,14 +59,7 @@ class ResultCache:
             return value
 
     def put(self, key: tuple, value: np.ndarray) -> None:
-        stored = np.array(value, copy=True)
-        stored.setflags(write=False)
-        with self._lock:
-            self._entries[key] = stored
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-                self._evictions += 1
+        self.put_many(((key, value),))
 
     def put_many(self, items: Iterable[tuple[tuple, np.ndarray]]) -> None:
         """`put` for several (key, value) pairs under one lock (the engine's per-batch call)."""
