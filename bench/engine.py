@@ -64,11 +64,14 @@ class NaiveEagerServer:
         loop.call_soon(self._serve, x, future)
         return future
 
-    def _serve(self, x: np.ndarray, future: asyncio.Future) -> None:
+    def serve_now(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.no_grad():
             out = self._module(torch.from_numpy(x).unsqueeze(0))
-        future.set_result(_NaiveResult(out[0].numpy()))
+        return out[0].numpy()
+
+    def _serve(self, x: np.ndarray, future: asyncio.Future) -> None:
+        future.set_result(_NaiveResult(self.serve_now(x)))
 
 
 def _system(name: str, model_dir: Path):
@@ -122,6 +125,9 @@ def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
         return summarize(record, percentile=99)
 
     async def main() -> dict:
+        # untimed: the process's first second of traffic (lazy initialisation, caches) is
+        # not what any trial measures
+        await run_open_loop(send, FIXED_RATE, 1.0, seed=0)
         fixed = summarize(
             await run_open_loop(send, FIXED_RATE, 2 * duration, warmup_s=warmup, seed=1),
             percentile=99,
@@ -137,6 +143,7 @@ def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
         return {
             "system": name,
             "max_sustained_rps": capacity.max_sustained_rps,
+            "compute_ceiling_rps": _compute_ceiling(server, key, xs) if name == "naive" else None,
             # every rate up to the search's cap was sustained: capacity is at least this
             "capped": capacity.capped,
             "best": capacity.best.to_dict() if capacity.best else None,
@@ -145,6 +152,18 @@ def worker_capacity(name: str, model_dir: Path, quick: bool) -> dict:
         }
 
     return asyncio.run(main())
+
+
+def _compute_ceiling(server, key: str, xs: np.ndarray, calls: int = 5000) -> float:
+    """The naive server's rate if it were busy 100% of the time with no harness at all:
+    1 / (time per eager call, in a tight loop). A bound no open-loop trial can reach, so
+    the ratios against it are conservative."""
+    for i in range(500):
+        server.serve_now(xs[i & 4095])
+    started = time.perf_counter()
+    for i in range(calls):
+        server.serve_now(xs[i & 4095])
+    return calls / (time.perf_counter() - started)
 
 
 def _peak_rss_mb() -> float:
@@ -288,6 +307,17 @@ def main() -> None:
 
     print(f"RATIO engine_torchscript/naive = {ratio('torchscript', 'naive')}  (goal >= 8)")
     print(f"RATIO engine_onnx/naive        = {ratio('onnx', 'naive')}  (goal >= 8)")
+    ceiling = results["capacity"]["naive"]["compute_ceiling_rps"]
+    print(
+        f"naive compute-bound ceiling (1 / eager call time, busy 100%, no harness): "
+        f"{ceiling:.0f} req/s"
+    )
+    for system in ("torchscript", "onnx"):
+        mark = ">=" if capped[system] else ""
+        print(
+            f"RATIO engine_{system}/naive_compute_ceiling = {mark}{cap[system] / ceiling:.2f}"
+            "  (conservative: the naive server cannot reach its ceiling under load)"
+        )
     print(f"RATIO engine_torchscript/null  = {ratio('torchscript', 'null')}  (goal >= 0.8)")
     print(f"RATIO engine_onnx/null         = {ratio('onnx', 'null')}  (goal >= 0.8)")
     print(

@@ -1,7 +1,9 @@
-"""TorchScript's intra-op thread setting holds on the thread that runs inference (issue 17.5)."""
+"""The TorchScript runtime: its intra-op thread setting holds on the thread that runs
+inference (issue 17.5), and a scripted model's own hooks are kept."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -9,7 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from pipeline.inference.runtimes import TorchScriptRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,3 +64,43 @@ def test_inference_thread_uses_one_intra_op_thread_when_loaded_elsewhere(
     seen = json.loads(completed.stdout.strip().splitlines()[-1])
     assert seen["before"] >= 2  # torch's default on this machine: the setting matters
     assert seen["inference"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# A model someone else scripted may carry forward hooks on its top module. TorchScript runs
+# them only through module(...), and freezing for inference drops them, so the runtime must
+# serve such a model as scripted: its answers are the module's own, hooks included.
+class _Scaled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def _shift(module: torch.nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor):
+    return output * 2.0 + 100.0
+
+
+def _scripted_bytes(hooked: bool) -> tuple[bytes, torch.nn.Module]:
+    torch.manual_seed(0)
+    module = _Scaled().eval()
+    if hooked:
+        module.register_forward_hook(_shift)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buffer)
+    return buffer.getvalue(), module
+
+
+@pytest.mark.parametrize("hooked", [True, False])
+def test_torchscript_runtime_answers_as_the_scripted_module_does(hooked: bool) -> None:
+    data, module = _scripted_bytes(hooked)
+    runtime = TorchScriptRuntime(data, label="hooked.pt")
+    batch = np.random.default_rng(0).random((5, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(batch)).numpy()  # eager, hook applied if any
+    np.testing.assert_allclose(runtime.run(batch), expected, rtol=1e-5, atol=1e-5)
+    assert runtime.has_hooks is hooked
+    if hooked:  # the hook's shift is in the answer, not dropped by optimisation
+        assert np.all(runtime.run(batch) > 90.0)
