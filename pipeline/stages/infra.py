@@ -805,6 +805,7 @@ async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list, l
         )
         mix = summarize(record, percentile=claim, max_issue_delay_ms=10.0)
         rows.append(_load_row("mixed", "all", rate, mix))
+        kept_up = _kept_up(mix)  # one generator for every endpoint of the trial
         per_endpoint = []
         for m, ep in enumerate(endpoints):
             share = summarize(
@@ -821,7 +822,7 @@ async def _load(client, models, cfg, targets, claim, say) -> tuple[list, list, l
                     "p99_ms": share.p99_ms,
                     "samples": share.scheduled,
                     "answered": share.measured,
-                    "kept_up": _kept_up(mix),
+                    "kept_up": kept_up,
                 }
             )
         ok = (

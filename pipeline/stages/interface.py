@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import fields
 from typing import Any
 
 from pipeline.loadgen import min_samples_for
@@ -51,6 +50,19 @@ VALIDATION_SLA = "validation_endpoint_s"
 VALIDATE_PATH = "/api/v1/validate/performance"
 #: the percentile the interface SLAs are certified at, and the samples it needs
 INTERFACE_PERCENTILE = 99.0
+
+
+def _undeclared(check: str, model: str, detail: str, samples: int = 1) -> dict:
+    """The row of a check whose target the run's targets do not declare: not applicable,
+    with the reason (never passed, never failed)."""
+    return check_row(
+        check,
+        model,
+        False,
+        status="not_applicable",
+        detail=f"not applicable: the run's targets declare no {check}; {detail}",
+        samples=samples,
+    )
 
 
 def sla_target(targets, sla: str, model: str):
@@ -96,15 +108,7 @@ def interface_checks(trials: list[dict[str, Any]], targets) -> tuple[list, list]
     for (model, path, sla), found in by_endpoint.items():
         target = sla_target(targets, sla, model)
         if target is None:
-            rows.append(
-                check_row(
-                    sla,
-                    model,
-                    False,
-                    status="not_applicable",
-                    detail=f"not applicable: the run's targets declare no {sla} (POST {path})",
-                )
-            )
+            rows.append(_undeclared(sla, model, f"POST {path}"))
             continue
         measured, samples, how = endpoint_verdict(found)
         rows.append(
@@ -141,12 +145,9 @@ async def validation_checks(client, token: str, targets, say) -> tuple[list, dic
     of the largest size this configuration allows, timed to completion."""
     from pipeline.serve.settings import ServeSettings
 
-    defaults = {f.name: f.default for f in fields(ServeSettings)}
+    defaults = ServeSettings  # its class attributes are the fields' defaults
     body = json.dumps(
-        {
-            "requests": defaults["validate_max_requests"],
-            "duration_s": defaults["validate_max_seconds"],
-        }
+        {"requests": defaults.validate_max_requests, "duration_s": defaults.validate_max_seconds}
     ).encode()
     refused = await client.request("POST", VALIDATE_PATH, body, "application/json", ())
     rows = [
@@ -171,8 +172,8 @@ async def validation_checks(client, token: str, targets, say) -> tuple[list, dic
             doc = result.json()
     completed = result.success and doc.get("success_rate") == 1.0 and bool(doc.get("requests"))
     what = (
-        f"POST {VALIDATE_PATH} ({defaults['validate_max_requests']} requests or "
-        f"{defaults['validate_max_seconds']:g} s, the configured maximum): "
+        f"POST {VALIDATE_PATH} ({defaults.validate_max_requests} requests or "
+        f"{defaults.validate_max_seconds:g} s, the configured maximum): "
     )
     if completed:
         what += (
@@ -191,15 +192,7 @@ async def validation_checks(client, token: str, targets, say) -> tuple[list, dic
     }
     target = targets.get(VALIDATION_SLA)
     if target is None:
-        rows.append(
-            check_row(
-                VALIDATION_SLA,
-                "all",
-                False,
-                status="not_applicable",
-                detail=f"not applicable: the run's targets declare no {VALIDATION_SLA}; {what}",
-            )
-        )
+        rows.append(_undeclared(VALIDATION_SLA, "all", what))
     else:
         rows.append(
             check_row(
@@ -243,15 +236,7 @@ def availability_check(prober: HealthProber, load_rows: list, targets) -> tuple[
         "min_probes": MIN_AVAILABILITY_PROBES,
     }
     if "availability" not in targets:
-        row = check_row(
-            "availability",
-            "all",
-            False,
-            status="not_applicable",
-            detail=f"not applicable: the run's targets declare no availability; {detail}",
-            samples=prober.probes,
-        )
-        return row, summary
+        return _undeclared("availability", "all", detail, samples=prober.probes), summary
     target = targets["availability"]
     row = check_row(
         "availability",
