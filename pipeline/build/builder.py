@@ -15,7 +15,6 @@ import ctypes
 import datetime as _dt
 import hashlib
 import importlib
-import io
 import json
 import logging
 import os
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from pipeline.build.errors import BuildError
 from pipeline.build.model_info import write_model_info
 from pipeline.build.seeds import STREAM_PROBE, model_seed, stream_rng
 from pipeline.build.types import BuildResult, BuiltModel
+from pipeline.samples import npz_bytes
 
 __all__ = ["PROBE_COUNT", "build_models", "parse_snapshot_date", "resolve_builder"]
 
@@ -47,7 +46,6 @@ HOLDOUT_DIR = "holdout"
 #: where imported models' evaluation sets and reference inputs/outputs are kept
 EVALUATION_DIR = "evaluation"
 REFERENCE_DIR = "reference"
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 Progress = Callable[[str], None]
 
@@ -98,19 +96,6 @@ def resolve_builder(spec: ModelSpec) -> Callable[[_dt.date, int], BuiltModel]:
     if not callable(target):
         raise BuildError(f"{where}: builder {spec.builder!r} is not callable")
     return target
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    """An ``.npz`` (np.load-able) with fixed zip timestamps, unlike np.savez."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:

@@ -2,24 +2,20 @@
 
 The file is copied byte for byte as ``<name>.onnx`` or ``<name>.pt`` (never converted), its
 sha256 verified when models.yaml gives one, then loaded the way the inference library will
-load it (``onnx.load`` + ``onnx.checker`` + an ONNX Runtime session, or ``torch.jit.load``).
+load it (``onnx.load`` + ``onnx.checker`` + an ONNX Runtime session, or ``torch.jit.load``);
+its inputs and outputs are settled with the models file by `pipeline.build.byom_load`.
 
-Input spec. For ONNX it is read from the graph: one input (initializers excluded), each dim
-``dim_value`` -> int, ``dim_param`` or unknown -> null. An ``input_shape`` in models.yaml must
-agree with it: same rank, the same int wherever the graph fixes a dim; where the graph leaves
-a dim dynamic, models.yaml may fix it (the recorded shape then uses the models.yaml value).
-``input_dtype``/``input_name`` in models.yaml must match the graph too. For TorchScript the
-spec comes from models.yaml (``input_shape`` required, dtype default float32).
+Probe. With ``reference`` the reference inputs are run (a ``.npy``, or a ``.npz`` with one
+array per input name) and the outputs compared with the reference outputs (max abs difference
+<= atol; every output, or the one ``reference.output`` names). Without it, 8 random inputs
+(seeded by the model name and snapshot date) are run at each declared size of the dynamic
+dimensions (``dims``; the evaluation set's sizes, or 4 and 8, when undeclared): values in
+an input's declared ``range``, else standard normal floats and integers in [0, 10). A dynamic
+batch dim runs all rows of a probe in one call; a fixed batch dim ``B`` runs the rows ``B`` at
+a time (one at a time for the common ``B = 1``). NaN or Inf in any output fails the import.
 
-Probe. With ``reference`` the reference inputs are run and the outputs compared with the
-reference outputs (max abs difference <= atol). Without it, 8 random inputs (seeded by the
-model name and snapshot date) are run: standard normal for float inputs, integers in [0, 10)
-for integer inputs, random booleans for bool. Dynamic non-batch dims get size 4. A dynamic
-batch dim runs all rows in one call; a fixed batch dim ``B`` runs the rows ``B`` at a time
-(one at a time for the common ``B = 1``). NaN or Inf in any output fails the import.
-
-Output spec. ``output_shape`` is the batch dim of the graph's output (int, or null when
-dynamic; for TorchScript the input's batch dim) followed by the observed per-row shape.
+Output spec. Each output's shape is the graph's batch dim (for TorchScript the input's)
+followed by the observed per-row shape (a dim that differs between probe sizes is dynamic).
 
 What relcert serves, and so imports: inputs of float32, float64 or int64 (fed as declared),
 and a batch dimension that is dynamic (requests are batched) or fixed at 1 (each request
@@ -27,9 +23,13 @@ runs alone). A fixed batch larger than 1 is refused with a clear error: a reques
 sample, and padding it with made-up rows could change what the model computes (re-export
 the model with a dynamic or batch-1 dimension).
 
-The model's evaluation set (``sla.evaluation``) and reference arrays are copied into the
-models folder (``evaluation/<name>.npz``, ``reference/<name>.npz``, as ``x`` and ``y``) so
-later stages score the model and draw realistic request inputs from them.
+model_info.json keeps the single-tensor keys (``input_shape`` ... of the input when there is
+one, ``output_*`` of the first output) and, for a model with several inputs or outputs,
+dynamic non-batch dims or declared ranges, the tensor form (``inputs``, ``outputs``, ``dims``;
+see `pipeline.inference.signature`). The evaluation set (``sla.evaluation``) and reference
+arrays are copied into the models folder (``evaluation/<name>.npz``,
+``reference/<name>.npz``; see `pipeline.samples`) so later stages score the model and draw
+realistic request inputs from them.
 """
 
 from __future__ import annotations
@@ -44,14 +44,23 @@ from typing import Any
 import numpy as np
 
 from pipeline._io import sha256_file
-from pipeline.build.config import ModelSpec
+from pipeline.build.byom_load import Loaded, load_imported, torch_output_names
+from pipeline.build.byom_samples import by_name, fit_inputs, read_arrays, row_sizes
+from pipeline.build.config import INPUT_DTYPES, ModelSpec
 from pipeline.build.errors import BuildError
 from pipeline.build.seeds import STREAM_PROBE, model_seed, stream_rng
+from pipeline.inference.signature import (
+    DEFAULT_DIM_SIZES,
+    EVALUATION,
+    Signature,
+    TensorSpec,
+    shape_text,
+)
+from pipeline.samples import Arrays, samples_bytes
 
 __all__ = ["PROBE_ROWS", "import_model"]
 
 PROBE_ROWS = 8
-_DYNAMIC_DIM = 4
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
@@ -96,289 +105,313 @@ def _check_file_size(where: str, src: Path) -> None:
         )
 
 
-def _shape_text(shape: Any) -> str:
-    return "[" + ", ".join("null" if d is None else str(d) for d in shape) + "]"
-
-
-class _Loaded:
-    """A loaded model: how to run it and what the file declares."""
-
-    def __init__(
-        self,
-        run: Callable[[np.ndarray], np.ndarray],
-        input_name: str,
-        output_name: str,
-        input_shape: tuple[int | None, ...],
-        input_dtype: str,
-        output_batch_dim: int | None,
-        opset: int | None,
-    ) -> None:
-        self.run = run
-        self.input_name = input_name
-        self.output_name = output_name
-        self.input_shape = input_shape
-        self.input_dtype = input_dtype
-        self.output_batch_dim = output_batch_dim
-        self.opset = opset
-
-
-def _load_onnx(spec: ModelSpec, src: Path, dest: Path) -> _Loaded:
-    import onnx
-
-    from pipeline.build.export import onnx_io_spec, ort_session
-
+def _check_servable(spec: ModelSpec, src: Path, inputs: tuple[TensorSpec, ...]) -> None:
     where = f"model {spec.name!r}"
-    try:
-        model = onnx.load(str(dest), load_external_data=False)
-    except Exception as exc:
-        raise BuildError(
-            f"{where}: file {src} is not a valid ONNX model (truncated or corrupt): {exc}"
-        ) from None
-    external = [
-        t.name
-        for t in model.graph.initializer
-        if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if external:
-        raise BuildError(
-            f"{where}: file {src} keeps weights in external data files ({external[0]!r}, ...); "
-            "only single-file ONNX models can be imported (export with external_data=False)"
-        )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise BuildError(
-            f"{where}: file {src} is not a valid ONNX model (truncated or corrupt): "
-            f"onnx.checker: {exc}"
-        ) from None
-    inputs, outputs = onnx_io_spec(model)
-    if len(inputs) != 1:
-        raise BuildError(
-            f"{where}: file {src} has {len(inputs)} graph inputs "
-            f"({', '.join(i['name'] for i in inputs)}); expected exactly one"
-        )
-    graph_in = inputs[0]
-    if spec.input_name is not None and spec.input_name != graph_in["name"]:
-        raise BuildError(
-            f"{where}: input_name {spec.input_name!r} in {spec.models_file} does not match the "
-            f"graph input {graph_in['name']!r} of {src}"
-        )
-    if spec.output_name is not None:
-        matches = [o for o in outputs if o["name"] == spec.output_name]
-        if not matches:
+    for t in inputs:
+        if t.dtype not in INPUT_DTYPES:
             raise BuildError(
-                f"{where}: output_name {spec.output_name!r} in {spec.models_file} is not an "
-                f"output of {src} (outputs: {', '.join(o['name'] for o in outputs)})"
+                f"{where}: {src} takes {t.dtype} inputs ({t.name!r}); relcert serves "
+                f"{', '.join(INPUT_DTYPES)} inputs (fed to the model as declared): re-export the "
+                "model with one of these"
             )
-        graph_out = matches[0]
-    else:
-        graph_out = outputs[0]
-
-    graph_shape = graph_in["shape"]
-    shape = _agree_shapes(spec, src, graph_in["name"], graph_shape)
-    graph_dtype = graph_in["dtype"]
-    if graph_dtype is None:
-        raise BuildError(f"{where}: file {src}: unsupported input element type")
-    if spec.input_dtype is not None and spec.input_dtype != graph_dtype:
-        raise BuildError(
-            f"{where}: input_dtype {spec.input_dtype!r} in {spec.models_file} contradicts the "
-            f"graph input {graph_in['name']!r} of {src}, which is {graph_dtype}"
-        )
-    try:
-        session = ort_session(dest)
-    except Exception as exc:
-        raise BuildError(
-            f"{where}: file {src} cannot be loaded by ONNX Runtime "
-            f"(unsupported operator or corrupt model): {exc}"
-        ) from None
-    in_name, out_name = graph_in["name"], graph_out["name"]
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run([out_name], {in_name: chunk})[0])
-
-    out_shape = graph_out["shape"]
-    opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    return _Loaded(
-        run=run,
-        input_name=in_name,
-        output_name=out_name,
-        input_shape=shape,
-        input_dtype=graph_dtype,
-        output_batch_dim=out_shape[0] if out_shape else shape[0],
-        opset=max(opsets) if opsets else None,
-    )
-
-
-def _agree_shapes(
-    spec: ModelSpec, src: Path, input_name: str, graph_shape: list[int | None] | None
-) -> tuple[int | None, ...]:
-    where = f"model {spec.name!r}"
-    given = spec.input_shape
-    if graph_shape is None:
-        if given is None:
+        if t.shape[0] not in (None, 1):
             raise BuildError(
-                f"{where}: the graph input {input_name!r} of {src} declares no shape; "
-                f"give input_shape in {spec.models_file}"
+                f"{where}: {src} has a fixed batch dimension of {t.shape[0]}; relcert serves a "
+                "dynamic batch dimension (requests are batched) or a fixed batch of 1 (each "
+                "request alone), never a padded batch: re-export with a dynamic or batch-1 "
+                f"dimension (input shape {shape_text(t.shape)})"
             )
-        return given
-    if not graph_shape:
-        raise BuildError(f"{where}: the graph input {input_name!r} of {src} is a scalar")
-    if given is None:
-        return tuple(graph_shape)
-    agree = len(given) == len(graph_shape) and all(
-        g is None or g == y for g, y in zip(graph_shape, given, strict=True)
-    )
-    if not agree:
-        raise BuildError(
-            f"{where}: input_shape {_shape_text(given)} in {spec.models_file} contradicts the "
-            f"graph input {input_name!r} of {src}, whose shape is {_shape_text(graph_shape)}"
-        )
-    return given
+    if len({t.shape[0] for t in inputs}) > 1:
+        raise BuildError(f"{where}: the inputs of {src} disagree on the batch dimension")
 
 
-def _load_torchscript(spec: ModelSpec, src: Path, dest: Path) -> _Loaded:
-    import torch
-
-    from pipeline.build.export import quiet_torchscript
-
-    where = f"model {spec.name!r}"
-    try:
-        with quiet_torchscript():
-            module = torch.jit.load(str(dest), map_location="cpu")
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BuildError(
-            f"{where}: file {src} is not a valid TorchScript archive (torch.jit.load failed; "
-            f"save models with torch.jit.script/trace + torch.jit.save): {detail}"
-        ) from None
-    module.eval()
-    assert spec.input_shape is not None  # enforced by config for TorchScript
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(chunk))
-        if not isinstance(out, torch.Tensor):
+def _check_dims(spec: ModelSpec, src: Path, inputs: tuple[TensorSpec, ...]) -> None:
+    """Every dimension `dims` declares is a dynamic dimension of an input."""
+    known = {name for t in inputs for _, name in t.row_dims()}
+    for dim, _ in spec.dims:
+        if dim not in known:
             raise BuildError(
-                f"{where}: {src} returned {type(out).__name__}; expected a single tensor"
+                f"model {spec.name!r}: dims.{dim} in {spec.models_file} is not a dynamic "
+                f"dimension of {src} (its dynamic dimensions: {', '.join(sorted(known)) or 'none'})"
             )
-        return out.numpy()
-
-    return _Loaded(
-        run=run,
-        input_name=spec.input_name or "input",
-        output_name=spec.output_name or "output",
-        input_shape=spec.input_shape,
-        input_dtype=spec.input_dtype or "float32",
-        output_batch_dim=spec.input_shape[0],
-        opset=None,
-    )
 
 
-def _random_inputs(
-    rng: np.random.Generator, shape: tuple[int | None, ...], dtype: str
-) -> np.ndarray:
-    batch = shape[0]
-    rows = PROBE_ROWS if batch is None else PROBE_ROWS * batch
-    full = (rows, *(_DYNAMIC_DIM if d is None else d for d in shape[1:]))
-    kind = np.dtype(dtype).kind
-    if kind == "f":
-        return rng.standard_normal(full).astype(dtype)
-    if kind in "iu":
-        return rng.integers(0, 10, size=full).astype(dtype)
-    return rng.random(full) < 0.5
+def _probe_value(t: TensorSpec, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random probe values: in the declared range, else standard normal floats, integers
+    in [0, 10)."""
+    if t.range is not None:
+        return t.random(rng, shape)
+    if t.np_dtype.kind == "f":
+        return rng.standard_normal(shape).astype(t.dtype)
+    return rng.integers(0, 10, size=shape).astype(t.dtype)
 
 
-def _load_npy(spec: ModelSpec, path: Path, what: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise BuildError(
-            f"model {spec.name!r}: reference {what} file {path} not found "
-            f"(listed in {spec.models_file})"
-        ) from None
-    except Exception as exc:
-        raise BuildError(
-            f"model {spec.name!r}: reference {what} file {path} is not a readable .npy array: {exc}"
-        ) from None
+def _probe_sets(
+    spec: ModelSpec,
+    inputs: tuple[TensorSpec, ...],
+    samples: dict[str, int],
+    rng: np.random.Generator,
+) -> list[dict[str, np.ndarray]]:
+    """Random probes: PROBE_ROWS rows (times a fixed batch) at each declared size of the
+    dynamic dimensions (their evaluation sizes, or DEFAULT_DIM_SIZES, when undeclared)."""
+    declared = dict(spec.dims)
+    options: dict[str, tuple[int, ...]] = {}
+    for t in inputs:
+        for _, name in t.row_dims():
+            sizes = declared.get(name)
+            if not isinstance(sizes, tuple):
+                sizes = (samples[name],) if name in samples else DEFAULT_DIM_SIZES
+            options[name] = sizes
+    rows = PROBE_ROWS * (inputs[0].batch or 1)
+    sets = []
+    for j in range(max((len(v) for v in options.values()), default=1)):
+        chosen = {name: sizes[j % len(sizes)] for name, sizes in options.items()}
+        probe = {}
+        for t in inputs:
+            row = [chosen[n] if isinstance(n, str) else n for n in _names(t)]
+            probe[t.name] = _probe_value(t, rng, (rows, *row))
+        sets.append(probe)
+    return sets
 
 
-def _check_reference_inputs(
-    spec: ModelSpec, path: Path, x: np.ndarray, shape: tuple[int | None, ...]
-) -> None:
-    ok = x.ndim == len(shape) and all(
-        d is None or d == n for d, n in zip(shape[1:], x.shape[1:], strict=True)
-    )
-    if ok and shape[0] is not None:
-        ok = x.shape[0] > 0 and x.shape[0] % shape[0] == 0
-    if not ok or x.shape[0] == 0:
-        raise BuildError(
-            f"model {spec.name!r}: reference inputs {path} have shape {list(x.shape)}, "
-            f"which does not fit the input shape {_shape_text(shape)}"
-        )
+def _names(t: TensorSpec) -> list[Any]:
+    """Each row dim of `t`: its size when fixed, else its name (resolved by the caller)."""
+    dims = dict(t.row_dims())
+    return [dims.get(i, d) for i, d in enumerate(t.row)]
 
 
-def _check_servable(spec: ModelSpec, src: Path, shape: tuple[int | None, ...], dtype: str) -> None:
-    from pipeline.build.config import INPUT_DTYPES
-
+def _run_set(
+    spec: ModelSpec, src: Path, loaded: Loaded, xs: dict[str, np.ndarray], what: str
+) -> list[np.ndarray]:
+    """Every output of the model on the rows of `xs` (a fixed batch B runs B at a time)."""
     where = f"model {spec.name!r}"
-    if dtype not in INPUT_DTYPES:
+    inputs = loaded.inputs
+    count = len(xs[inputs[0].name])
+    chunk = inputs[0].batch or count
+    try:
+        parts = [
+            loaded.run_many([xs[t.name][i : i + chunk] for t in inputs])
+            for i in range(0, count, chunk)
+        ]
+        outputs = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"{where}: {src} failed to run on {what}: {exc}") from None
+    for y in outputs:
+        if y.ndim == 0 or y.shape[0] != count:
+            raise BuildError(
+                f"{where}: {src} returned shape {list(y.shape)} for {count} input rows; "
+                "expected one output row per input row"
+            )
+        if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+            raise BuildError(f"{where}: {src} produces NaN/Inf outputs on {what}")
+    return outputs
+
+
+def _output_specs(
+    loaded: Loaded, names: tuple[str, ...], runs: list[list[np.ndarray]]
+) -> tuple[TensorSpec, ...]:
+    """Each output's spec: the graph's batch dim, then the observed row shape (a dim that
+    differs between probe sets is dynamic, named <output>:<axis>)."""
+    out = []
+    batch = loaded.inputs[0].batch
+    for j, name in enumerate(names):
+        shapes = {tuple(run[j].shape[1:]) for run in runs}
+        first = next(iter(shapes))
+        row: list[Any] = [
+            first[i] if len({s[i] for s in shapes}) == 1 else f"{name}:{i + 1}"
+            for i in range(len(first))
+        ]
+        graph_batch = loaded.output_batch[j] if loaded.output_batch else batch
+        out.append(TensorSpec(name, (graph_batch, *row), runs[0][j].dtype.name))
+    return tuple(out)
+
+
+def _compare_reference(
+    spec: ModelSpec,
+    src: Path,
+    outputs: tuple[TensorSpec, ...],
+    got: list[np.ndarray],
+    tensor_form: bool,
+) -> tuple[dict[str, np.ndarray], float]:
+    """The reference outputs (by output name) and the largest difference from `got`."""
+    where = f"model {spec.name!r}"
+    reference = spec.reference
+    assert reference is not None
+    served = tuple(o.name for o in outputs)
+    if reference.output is not None and reference.output not in served:
         raise BuildError(
-            f"{where}: {src} takes {dtype} inputs; relcert serves {', '.join(INPUT_DTYPES)} "
-            "inputs (fed to the model as declared): re-export the model with one of these"
+            f"{where}: reference.output {reference.output!r} in {spec.models_file} is not an "
+            f"output of {src} (outputs: {', '.join(served)})"
         )
-    if shape[0] not in (None, 1):
+    compared = (reference.output,) if reference.output is not None else served
+    value = read_arrays(spec, reference.outputs, "reference outputs")
+    refs = by_name(spec, reference.outputs, "reference outputs", value, compared)
+    diff = 0.0
+    for name in compared:
+        y, ref = got[served.index(name)], refs[name]
+        if ref.shape != y.shape:
+            label = f" ({name!r})" if tensor_form else ""
+            raise BuildError(
+                f"{where}: reference outputs {reference.outputs}{label} have shape "
+                f"{list(ref.shape)}, but {src} returned {list(y.shape)}"
+            )
+        diff = max(diff, float(np.max(np.abs(y.astype(np.float64) - ref.astype(np.float64)))))
+    if not diff <= reference.atol:
         raise BuildError(
-            f"{where}: {src} has a fixed batch dimension of {shape[0]}; relcert serves a "
-            "dynamic batch dimension (requests are batched) or a fixed batch of 1 (each "
-            "request alone), never a padded batch: re-export with a dynamic or batch-1 "
-            f"dimension (input shape {_shape_text(shape)})"
+            f"{where}: {src} does not reproduce the reference outputs {reference.outputs}: max "
+            f"abs difference {diff:.3g} exceeds atol {reference.atol:g}"
         )
+    return refs, diff
 
 
-def _evaluation(
-    spec: ModelSpec, out_dir: Path, shape: tuple[int | None, ...], dtype: str, y_per_row: int
-) -> dict[str, Any] | None:
-    """Copy the SLA's evaluation set into the models folder; its model_info record."""
-    from pipeline.build.builder import EVALUATION_DIR, npz_bytes
+def _scored_width(spec: ModelSpec, src: Path, outputs: tuple[TensorSpec, ...]) -> int:
+    """Values per row of what the SLA scores: its named output, else every output."""
+    sla = spec.sla
+    assert sla is not None
+    names = tuple(o.name for o in outputs)
+    if sla.output is not None and sla.output not in names:
+        raise BuildError(
+            f"model {spec.name!r}: sla.output {sla.output!r} in {spec.models_file} is not an "
+            f"output of {src} (outputs: {', '.join(names)})"
+        )
+    if sla.output is None and len(outputs) > 1 and sla.truth_kind == "labels":
+        raise BuildError(
+            f"model {spec.name!r}: sla.metric {sla.metric} scores one output's classes, and "
+            f"{src} has {len(outputs)} ({', '.join(names)}): name it with sla.output"
+        )
+    chosen = [o for o in outputs if sla.output in (None, o.name)]
+    if any(d is None or isinstance(d, str) for o in chosen for d in o.shape[1:]):
+        return -1  # a dynamic output: its width is known per row only
+    return sum(int(np.prod([int(d) for d in o.shape[1:]])) for o in chosen)
 
+
+def _evaluation_inputs(
+    spec: ModelSpec, inputs: tuple[TensorSpec, ...]
+) -> dict[str, np.ndarray] | None:
+    """The SLA's evaluation inputs, checked against the inputs (None without an SLA)."""
     sla = spec.sla
     if sla is None:
         return None
+    assert sla.inputs is not None  # config: imported models
+    value = read_arrays(spec, sla.inputs, "sla evaluation inputs")
+    return fit_inputs(spec, sla.inputs, "evaluation inputs", value, inputs)
+
+
+def _evaluation(
+    spec: ModelSpec,
+    out_dir: Path,
+    src: Path,
+    xs: dict[str, np.ndarray] | None,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    tensor_form: bool,
+) -> dict[str, Any] | None:
+    """Copy the SLA's evaluation set into the models folder; its model_info record."""
+    from pipeline.build.builder import EVALUATION_DIR
+
+    sla = spec.sla
+    if sla is None or xs is None:
+        return None
     assert sla.inputs is not None and sla.truth is not None  # config: imported models
     where = f"model {spec.name!r}"
-    x = _load_npy(spec, sla.inputs, "sla evaluation inputs")
-    y = _load_npy(spec, sla.truth, f"sla evaluation {sla.truth_kind}")
-    fits = x.ndim == len(shape) and all(
-        d is None or d == n for d, n in zip(shape[1:], x.shape[1:], strict=True)
-    )
-    if not fits or x.shape[0] == 0:
+    y = read_arrays(spec, sla.truth, f"sla evaluation {sla.truth_kind}")
+    if not isinstance(y, np.ndarray):
+        raise BuildError(f"{where}: evaluation {sla.truth_kind} {sla.truth} must be a .npy array")
+    rows = len(xs[inputs[0].name])
+    if y.ndim == 0 or y.shape[0] != rows:
         raise BuildError(
-            f"{where}: evaluation inputs {sla.inputs} have shape {list(x.shape)}, which does "
-            f"not fit the input shape {_shape_text(shape)}"
+            f"{where}: evaluation {sla.truth_kind} {sla.truth} have {y.shape[0] if y.ndim else 0} "
+            f"rows for {rows} input rows (one each needed)"
         )
-    if y.shape[0] != x.shape[0]:
-        raise BuildError(
-            f"{where}: evaluation {sla.truth_kind} {sla.truth} have {y.shape[0]} rows for "
-            f"{x.shape[0]} input rows (one each needed)"
-        )
+    width = _scored_width(spec, src, outputs)
     if sla.truth_kind == "labels":
         if y.dtype.kind not in "iu" and not np.all(np.mod(y, 1) == 0):
             raise BuildError(f"{where}: evaluation labels {sla.truth} must be class indices")
-        if y.min() < 0 or y.max() >= y_per_row:
+        if y.min() < 0 or (width > 0 and y.max() >= width):
             raise BuildError(
                 f"{where}: evaluation labels {sla.truth} range {int(y.min())}..{int(y.max())}, "
-                f"but the model outputs {y_per_row} classes per row"
+                f"but the model outputs {width} classes per row"
             )
     rel = f"{EVALUATION_DIR}/{spec.name}.npz"
     (out_dir / EVALUATION_DIR).mkdir(exist_ok=True)
-    (out_dir / rel).write_bytes(npz_bytes(x=np.ascontiguousarray(x.astype(dtype)), y=y))
+    x: Arrays = xs if tensor_form else xs[inputs[0].name]
+    (out_dir / rel).write_bytes(samples_bytes(x, y))
     return {
         **sla.to_record(),
         "evaluation_file": rel,
         "truth_kind": sla.truth_kind,
-        "rows": int(x.shape[0]),
+        "rows": rows,
         "source": {"inputs": sla.inputs.name, sla.truth_kind: sla.truth.name},
     }
+
+
+def _check_names(spec: ModelSpec, src: Path, inputs, outputs) -> None:
+    """feature_names fit a [batch, n] input; class_names the first output's classes."""
+    where = f"model {spec.name!r}"
+    shape = inputs[0].shape
+    if spec.feature_names is not None and (
+        len(inputs) != 1 or len(shape) != 2 or not isinstance(shape[1], int)
+    ):
+        raise BuildError(
+            f"{where}: feature_names in {spec.models_file} need an input shape [batch, n]; "
+            f"{src} takes {shape_text(shape)}"
+        )
+    if spec.feature_names is not None and len(spec.feature_names) != shape[1]:
+        raise BuildError(
+            f"{where}: {len(spec.feature_names)} feature_names in {spec.models_file} do not "
+            f"fit the input shape {shape_text(shape)} of {src}"
+        )
+    y = outputs[0]
+    if spec.class_names is not None and (y.ndim != 2 or y.shape[1] != len(spec.class_names)):
+        raise BuildError(
+            f"{where}: {len(spec.class_names)} class_names in {spec.models_file} do not fit the "
+            f"output shape {list(y.shape[1:])} per row of {src}"
+        )
+
+
+def _probes(
+    spec: ModelSpec,
+    loaded: Loaded,
+    samples: dict[str, int],
+    snapshot_date: _dt.date,
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The probe inputs (the reference inputs, and random probes at every declared size of
+    a dynamic dimension) and what they are."""
+    inputs = loaded.inputs
+    rng = stream_rng(model_seed(spec.name, snapshot_date), STREAM_PROBE)
+    sets = []
+    if spec.reference is None or any(t.dynamic for t in inputs):
+        sets = _probe_sets(spec, inputs, samples, rng)
+    count = sum(len(p[inputs[0].name]) for p in sets)
+    shapes = " and ".join(", ".join(shape_text(p[t.name].shape[1:]) for t in inputs) for p in sets)
+    what = f"{count} random probe inputs of shape {shapes}"
+    if spec.reference is not None:
+        value = read_arrays(spec, spec.reference.inputs, "reference inputs")
+        xs = fit_inputs(spec, spec.reference.inputs, "reference inputs", value, inputs)
+        reference = f"the reference inputs {spec.reference.inputs}"
+        return [xs, *sets], reference + (f" and {what}" if sets else "")
+    return sets, what
+
+
+def _classic_keys(inputs, outputs: tuple[TensorSpec, ...]) -> dict[str, Any]:
+    """The single-tensor keys of model_info.json (the first output; the input when one)."""
+
+    def ints(shape):
+        return [d if isinstance(d, int) else None for d in shape]
+
+    keys: dict[str, Any] = {}
+    if len(inputs) == 1:
+        keys.update(input_name=inputs[0].name)
+    keys.update(output_name=outputs[0].name)
+    if len(inputs) == 1:
+        keys.update(input_shape=ints(inputs[0].shape))
+    keys.update(output_shape=ints(outputs[0].shape))
+    if len(inputs) == 1:
+        keys.update(input_dtype=inputs[0].dtype)
+    keys.update(output_dtype=outputs[0].dtype)
+    return keys
 
 
 def import_model(
@@ -403,81 +436,31 @@ def import_model(
     if sha256_file(dest) != sha:
         raise BuildError(f"{where}: {src} changed while it was being copied")
 
-    loaded = (_load_onnx if spec.format == "onnx" else _load_torchscript)(spec, src, dest)
-    shape, dtype = loaded.input_shape, loaded.input_dtype
-    _check_servable(spec, src, shape, dtype)
-    if spec.feature_names is not None and (len(shape) != 2 or shape[1] is None):
+    loaded = load_imported(spec, src, dest)
+    inputs = loaded.inputs
+    _check_servable(spec, src, inputs)
+    _check_dims(spec, src, inputs)
+    evaluation_xs = _evaluation_inputs(spec, inputs)
+    samples = row_sizes(inputs, evaluation_xs) if evaluation_xs is not None else {}
+    probe_sets, what = _probes(spec, loaded, samples, snapshot_date)
+    runs = [_run_set(spec, src, loaded, xs, what) for xs in probe_sets]
+    names = loaded.outputs or torch_output_names(len(runs[0]))
+    outputs = _output_specs(loaded, names, runs)
+    _check_names(spec, src, inputs, runs[0])
+    signature = Signature(inputs, outputs, spec.dims)
+    tensor_form = loaded.tensor_form or not signature.classic
+    if spec.dims and any(v == EVALUATION for _, v in spec.dims) and not samples:
         raise BuildError(
-            f"{where}: feature_names in {spec.models_file} need an input shape [batch, n]; "
-            f"{src} takes {_shape_text(shape)}"
-        )
-    if spec.feature_names is not None and len(spec.feature_names) != shape[1]:
-        raise BuildError(
-            f"{where}: {len(spec.feature_names)} feature_names in {spec.models_file} do not "
-            f"fit the input shape {_shape_text(shape)} of {src}"
+            f"{where}: dims in {spec.models_file} take sizes from the evaluation set, but the "
+            "model declares none (sla.evaluation)"
         )
 
-    reference_record: dict[str, Any] | None = None
+    reference_record = None
     if spec.reference is not None:
-        x = _load_npy(spec, spec.reference.inputs, "inputs")
-        _check_reference_inputs(spec, spec.reference.inputs, x, shape)
-        x = np.ascontiguousarray(x.astype(dtype, copy=False))
-        what = f"the reference inputs {spec.reference.inputs}"
-    else:
-        rng = stream_rng(model_seed(spec.name, snapshot_date), STREAM_PROBE)
-        x = _random_inputs(rng, shape, dtype)
-        what = f"{x.shape[0]} random probe inputs of shape {_shape_text(shape)}"
-    chunk = x.shape[0] if shape[0] is None else shape[0]
-    try:
-        outputs = [loaded.run(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
-        y = np.concatenate(outputs)
-    except BuildError:
-        raise
-    except Exception as exc:
-        raise BuildError(f"{where}: {src} failed to run on {what}: {exc}") from None
-    if y.ndim == 0 or y.shape[0] != x.shape[0]:
-        raise BuildError(
-            f"{where}: {src} returned shape {list(y.shape)} for {x.shape[0]} input rows; "
-            "expected one output row per input row"
+        reference_record = _reference_record(
+            spec, out_dir, src, outputs, probe_sets[0], runs[0], tensor_form
         )
-    outputs_finite = y.dtype.kind not in "fc" or bool(np.all(np.isfinite(y)))
-    if not outputs_finite:
-        raise BuildError(f"{where}: {src} produces NaN/Inf outputs on {what}")
-    if spec.class_names is not None and (y.ndim != 2 or y.shape[1] != len(spec.class_names)):
-        raise BuildError(
-            f"{where}: {len(spec.class_names)} class_names in {spec.models_file} do not fit the "
-            f"output shape {list(y.shape[1:])} per row of {src}"
-        )
-
-    if spec.reference is not None:
-        ref = _load_npy(spec, spec.reference.outputs, "outputs")
-        if ref.shape != y.shape:
-            raise BuildError(
-                f"{where}: reference outputs {spec.reference.outputs} have shape "
-                f"{list(ref.shape)}, but {src} returned {list(y.shape)}"
-            )
-        diff = float(np.max(np.abs(y.astype(np.float64) - ref.astype(np.float64))))
-        if not diff <= spec.reference.atol:
-            raise BuildError(
-                f"{where}: {src} does not reproduce the reference outputs "
-                f"{spec.reference.outputs}: max abs difference {diff:.3g} exceeds atol "
-                f"{spec.reference.atol:g}"
-            )
-        from pipeline.build.builder import REFERENCE_DIR, npz_bytes
-
-        (Path(out_dir) / REFERENCE_DIR).mkdir(exist_ok=True)
-        reference_rel = f"{REFERENCE_DIR}/{spec.name}.npz"
-        (Path(out_dir) / reference_rel).write_bytes(npz_bytes(x=x, y=ref))
-        reference_record = {
-            "file": reference_rel,
-            "inputs": spec.reference.inputs.name,
-            "outputs": spec.reference.outputs.name,
-            "count": int(x.shape[0]),
-            "atol": spec.reference.atol,
-            "max_abs_diff": diff,
-            "passed": diff <= spec.reference.atol,
-        }
-
+    probe_count = sum(len(p[inputs[0].name]) for p in probe_sets)
     version = spec.version or f"imported-{sha[:12]}"
     entry: dict[str, Any] = {
         "name": spec.name,
@@ -485,28 +468,25 @@ def import_model(
         "source": "imported",
         "version": version,
         "snapshot_date": snapshot_date.isoformat(),
-        "input_name": loaded.input_name,
-        "output_name": loaded.output_name,
-        "input_shape": list(shape),
-        "output_shape": [loaded.output_batch_dim, *map(int, y.shape[1:])],
-        "input_dtype": dtype,
-        "output_dtype": y.dtype.name,
+        **_classic_keys(inputs, outputs),
         "files": {
             spec.format: {"path": dest.name, "sha256": sha, "bytes": dest.stat().st_size},
         },
         "training_data": None,
         "holdout_metrics": None,
         "holdout_file": None,
-        "sla": _evaluation(spec, Path(out_dir), shape, dtype, int(np.prod(y.shape[1:]))),
+        "sla": _evaluation(spec, Path(out_dir), src, evaluation_xs, inputs, outputs, tensor_form),
         "targets": dict(spec.targets),
         "parity": {
             "reference": reference_record,
-            "probe_count": int(x.shape[0]),
-            "batch_sizes": [int(chunk)],
-            "passed": outputs_finite and (reference_record is None or reference_record["passed"]),
+            "probe_count": probe_count,
+            "batch_sizes": [int(inputs[0].batch or len(probe_sets[0][inputs[0].name]))],
+            "passed": reference_record is None or reference_record["passed"],
         },
         "build": {**_versions(), "opset": loaded.opset},
     }
+    if tensor_form:
+        entry.update(signature.to_entry())
     if spec.feature_names is not None:
         entry["feature_names"] = list(spec.feature_names)
     if spec.class_names is not None:
@@ -514,14 +494,58 @@ def import_model(
     if spec.description is not None:
         entry["description"] = spec.description
     if progress is not None:
-        ref_text = (
-            f"reference max abs diff {reference_record['max_abs_diff']:.2g}"
-            if reference_record
-            else "no reference"
-        )
-        progress(
-            f"{spec.name}: imported {spec.format} {src} (sha256 {sha[:12]}), input "
-            f"{_shape_text(shape)} {dtype}, output {_shape_text(entry['output_shape'])}, "
-            f"{x.shape[0]} probes finite, {ref_text}"
-        )
+        progress(_import_line(spec, src, sha, inputs, outputs, probe_count, reference_record))
     return entry
+
+
+def _reference_record(
+    spec: ModelSpec,
+    out_dir: str | os.PathLike[str],
+    src: Path,
+    outputs: tuple[TensorSpec, ...],
+    xs: dict[str, np.ndarray],
+    got: list[np.ndarray],
+    tensor_form: bool,
+) -> dict[str, Any]:
+    """Compare the outputs with the reference outputs; keep both in the models folder."""
+    from pipeline.build.builder import REFERENCE_DIR
+
+    reference = spec.reference
+    assert reference is not None
+    refs, diff = _compare_reference(spec, src, outputs, got, tensor_form)
+    (Path(out_dir) / REFERENCE_DIR).mkdir(exist_ok=True)
+    rel = f"{REFERENCE_DIR}/{spec.name}.npz"
+    if tensor_form:
+        data = samples_bytes(xs, refs)
+    else:
+        data = samples_bytes(next(iter(xs.values())), next(iter(refs.values())))
+    (Path(out_dir) / rel).write_bytes(data)
+    record = {
+        "file": rel,
+        "inputs": reference.inputs.name,
+        "outputs": reference.outputs.name,
+        "count": len(next(iter(xs.values()))),
+        "atol": reference.atol,
+        "max_abs_diff": diff,
+        "passed": diff <= reference.atol,
+    }
+    if reference.output is not None:
+        record["output"] = reference.output
+    return record
+
+
+def _import_line(spec, src, sha, inputs, outputs, probes, reference) -> str:
+    ref_text = (
+        f"reference max abs diff {reference['max_abs_diff']:.2g}" if reference else "no reference"
+    )
+    ins = ", ".join(
+        (f"{t.name} " if len(inputs) > 1 else "") + f"{shape_text(t.shape)} {t.dtype}"
+        for t in inputs
+    )
+    outs = ", ".join(
+        (f"{o.name} " if len(outputs) > 1 else "") + shape_text(o.shape) for o in outputs
+    )
+    return (
+        f"{spec.name}: imported {spec.format} {src} (sha256 {sha[:12]}), input {ins}, "
+        f"output {outs}, {probes} probes finite, {ref_text}"
+    )

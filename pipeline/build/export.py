@@ -165,6 +165,16 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None] | None:
     ]
 
 
+def _dim_names(value_info: onnx.ValueInfoProto) -> list[str | None] | None:
+    """The graph's name of each dimension (its dim_param), None where it has none."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [
+        d.dim_param if d.HasField("dim_param") and d.dim_param else None for d in tensor.shape.dim
+    ]
+
+
 def _dtype(value_info: onnx.ValueInfoProto) -> str | None:
     elem = value_info.type.tensor_type.elem_type
     try:
@@ -177,17 +187,20 @@ def onnx_io_spec(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dic
     """Graph inputs (initializers excluded) and outputs as ``{name, shape, dtype}``.
 
     ``shape`` is a list with an int for a fixed dim and None for a symbolic or unknown one
-    (or None when the graph declares no shape).
+    (or None when the graph declares no shape); ``dim_names`` the symbolic dims' names.
     """
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [
-        {"name": vi.name, "shape": _dims(vi), "dtype": _dtype(vi)}
-        for vi in model.graph.input
-        if vi.name not in initializers
-    ]
-    outputs = [
-        {"name": vi.name, "shape": _dims(vi), "dtype": _dtype(vi)} for vi in model.graph.output
-    ]
+
+    def describe(vi: onnx.ValueInfoProto) -> dict[str, Any]:
+        return {
+            "name": vi.name,
+            "shape": _dims(vi),
+            "dtype": _dtype(vi),
+            "dim_names": _dim_names(vi),
+        }
+
+    inputs = [describe(vi) for vi in model.graph.input if vi.name not in initializers]
+    outputs = [describe(vi) for vi in model.graph.output]
     return inputs, outputs
 
 
