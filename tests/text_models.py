@@ -104,6 +104,21 @@ def _export_bag(module, folder: Path) -> None:
         )
 
 
+def write_bag_models(folder: Path) -> Path:
+    """The token model's files (bag.pt, bag.onnx) and reference arrays in `folder`."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(12)
+    bag = _bag_module()
+    _export_bag(bag, folder)
+    tokens = np.random.default_rng(6).integers(0, VOCAB, size=(6, 7)).astype(np.int64)
+    with torch.inference_mode():
+        np.save(folder / "bag_ref_out.npy", bag(torch.from_numpy(tokens)).numpy())
+    np.save(folder / "bag_ref_in.npy", tokens)
+    return folder
+
+
 def write_text_models(folder: Path) -> Path:
     """The model files, reference and evaluation arrays in `folder` (returned)."""
     import logging
@@ -111,11 +126,10 @@ def write_text_models(folder: Path) -> Path:
     import torch
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    folder.mkdir(parents=True, exist_ok=True)
+    write_bag_models(folder)
     torch.manual_seed(11)
-    text, bag = _text_module(), _bag_module()
+    text = _text_module()
     _export_text(text, folder / "sentiment.onnx")
-    _export_bag(bag, folder)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, VOCAB, size=(8, 12)).astype(np.int64)
     mask = np.ones_like(ids)
@@ -130,10 +144,6 @@ def write_text_models(folder: Path) -> Path:
         labels = text(torch.from_numpy(eval_ids), torch.from_numpy(eval_mask))[0].argmax(1)
     np.savez(folder / "sentiment_eval.npz", input_ids=eval_ids, attention_mask=eval_mask)
     np.save(folder / "sentiment_eval_y.npy", labels.numpy())
-    tokens = rng.integers(0, VOCAB, size=(6, 7)).astype(np.int64)
-    with torch.inference_mode():
-        np.save(folder / "bag_ref_out.npy", bag(torch.from_numpy(tokens)).numpy())
-    np.save(folder / "bag_ref_in.npy", tokens)
     return folder
 
 

@@ -125,7 +125,7 @@ _PER_MODEL_BOUNDS: tuple[tuple[str, str, str], ...] = (
 # Boolean columns that must be True on every row (each also must not be empty: GX column
 # checks skip missing values, and a missing verdict is not a pass).
 _ALL_TRUE: dict[str, tuple[str, ...]] = {
-    "build": ("sha256_verified", "outputs_finite"),
+    "build": ("sha256_verified", "loaded", "outputs_finite"),
     "load": ("valid",),
     "stress": ("survived", "recovered"),
 }

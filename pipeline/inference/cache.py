@@ -30,8 +30,23 @@ class CacheStats(RecordMixin):
     invalidations: int
 
 
+def _frozen(value: Any) -> Any:
+    """A read-only copy of a result: an array, or a tuple of arrays (one per output of a
+    model of named tensors)."""
+    if isinstance(value, tuple):
+        return tuple(_frozen(v) for v in value)
+    copy = np.array(value, copy=True)
+    copy.setflags(write=False)
+    return copy
+
+
+def _nbytes(value: Any) -> int:
+    return sum(v.nbytes for v in value) if isinstance(value, tuple) else value.nbytes
+
+
 class ResultCache:
-    """LRU over at most `max_entries` results; hit rate counted over every lookup."""
+    """LRU over at most `max_entries` results (an array, or a tuple of arrays: one per
+    output); hit rate counted over every lookup."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
         if max_entries < 1:
@@ -65,9 +80,7 @@ class ResultCache:
         """`put` for several (key, value) pairs under one lock (the engine's per-batch call)."""
         stored = []
         for key, value in items:
-            copy = np.array(value, copy=True)
-            copy.setflags(write=False)
-            stored.append((key, copy))
+            stored.append((key, _frozen(value)))
         entries = self._entries
         with self._lock:
             for key, copy in stored:
@@ -97,7 +110,7 @@ class ResultCache:
     def memory_bytes(self) -> int:
         """Bytes held by cached outputs and their input keys (container overhead excluded)."""
         with self._lock:
-            return sum(len(k[-1]) + v.nbytes for k, v in self._entries.items())
+            return sum(len(k[-1]) + _nbytes(v) for k, v in self._entries.items())
 
     def __len__(self) -> int:
         return len(self._entries)

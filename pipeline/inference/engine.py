@@ -21,6 +21,15 @@ buffer is reused.
 Batches run inline on the event loop thread: for small models a thread hand-off costs more
 than the inference itself. An engine may be created outside an event loop and then used from
 whichever loop calls it, one after another.
+
+Models of named tensors (several inputs or outputs, dynamic non-batch dimensions, declared
+value ranges: see `pipeline.inference.signature`) take a mapping of input name -> array per
+request (a model of one input also takes the array itself) and answer with `output` (the
+first output) and `outputs` (every output by name). Each request is one sample; the values
+are checked when it is submitted (dtype, shape, dims shared between inputs, finite, within
+the declared range). Requests are batched together only when their inputs have the same
+shapes: a batch mixing sequence lengths is split into one runtime call per shape (in order of
+arrival), never padded, since padding could change what the model computes.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ from pipeline.inference.memory_pool import MemoryPoolManager
 from pipeline.inference.model_manager import LoadedModel, ProductionModelManager
 from pipeline.inference.monitor import RealTimePerformanceMonitor
 from pipeline.inference.settings import EngineSettings
+from pipeline.inference.tensor_batches import TensorBatches, request_shapes
+from pipeline.inference.tensor_requests import coerce_tensors
 
 __all__ = ["InferenceResult", "ProductionInferenceEngine"]
 
@@ -74,6 +85,8 @@ class InferenceResult(RecordMixin):
     rejected: bool = False
     error_type: str | None = None
     batch_id: int = 0
+    #: every output by name (models of named tensors; None for single-tensor models)
+    outputs: dict[str, np.ndarray] | None = None
 
 
 # A queued request is a plain tuple (cheaper to build than an object, and unpacked once per
@@ -91,7 +104,7 @@ def _bucket(n: int, cap: int) -> int:
     return min(size, max(cap, n))
 
 
-class ProductionInferenceEngine:
+class ProductionInferenceEngine(TensorBatches):
     """Batches concurrent requests per model and runs them on the manager's runtimes."""
 
     def __init__(
@@ -232,26 +245,35 @@ class ProductionInferenceEngine:
         cache_key = None
         if use_cache and self.cache is not None:
             # the input's bytes are read (and hashed) only when this request uses the cache
-            cache_key = (key, model.generation, x.shape, x.tobytes())
+            if model.tensor_io:
+                cache_key = (
+                    key,
+                    model.generation,
+                    request_shapes(x),
+                    b"".join(a.tobytes() for a in x),
+                )
+            else:
+                cache_key = (key, model.generation, x.shape, x.tobytes())
             cached = self.cache.get(cache_key)
             if cached is not None:
                 self._stats["cache_hits"] += 1
-                self._complete(
-                    future,
-                    InferenceResult(
-                        True,
-                        cached,
-                        None,
-                        0.0,
-                        0.0,
-                        0,
-                        True,
-                        (_perf() - now) * 1000.0,
-                        model_name,
-                        model.version,
-                        request_id,
-                    ),
+                result = InferenceResult(
+                    True,
+                    cached,
+                    None,
+                    0.0,
+                    0.0,
+                    0,
+                    True,
+                    (_perf() - now) * 1000.0,
+                    model_name,
+                    model.version,
+                    request_id,
                 )
+                if model.tensor_io:  # cached: every output row, in output order
+                    result.output = cached[0]
+                    result.outputs = dict(zip(model.signature.output_names, cached, strict=True))
+                self._complete(future, result)
                 return future
         if self._queued >= self._max_queue:
             self._stats["rejected"] += 1
@@ -357,7 +379,9 @@ class ProductionInferenceEngine:
             ) from None
 
     @staticmethod
-    def _coerce(model: LoadedModel, value: Any) -> np.ndarray:
+    def _coerce(model: LoadedModel, value: Any) -> Any:
+        if model.tensor_io:
+            return coerce_tensors(model, value)
         dtype = model.dtype
         if isinstance(value, np.ndarray):
             x = value
@@ -490,6 +514,9 @@ class ProductionInferenceEngine:
         """Run one batch. If the runtime raises, bisect it to find the request(s) it raised
         on, so batch-mates still get answers; `budget` bounds the extra runs per dispatched
         batch to its size (never more work than re-running every request alone)."""
+        if model.tensor_io:
+            self._execute_tensors(model, batch, start, budget)
+            return
         n = len(batch)
         key = model.info.key
         shape = model.feature_shape

@@ -10,6 +10,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotLoadedError",
     "NonFiniteOutputError",
+    "NonFiniteWarmupError",
     "PoolExhaustedError",
     "QueueFullError",
 ]
@@ -21,6 +22,10 @@ class InferenceError(Exception):
 
 class ModelLoadError(InferenceError):
     """A model file could not be loaded (missing, corrupt, checksum mismatch, over budget)."""
+
+
+class NonFiniteWarmupError(ModelLoadError):
+    """Warm-up on valid inputs produced NaN or Inf: the model file is defective."""
 
 
 class ModelNotLoadedError(InferenceError):

@@ -4,6 +4,13 @@ Models live in one folder as `<name>.pt` (TorchScript) and/or `<name>.onnx`, des
 `model_info.json` (written by `pipeline.build`). Each file is registered as
 `<name>_torchscript` / `<name>_onnx`. A recorded sha256 is always verified before loading;
 a missing one is loaded with a warning unless the manager is `strict`.
+
+Every loaded model has a `Signature` (pipeline.inference.signature): its inputs, outputs and
+dynamic dimensions, settled with the ONNX graph (the authority on an ONNX model's tensors).
+A model of one input with known row shape and one output is served as one array in, one array
+out; any other (several inputs or outputs, a dynamic non-batch dimension, a declared value
+range) through the engine's named-tensor path. It is warmed up at every batch size and every
+declared size of its dynamic dimensions, on valid values (`Signature.example_batch`).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.inference._records import RecordMixin
-from pipeline.inference.errors import ModelLoadError, ModelNotLoadedError
+from pipeline.inference.errors import ModelLoadError, ModelNotLoadedError, NonFiniteWarmupError
 from pipeline.inference.runtimes import FORMATS, Runtime, load_runtime
+from pipeline.inference.signature import SERVED_DTYPES, Signature
+from pipeline.inference.tensor_models import settle_signature, settle_single, warm_up_tensors
 
 __all__ = ["LoadedModel", "ModelInfo", "ProductionModelManager"]
 
@@ -56,11 +65,19 @@ class ModelInfo(RecordMixin):
     last_error: str | None = None
     checksum_verified: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: its inputs and outputs (settled with the ONNX graph once loaded)
+    signature: Signature | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        """The shape of one request's input (the input shape without its batch dimension)."""
+        """The shape of one request's input (the input shape without its batch dimension)
+        of a single-tensor model; a model with named tensors has `signature` instead."""
         return tuple(int(d) for d in self.input_shape[1:])  # type: ignore[arg-type]
+
+    @property
+    def tensor_io(self) -> bool:
+        """Served through named tensors (see the module docstring), not one array."""
+        return self.signature is not None and not self.signature.classic
 
     @property
     def fixed_batch_size(self) -> int | None:
@@ -69,23 +86,24 @@ class ModelInfo(RecordMixin):
         return int(first) if first is not None else None
 
 
-#: input element types the engine serves (fed to the model as declared)
-SERVED_DTYPES = ("float32", "float64", "int64")
-
-
 @dataclass
 class LoadedModel:
-    """A loaded, verified runtime plus the facts a batch needs. Swapped whole on reload."""
+    """A loaded, verified runtime plus the facts a batch needs. Swapped whole on reload.
+
+    A model served through named tensors has `tensor_io` True and `feature_shape` None (no
+    single array matches it); its `signature` says what a request holds."""
 
     info: ModelInfo
     runtime: Runtime
     generation: int
     version: str
-    feature_shape: tuple[int, ...]
+    feature_shape: tuple[int, ...] | None
     fixed_batch_size: int | None
     priority: bool = False
     last_used: float = 0.0
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    signature: Signature | None = None
+    tensor_io: bool = False
 
 
 def dummy_batch(
@@ -123,6 +141,8 @@ class ProductionModelManager:
         self.warmup_rounds = warmup_rounds
         self.model_info: dict[str, ModelInfo] = {}
         self.load_errors: dict[str, str] = {}
+        #: the error class of each load failure (NonFiniteWarmupError, ModelLoadError, ...)
+        self.load_error_types: dict[str, str] = {}
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.RLock()
         self._reload_listeners: list[Callable[[str, LoadedModel], None]] = []
@@ -169,6 +189,20 @@ class ProductionModelManager:
                 output_shape = [None, *output_shape]
         metadata = {k: v for k, v in entry.items() if k not in {"files", "input_shape"}}
         metadata["legacy_info"] = legacy
+        signature = None
+        if entry.get("inputs"):  # the tensor form: its first input under the original names
+            try:
+                signature = Signature.from_entry(entry)
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                signature = None
+                metadata["signature_error"] = f"model_info.json inputs/outputs: {exc}"
+            else:
+                first = signature.inputs[0]
+                input_shape = [d if isinstance(d, int) else None for d in first.shape]
+                entry = {**entry, "input_dtype": first.dtype}
+                output_shape = output_shape or [
+                    d if isinstance(d, int) else None for d in signature.outputs[0].shape
+                ]
         return ModelInfo(
             key=f"{name}_{fmt}",
             name=name,
@@ -180,6 +214,7 @@ class ProductionModelManager:
             input_dtype=str(entry.get("input_dtype", "float32")),
             expected_sha256=expected,
             metadata=metadata,
+            signature=signature,
         )
 
     def resolve(self, name: str) -> str:
@@ -217,11 +252,13 @@ class ProductionModelManager:
                 self._admit(loaded)
             except ModelLoadError as exc:
                 self.load_errors[key] = str(exc)
+                self.load_error_types[key] = type(exc).__name__
                 self.model_info[key].last_error = str(exc)
                 log.warning("%s", exc)
                 return False
             self._loaded[key] = loaded
             self.load_errors.pop(key, None)
+            self.load_error_types.pop(key, None)
             return True
 
     def _read_verified(self, info: ModelInfo) -> tuple[bytes, str]:
@@ -261,14 +298,24 @@ class ProductionModelManager:
 
     def _build(self, info: ModelInfo, *, priority: bool) -> LoadedModel:
         started = time.perf_counter()
-        if info.input_dtype not in SERVED_DTYPES:
-            raise ModelLoadError(
-                f"model {info.key!r}: input dtype {info.input_dtype} is not served; relcert "
-                f"serves {', '.join(SERVED_DTYPES)} inputs"
-            )
+        if info.metadata.get("signature_error"):
+            raise ModelLoadError(f"model {info.key!r}: {info.metadata['signature_error']}")
+        dtypes = [t.dtype for t in info.signature.inputs] if info.signature else []
+        for dtype in dtypes or [info.input_dtype]:
+            if dtype not in SERVED_DTYPES:
+                raise ModelLoadError(
+                    f"model {info.key!r}: input dtype {dtype} is not served; relcert "
+                    f"serves {', '.join(SERVED_DTYPES)} inputs"
+                )
         data, digest = self._read_verified(info)
         runtime = load_runtime(info.format, data, num_threads=self.num_threads, label=info.key)
-        self._settle_shapes(info, runtime)
+        if info.signature is not None and info.signature.inputs:
+            settle_signature(info, runtime)
+        else:
+            settle_single(info, runtime)
+        signature = info.signature
+        assert signature is not None  # settled above
+        runtime.bind(signature.input_names, signature.output_names)
         load_ms = (time.perf_counter() - started) * 1000.0
         fixed = info.fixed_batch_size
         if info.format == "torchscript" and info.metadata.get("legacy_info") and fixed == 1:
@@ -278,7 +325,10 @@ class ProductionModelManager:
         warm_ms = None
         if self.warmup_enabled:
             warm_started = time.perf_counter()
-            self._warm_up(info, runtime, fixed)
+            if info.tensor_io:
+                warm_up_tensors(info, runtime, fixed, self.warmup_batch_sizes, self.warmup_rounds)
+            else:
+                self._warm_up(info, runtime, fixed)
             warm_ms = (time.perf_counter() - warm_started) * 1000.0
         generation = info.generation + 1
         info.sha256 = digest
@@ -291,46 +341,14 @@ class ProductionModelManager:
             runtime=runtime,
             generation=generation,
             version=info.version,
-            feature_shape=info.feature_shape,
+            feature_shape=None if info.tensor_io else info.feature_shape,
             fixed_batch_size=fixed,
             priority=priority,
             last_used=time.monotonic(),
             dtype=np.dtype(info.input_dtype),
+            signature=signature,
+            tensor_io=info.tensor_io,
         )
-
-    @staticmethod
-    def _settle_shapes(info: ModelInfo, runtime: Runtime) -> None:
-        spec = getattr(runtime, "spec", None)
-        if spec is not None:  # ONNX: the graph is the authority on shapes
-            graph_shape = list(spec.input_shape)
-            if info.metadata.get("legacy_info") and len(info.input_shape) == len(graph_shape) - 1:
-                info.input_shape = [graph_shape[0], *info.input_shape]  # feature dims only
-            if info.input_shape and len(info.input_shape) != len(graph_shape):
-                raise ModelLoadError(
-                    f"model {info.key!r}: model_info.json input_shape {info.input_shape} "
-                    f"contradicts the ONNX graph's {graph_shape}"
-                )
-            if info.input_shape and not info.metadata.get("legacy_info"):
-                for ours, theirs in zip(info.input_shape, graph_shape, strict=True):
-                    if ours is not None and theirs is not None and ours != theirs:
-                        raise ModelLoadError(
-                            f"model {info.key!r}: model_info.json input_shape "
-                            f"{info.input_shape} contradicts the ONNX graph's {graph_shape}"
-                        )
-            merged = [
-                theirs if theirs is not None else (ours if i > 0 else None)
-                for i, (ours, theirs) in enumerate(
-                    zip(info.input_shape or graph_shape, graph_shape, strict=True)
-                )
-            ]
-            info.input_shape = merged
-            if not info.output_shape:
-                info.output_shape = list(spec.output_shape)
-        if len(info.input_shape) < 2 or any(d is None for d in info.input_shape[1:]):
-            raise ModelLoadError(
-                f"model {info.key!r}: input_shape must be [batch, features...] with known "
-                f"feature dimensions in model_info.json, got {info.input_shape or 'nothing'}"
-            )
 
     def _warm_up(self, info: ModelInfo, runtime: Runtime, fixed: int | None) -> None:
         rng = np.random.default_rng(0)
@@ -346,7 +364,7 @@ class ProductionModelManager:
                         f"{list(batch.shape)} failed: {exc}"
                     ) from exc
                 if not np.all(np.isfinite(out)):
-                    raise ModelLoadError(
+                    raise NonFiniteWarmupError(
                         f"model {info.key!r}: warm-up produced NaN/Inf outputs for finite "
                         f"inputs of shape {list(batch.shape)} (file {info.path})"
                     )
@@ -421,12 +439,26 @@ class ProductionModelManager:
         feature_shape: tuple[int, ...],
         output_shape: tuple[int, ...] = (1,),
         dtype: str = "float32",
+        *,
+        signature: Signature | None = None,
     ) -> str:
         """Register and load `<name>_null`: a model that does no work, for measuring the
-        harness's own ceiling (calibration). Returns its key."""
+        harness's own ceiling (calibration). Returns its key. With the `signature` of a
+        model of named tensors it takes that model's requests (its outputs are zeros of
+        each output's row shape, 1 for a dynamic dim)."""
         from pipeline.inference.runtimes import NullRuntime
 
         key = f"{name}_null"
+        tensor_io = signature is not None and not signature.classic
+        if tensor_io:
+            assert signature is not None
+            outputs = [
+                tuple(d if isinstance(d, int) else 1 for d in o.shape[1:])
+                for o in signature.outputs
+            ]
+            runtime = NullRuntime(outputs[0] if outputs else (1,), outputs)
+        else:
+            runtime = NullRuntime(output_shape)
         info = ModelInfo(
             key=key,
             name=name,
@@ -440,17 +472,20 @@ class ProductionModelManager:
             warmup_complete=True,
             generation=1,
             memory_mb=0.0,
+            signature=signature,
         )
         with self._lock:
             self.model_info[key] = info
             self._loaded[key] = LoadedModel(
                 info,
-                NullRuntime(output_shape),
+                runtime,
                 1,
                 "null",
-                tuple(feature_shape),
+                None if tensor_io else tuple(feature_shape),
                 None,
                 dtype=np.dtype(dtype),
+                signature=signature,
+                tensor_io=tensor_io,
             )
         return key
 

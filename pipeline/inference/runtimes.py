@@ -1,4 +1,7 @@
-"""Model runtimes: one small class per backend, all with `run(batch: ndarray) -> ndarray`.
+"""Model runtimes: one small class per backend, all with `run(batch: ndarray) -> ndarray`
+(one input, the first output: the fast path of single-tensor models) and
+`run_many(arrays) -> list[ndarray]` (one array per input in the order `bind` set, every bound
+output: models with named tensors).
 
 Heavy backends are imported lazily, so a process that serves only ONNX never imports torch.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,13 +38,58 @@ class Runtime(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def bind(self, inputs: Sequence[str], outputs: Sequence[str]) -> None: ...
+
+    def run_many(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class OnnxTensor:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str | None  # numpy dtype name; None for a type numpy has no name for
+
 
 @dataclass(frozen=True)
 class OnnxSpec:
-    input_name: str
-    output_name: str
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
+    """The graph's inputs and outputs (the first of each under the original names)."""
+
+    inputs: tuple[OnnxTensor, ...]
+    outputs: tuple[OnnxTensor, ...]
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs[0].name
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self.inputs[0].shape
+
+    @property
+    def output_shape(self) -> tuple[int | None, ...]:
+        return self.outputs[0].shape
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _ort_tensor(arg) -> OnnxTensor:
+    shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+    return OnnxTensor(arg.name, shape, _ORT_TYPES.get(arg.type))
 
 
 #: per thread: the intra-op thread count a TorchScriptRuntime last set there
@@ -105,6 +154,29 @@ class TorchScriptRuntime:
             out = self._call(torch.from_numpy(batch))
         return out.numpy()
 
+    def bind(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        """`forward` takes one tensor per input in this order; a dict it returns is read by
+        these output names."""
+        self._output_names = tuple(outputs)
+
+    def run_many(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every output for one array per input: `forward` may return a tensor, a tuple or
+        list of tensors, or a dict of tensors by output name."""
+        torch = self._torch
+        wanted = self._num_threads
+        if wanted and getattr(_torch_threads, "count", None) != wanted:
+            torch.set_num_threads(wanted)
+            _torch_threads.count = wanted
+        guard = self._inference_mode
+        with guard(True) if guard is not None else torch.inference_mode():
+            out = self._call(*(torch.from_numpy(a) for a in arrays))
+        if isinstance(out, dict):
+            names = getattr(self, "_output_names", None) or tuple(out)
+            return [out[name].numpy() for name in names]
+        if isinstance(out, tuple | list):
+            return [t.numpy() for t in out]
+        return [out.numpy()]
+
 
 def _has_top_level_hooks(module) -> bool:
     """Whether a loaded ScriptModule has forward hooks or pre-hooks on itself (submodules'
@@ -138,24 +210,31 @@ class OnnxRuntime:
                 f"{label}: not a loadable ONNX model (expected a valid ONNX protobuf): {first}"
             ) from exc
         inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1:
-            raise ModelLoadError(
-                f"{label}: expected an ONNX model with exactly one input, got {len(inputs)}"
-            )
         self.spec = OnnxSpec(
-            input_name=inputs[0].name,
-            output_name=outputs[0].name,
-            input_shape=tuple(d if isinstance(d, int) else None for d in inputs[0].shape),
-            output_shape=tuple(d if isinstance(d, int) else None for d in outputs[0].shape),
+            inputs=tuple(_ort_tensor(i) for i in inputs),
+            outputs=tuple(_ort_tensor(o) for o in outputs),
         )
         self._session = session
         self._run = session.run
         self._outputs = [outputs[0].name]
         self._input = inputs[0].name
+        self._many_inputs = tuple(i.name for i in inputs)
+        self._many_outputs = [o.name for o in outputs]
         self.memory_bytes = len(data)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self._outputs, {self._input: batch})[0]
+
+    def bind(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        """`run_many` takes arrays for these inputs, in this order, and computes these
+        outputs (graph names); `run` takes the first and computes the first."""
+        self._many_inputs = tuple(inputs)
+        self._many_outputs = list(outputs)
+        self._input = self._many_inputs[0]
+        self._outputs = self._many_outputs[:1]
+
+    def run_many(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._run(self._many_outputs, dict(zip(self._many_inputs, arrays, strict=True)))
 
 
 class NullRuntime:
@@ -163,12 +242,24 @@ class NullRuntime:
 
     format = "null"
 
-    def __init__(self, output_shape: tuple[int, ...] = (1,)) -> None:
+    def __init__(
+        self,
+        output_shape: tuple[int, ...] = (1,),
+        output_shapes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
         self._output_shape = tuple(output_shape)
+        self._output_shapes = [tuple(s) for s in output_shapes or (output_shape,)]
         self.memory_bytes = 0
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.zeros((batch.shape[0], *self._output_shape), dtype=np.float32)
+
+    def bind(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        pass
+
+    def run_many(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        rows = arrays[0].shape[0]
+        return [np.zeros((rows, *shape), dtype=np.float32) for shape in self._output_shapes]
 
 
 def load_runtime(

@@ -99,6 +99,13 @@ def _functional(root: Path, criteria: Sequence[Mapping[str, Any]]) -> list[dict[
         ),
         _rows_check(
             root,
+            "exported models load in the engine",
+            STAGE_TABLES["build"],
+            lambda r: True,
+            "loaded",
+        ),
+        _rows_check(
+            root,
             "exported models serve finite outputs",
             STAGE_TABLES["build"],
             lambda r: True,

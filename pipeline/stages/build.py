@@ -1,6 +1,9 @@
 """Build stage: build (or import) the run's models into `<run>/models`, then record for each
-model file whether its checksum verifies, its parity, and whether it serves finite outputs
-(`stages/build/models.csv`, gated by the build suite)."""
+model file whether its checksum verifies, its parity, whether the engine's model manager loads
+it (and if not, its refusal, word for word) and whether it serves finite outputs
+(`stages/build/models.csv`, gated by the build suite). A refusal for another reason than
+NaN/Inf outputs is reported as what it is (`loaded` False, `load_refusal`), not as
+`outputs_finite` False: the build's probes measured those finite."""
 
 from __future__ import annotations
 
@@ -61,6 +64,8 @@ def record_build(ctx: StageContext | RunDir | Any, **extra: Any) -> dict[str, An
             verified = path.exists() and sha256_file(path) == file.get("sha256")
             key = f"{name}_{fmt}"
             loaded = manager.load_model(key)  # strict: verifies sha256, warms up, checks NaN
+            refusal = "" if loaded else manager.load_errors.get(key, "not loaded")
+            non_finite = manager.load_error_types.get(key) == "NonFiniteWarmupError"
             rows.append(
                 {
                     "model": name,
@@ -70,10 +75,12 @@ def record_build(ctx: StageContext | RunDir | Any, **extra: Any) -> dict[str, An
                     "parity_status": parity_status,
                     "parity_max_abs_diff": worst,
                     "parity_passed": parity_status == "measured" and bool(parity.get("passed")),
-                    "outputs_finite": loaded,
-                    "detail": (
-                        "loaded and warmed up" if loaded else manager.load_errors.get(key, "")
-                    )
+                    "loaded": loaded,
+                    "load_refusal": refusal,
+                    # the warm-up's outputs when it loaded; the build's probes otherwise
+                    # (they were finite: the build refuses a model whose probes are not)
+                    "outputs_finite": not non_finite,
+                    "detail": ("loaded and warmed up" if loaded else f"refused: {refusal}")
                     + f"; {parity_detail}",
                 }
             )

@@ -86,8 +86,8 @@ _RESOURCE_COLUMNS = (("t_s", "float"), ("rss_mb", "float"), ("cpu_percent", "flo
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="build",
-        title="Build (train + export) or import the run's models; verify checksums, parity and "
-        "finite outputs of every model file.",
+        title="Build (train + export) or import the run's models; verify checksums, parity, "
+        "that the engine loads every model file, and its finite outputs.",
         runner="pipeline.stages.build:run",
         tables=(
             _t(
@@ -101,6 +101,8 @@ STAGES: tuple[Stage, ...] = (
                     ("parity_status", "str"),
                     ("parity_max_abs_diff", "float"),
                     ("parity_passed", "bool"),
+                    ("loaded", "bool"),  # the engine's model manager loads and warms it up
+                    ("load_refusal", "str"),  # why it does not (empty when it does)
                     ("outputs_finite", "bool"),
                     ("detail", "str"),
                 ),

@@ -26,6 +26,8 @@ def good_table(stage: str, targets: Targets) -> pd.DataFrame:
                 "parity_status": ["measured"] * 4,
                 "parity_max_abs_diff": [0.0, 2e-7, 0.0, 3e-6],
                 "parity_passed": [True, True, True, True],
+                "loaded": [True, True, True, True],
+                "load_refusal": ["", "", "", ""],
                 "outputs_finite": [True, True, True, True],
                 "detail": ["", "", "", ""],
             }

@@ -51,6 +51,7 @@ VIOLATIONS = [
     ("build", 1, "parity_passed", False, "parity_passed is True for every exported model whose"),
     ("build", 1, "parity_status", "invalid", "parity is measured or not applicable"),
     ("build", 2, "outputs_finite", False, "outputs_finite is True for every exported model"),
+    ("build", 1, "loaded", False, "loaded is True for every exported model"),
     ("build", 3, "parity_max_abs_diff", 1e-3, "parity max |diff| of every exported model"),
     ("build", 3, "parity_max_abs_diff", -1.0, "parity max |diff| of every exported model"),
     ("build", 0, "version", math.nan, "version is present for every exported model"),

@@ -34,8 +34,34 @@ def test_a_tampered_model_file_fails_the_build_gate(run_dir: Path) -> None:
     table = pd.read_csv(run_dir / "stages/build/models.csv").set_index(["model", "format"])
     row = table.loc[("routing_classifier", "onnx")]
     assert not row["sha256_verified"] and "sha256 mismatch" in row["detail"]
+    # the manager's refusal is reported as what it is, not as non-finite outputs
+    assert not row["loaded"] and "sha256 mismatch" in row["load_refusal"]
+    assert row["outputs_finite"]
     result = run_gate("build", run_dir)
     assert not result.success and any("sha256" in f for f in result.failed)
+    assert any("loaded" in f for f in result.failed)
+    assert not any("outputs_finite" in f for f in result.failed)
+
+
+def test_a_token_model_with_a_dynamic_sequence_loads_in_the_build_table(tmp_path: Path) -> None:
+    """One int64 input [batch, seq] in the single-tensor form (input_shape [null, null]):
+    imported, then loaded by the engine's manager (it used to refuse it for its dynamic
+    sequence, and the table said outputs_finite False)."""
+    import yaml
+
+    from pipeline.gates import run_gate
+    from tests.text_models import write_bag_models
+
+    user = write_bag_models(tmp_path / "user")
+    models_file = user / "models.yaml"
+    entry = {"name": "tokens", "path": "bag.onnx", "input_shape": [None, None]}
+    models_file.write_text(yaml.safe_dump({"models": [entry]}))
+    run = tmp_path / "run"
+    result = run_stage("build", run, snapshot_date="2026-03-01", models_file=models_file)
+    table = pd.read_csv(run / "stages/build/models.csv")
+    assert table["loaded"].all(), table["load_refusal"].tolist()
+    assert table["outputs_finite"].all() and table["load_refusal"].isna().all()
+    assert result["gate"]["success"] and run_gate("build", run).success
 
 
 def test_build_stage_builds_the_snapshot_of_its_date(tmp_path: Path) -> None:
