@@ -73,3 +73,14 @@ def mixed_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.imported_models import build_mixed_models
 
     return build_mixed_models(tmp_path_factory.mktemp("mixed"))
+
+
+@pytest.fixture(scope="session")
+def text_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models of named tensors, built by `relcert build` from a models file in the tensor
+    form (read-only: copy before changing): the two-input transformer `sentiment` (ONNX)
+    and the token model as `bag_script` (TorchScript) and `bag_graph` (ONNX); see
+    tests/text_models.py. The user's files are in the folder's sibling `user/`."""
+    from tests.text_models import build_text_models
+
+    return build_text_models(tmp_path_factory.mktemp("text"))

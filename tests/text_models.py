@@ -174,7 +174,7 @@ def bag_entry(fmt: str) -> dict[str, Any]:
     """The token model's entry: `fmt` "torchscript" (bag.pt) or "onnx" (bag.onnx)."""
     suffix = "pt" if fmt == "torchscript" else "onnx"
     return {
-        "name": f"bag_{fmt}",
+        "name": "bag_script" if fmt == "torchscript" else "bag_graph",
         "path": f"bag.{suffix}",
         "version": "0.1.0",
         "inputs": [

@@ -200,10 +200,9 @@ class Service:
         `duration_s` has passed. Inputs are random (the cache is bypassed)."""
         engine = self.engine
         rng = np.random.default_rng(int(time.time_ns() % 2**32))
-        inputs = {}
-        for name in models:
-            info = self.manager.model_info[self.keys[name]]
-            inputs[name] = dummy_batch((256, *info.feature_shape), info.input_dtype, rng)
+        inputs = {
+            name: _random_requests(self.manager.model_info[self.keys[name]], rng) for name in models
+        }
         keys = [self.keys[name] for name in models]
         latency_ms = np.zeros(requests)
         success = np.zeros(requests, dtype=np.bool_)
@@ -314,6 +313,22 @@ class Service:
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started
+
+
+def _random_requests(info: Any, rng: np.random.Generator) -> Any:
+    """256 random requests for a model: rows of one array, or (named tensors) mappings of
+    input name -> row with valid values at each declared size of its dynamic dims."""
+    if not info.tensor_io:
+        return dummy_batch((256, *info.feature_shape), info.input_dtype, rng)
+    from pipeline.inference.tensor_models import dim_size_sets
+
+    signature = info.signature
+    sets = dim_size_sets(signature)
+    requests = []
+    for i in range(256):
+        rows = signature.example_rows(None, sets[i % len(sets)])
+        requests.append({t.name: t.random(rng, rows[t.name]) for t in signature.inputs})
+    return requests
 
 
 def _read_model_info(model_dir: Path) -> dict[str, dict[str, Any]]:

@@ -109,15 +109,31 @@ class TensorMeta:
 class ModelSignature:
     """What the protocol says about one served model: its metadata and input contract.
 
-    `bounds` (low, high arrays of one row's shape) come from the optional ``input_range``
-    / ``feature_ranges`` of its model_info.json entry; a value outside is refused."""
+    A model of one input and one output (`named` False) takes one input tensor; a model of
+    named tensors (several inputs or outputs, dynamic dims: `named` True) takes each of its
+    inputs (`pipeline.serve.named_tensors`), with `dim_names` naming each input's dynamic
+    dims (inputs sharing a name must agree on its size). `bounds` (low, high arrays of one
+    row's shape) come from the optional ``input_range`` / ``feature_ranges`` of its
+    model_info.json entry; a value outside is refused."""
 
     name: str
     version: str
     platform: str
-    input: TensorMeta
-    output: TensorMeta
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
     bounds: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
+    named: bool = False
+    dim_names: tuple[tuple[str | None, ...], ...] = ()
+
+    @property
+    def input(self) -> TensorMeta:
+        """The first (for a single-tensor model: the) input."""
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorMeta:
+        """The first (for a single-tensor model: the) output."""
+        return self.outputs[0]
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -135,13 +151,14 @@ class ModelSignature:
         return numpy_dtype(self.input.datatype)
 
     def metadata(self) -> dict[str, Any]:
-        """The model metadata response object (``GET /v2/models/{name}``)."""
+        """The model metadata response object (``GET /v2/models/{name}``): every input and
+        output, -1 for a dynamic dimension."""
         return {
             "name": self.name,
             "versions": [self.version],
             "platform": self.platform,
-            "inputs": [self.input.to_json()],
-            "outputs": [self.output.to_json()],
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
         }
 
     @classmethod
@@ -155,11 +172,17 @@ class ModelSignature:
         input_shape: Sequence[int | None],
         output_shape: Sequence[int | None],
         input_dtype: str,
+        tensors: Any = None,
     ) -> ModelSignature:
         """From a model_info.json entry and the shapes the model manager settled (the ONNX
-        graph is the authority on an ONNX model's shapes). Raises ValueError for an entry
-        whose input cannot be described (unknown dims, an unserved dtype, bad ranges)."""
+        graph is the authority on an ONNX model's shapes); `tensors` the settled
+        `pipeline.inference.signature.Signature` of a model of named tensors. Raises
+        ValueError for an entry whose input cannot be described (unknown dims, an unserved
+        dtype, bad ranges)."""
         where = f"model_info.json: model {name!r}"
+        platform = PLATFORMS.get(model_format, model_format)
+        if tensors is not None and not tensors.classic:
+            return _named(name, version, platform, tensors, where)
         if len(input_shape) < 2 or any(d is None for d in input_shape[1:]):
             raise ValueError(
                 f"{where}: input_shape must be [batch, dims...] with known dims, got "
@@ -180,14 +203,14 @@ class ModelSignature:
         signature = cls(
             name=name,
             version=version,
-            platform=PLATFORMS.get(model_format, model_format),
-            input=TensorMeta(str(entry.get("input_name") or "input"), in_type, dims_in),
-            output=TensorMeta(str(entry.get("output_name") or "output"), out_type, dims_out),
+            platform=platform,
+            inputs=(TensorMeta(str(entry.get("input_name") or "input"), in_type, dims_in),),
+            outputs=(TensorMeta(str(entry.get("output_name") or "output"), out_type, dims_out),),
         )
         bounds = _bounds(where, signature.row_shape, entry)
         if bounds is None:
             return signature
-        return cls(name, version, signature.platform, signature.input, signature.output, bounds)
+        return cls(name, version, platform, signature.inputs, signature.outputs, bounds)
 
     @classmethod
     def of(cls, name: str, entry: Mapping[str, Any], model: Any) -> ModelSignature:
@@ -201,12 +224,42 @@ class ModelSignature:
             input_shape=model.input_shape,
             output_shape=model.output_shape,
             input_dtype=model.input_dtype,
+            tensors=getattr(model, "signature", None),
         )
 
     def json_request_bytes(self) -> int:
         """About how many bytes a JSON inference request of one row takes (for sizing
         MAX_BODY_BYTES)."""
         return json_request_bytes(self.row_shape)
+
+
+def _named(name: str, version: str, platform: str, tensors: Any, where: str) -> ModelSignature:
+    """The protocol's view of a model of named tensors (its settled Signature)."""
+
+    def meta(spec: Any, served: tuple[str, ...] | None) -> TensorMeta:
+        try:
+            datatype = datatype_of(spec.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {spec.name!r}: {exc}") from None
+        if served is not None and datatype not in served:
+            raise ValueError(
+                f"{where}: input {spec.name!r} dtype {spec.dtype} is not served (expected one "
+                "of float32, float64, int64)"
+            )
+        shape = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
+        return TensorMeta(spec.name, datatype, shape)
+
+    return ModelSignature(
+        name=name,
+        version=version,
+        platform=platform,
+        inputs=tuple(meta(t, INPUT_DATATYPES) for t in tensors.inputs),
+        outputs=tuple(meta(t, None) for t in tensors.outputs),
+        named=True,
+        dim_names=tuple(
+            tuple(dict(t.row_dims()).get(i) for i in range(len(t.row))) for t in tensors.inputs
+        ),
+    )
 
 
 def json_request_bytes(row_shape: Sequence[int]) -> int:
@@ -216,9 +269,16 @@ def json_request_bytes(row_shape: Sequence[int]) -> int:
 
 def body_limit_for(info: Mapping[str, Mapping[str, Any]], default: int) -> int:
     """MAX_BODY_BYTES for a models folder: `default`, raised (in 64 KiB steps) until a JSON
-    inference request of one row of every model of `info` (model_info.json) fits."""
+    inference request of one row of every model of `info` (model_info.json) fits (every
+    input of a model of named tensors, its dynamic dims at their largest declared size)."""
+    from pipeline.inference.signature import Signature
+
     needed = default
     for entry in info.values():
+        if entry.get("inputs"):
+            count = Signature.from_entry(entry).element_count()
+            needed = max(needed, _JSON_OVERHEAD_BYTES + _JSON_BYTES_PER_ELEMENT * count)
+            continue
         shape = list(entry.get("input_shape") or [])
         row = shape if (not entry.get("files") and len(shape) == 1) else shape[1:]
         if row and all(isinstance(d, int) and d > 0 for d in row):

@@ -18,7 +18,8 @@ work unchanged:
     nested; or binary data, see `pipeline.serve.tensors`), tensor JSON out (``outputs:
     [{name, shape, datatype, data}]``, ``model_name``, ``model_version``, ``id`` echoed). A
     batch of N rows becomes N engine requests (batched with everyone else's), answered
-    together.
+    together. A model of named tensors takes every input tensor and answers with every
+    output (or those ``outputs`` asks for): see `pipeline.serve.named_tensors`.
 
 Errors are ``{"error": "..."}``, naming what was wrong and what was expected: 400 for a bad
 request (wrong input name, shape, datatype or size, invalid JSON, non-finite values, values
@@ -47,6 +48,7 @@ from pipeline.serve.app import (
     engine_refusal,
 )
 from pipeline.serve.features import RequestError
+from pipeline.serve.named_tensors import decode_named_request, encode_named_response
 from pipeline.serve.service import READY, Service
 from pipeline.serve.settings import SettingsError
 from pipeline.serve.tensors import (
@@ -78,10 +80,13 @@ class V2Models:
         self.service = service
         self._signatures: dict[str, ModelSignature] = {}
         for name in service.keys:
+            record = service.manager.model_info[service.keys[name]]
+            if record.tensor_io or record.signature is not None:
+                continue  # named tensors: settled with the graph once it loads
             try:
                 self._signatures[name] = self._describe(name)
             except ValueError as exc:
-                shape = service.manager.model_info[service.keys[name]].input_shape
+                shape = record.input_shape
                 if len(shape) >= 2 and None not in shape[1:]:
                     raise SettingsError(f"MODEL_DIR: {exc}") from None
                 # else its shapes are recorded nowhere but in the file: known once it loads
@@ -194,6 +199,8 @@ class InferEndpoint(_V2Endpoint):
                 "the body uncompressed",
             )
         signature = self.models.signature(name)
+        if signature.named:
+            return await self._named(scope, receive, body, name, key, signature)
         request = decode_infer_request(body, _header(scope, _HEADER_LENGTH), signature)
         rows = request.rows
         most = service.engine.max_queue_size
@@ -215,7 +222,33 @@ class InferEndpoint(_V2Endpoint):
             return 200, payload
         return 200, payload, ((_HEADER_LENGTH, str(json_size).encode()),), _OCTETS
 
-    async def _run(self, key: str, rows: np.ndarray, receive: Receive) -> list[Any]:
+    async def _named(
+        self, scope: Scope, receive: Receive, body: bytes, name: str, key: str, signature
+    ) -> tuple[Any, ...]:
+        """A model of named tensors: every input tensor in, each sample an engine request
+        (a mapping of input name -> row), every requested output tensor out."""
+        request = decode_named_request(body, _header(scope, _HEADER_LENGTH), signature)
+        most = self.service.engine.max_queue_size
+        if request.count > most:
+            raise RequestError(
+                400,
+                f"inputs: {request.count} rows, more than the {most} the engine queues "
+                "(MAX_QUEUE); send at most that many rows per request",
+            )
+        rows = [request.row(i) for i in range(request.count)]
+        results = await self._run(key, rows, receive)
+        failed = next((r for r in results if not r.success), None)
+        if failed is not None:
+            raise engine_refusal(name, failed, client_status=400, field="inputs")
+        outputs = {n: np.stack([r.outputs[n] for r in results]) for n in request.outputs}
+        payload, json_size = encode_named_response(
+            signature, request, outputs, results[0].model_version
+        )
+        if json_size is None:
+            return 200, payload
+        return 200, payload, ((_HEADER_LENGTH, str(json_size).encode()),), _OCTETS
+
+    async def _run(self, key: str, rows: Any, receive: Receive) -> list[Any]:
         """Every row as its own engine request (through the service's admission control),
         submitted at once; their results in order."""
         predict = self.service.predict
