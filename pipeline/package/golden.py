@@ -53,7 +53,14 @@ def _recorded_rows(models_dir: Path, entry: Mapping[str, Any]) -> tuple[np.ndarr
     return None
 
 
-def _inputs(models_dir: Path, entry: Mapping[str, Any], seed: int) -> tuple[np.ndarray, str]:
+def _inputs(models_dir: Path, entry: Mapping[str, Any], seed: int) -> tuple[Any, str]:
+    from pipeline.stages.inputs import model_requests, recorded_samples, signature_of
+
+    if not signature_of(entry).classic:  # named tensors: requests made from its spec
+        recorded = recorded_samples(models_dir, entry)
+        source = f"from {recorded[1]} and" if recorded else "from"
+        requests = model_requests(models_dir, entry, ROWS_PER_MODEL, seed)
+        return requests, f"requests made {source} its declared tensors, seed {seed}"
     rng = np.random.default_rng(seed)
     dtype = np.dtype(entry.get("input_dtype") or "float32")
     shape = list(entry.get("input_shape") or [None])
@@ -86,10 +93,42 @@ def _expected(kind: str, output: np.ndarray, version: str, classes: list[str]) -
     }
 
 
-def _v2_case(name: str, j: int, signature: Any, row: np.ndarray, answer: Any) -> dict[str, Any]:
-    """One row as an Open Inference Protocol request (JSON tensor data) and its answer."""
+def _tensor_json(name: str, datatype: str, value: np.ndarray) -> dict[str, Any]:
+    """One sample as a tensor of one row."""
+    value = np.asarray(value)
+    return {
+        "name": name,
+        "shape": [1, *value.shape],
+        "datatype": datatype,
+        "data": value.ravel().tolist(),
+    }
+
+
+def _v2_case(name: str, j: int, signature: Any, row: Any, answer: Any) -> dict[str, Any]:
+    """One row (one sample) as an Open Inference Protocol request (JSON tensor data) and its
+    answer (every input and output of a model of named tensors)."""
     from pipeline.serve.tensors import datatype_of
 
+    if isinstance(row, Mapping):
+        case_id = f"{name}-v2-{j}"
+        inputs = [_tensor_json(t.name, t.datatype, row[t.name]) for t in signature.inputs]
+        outputs = []
+        for t in signature.outputs:
+            value = np.asarray(answer.outputs[t.name])
+            outputs.append(_tensor_json(t.name, datatype_of(value.dtype), value))
+        return {
+            "id": case_id,
+            "model": name,
+            "protocol": "v2",
+            "endpoint": f"/v2/models/{name}/infer",
+            "request": {"id": case_id, "inputs": inputs},
+            "expected": {
+                "model_name": name,
+                "model_version": answer.model_version,
+                "id": case_id,
+                "outputs": outputs,
+            },
+        }
     output = np.asarray(answer.output)[None]
     return {
         "id": f"{name}-v2-{j}",

@@ -175,7 +175,8 @@ def _checked_shapes(
         if not ok:
             raise _error(
                 f"inputs[{i}].shape: expected {expected} for input {meta.name!r} (N >= 1 rows; "
-                f"a named dimension any size >= 1), got {describe_value(shape)}"
+                f"a named dimension any size >= 1), got "
+                f"{shape if type(shape) is list else describe_value(shape)}"
             )
         if shapes and shape[0] != shapes[0][0]:
             raise _error(

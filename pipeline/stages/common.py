@@ -281,46 +281,12 @@ def serving_keys(info: dict[str, Any], fmt: str = SERVING_FORMAT) -> dict[str, s
     return keys
 
 
-def row_shapes(entry: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(one request's input shape, one answer's output shape) of a model_info entry. An
-    entry written the original plan's way (no `files`) gives feature dimensions only."""
-    legacy = not entry.get("files")
-    shapes = []
-    for key in ("input_shape", "output_shape"):
-        shape = list(entry.get(key) or [])
-        if not (legacy and len(shape) == 1):
-            shape = shape[1:]
-        shapes.append(tuple(int(d) for d in shape if d is not None))
-    return shapes[0], shapes[1]
+def input_pool(
+    run: RunDir, info: dict[str, Any], name: str, count: int, seed: int
+) -> np.ndarray | list[dict[str, np.ndarray]]:
+    """`count` realistic request inputs for model `name`, made from its own spec: an array of
+    rows for a single-tensor model, a list of mappings input name -> array for a model of
+    named tensors (see pipeline/stages/inputs.py)."""
+    from pipeline.stages.inputs import model_requests
 
-
-def _source_rows(run: RunDir, entry: dict[str, Any]) -> np.ndarray | None:
-    """Realistic inputs recorded with the model: its hold-out split, its evaluation set or
-    its reference inputs (the first that exists)."""
-    sla = entry.get("sla") or {}
-    reference = (entry.get("parity") or {}).get("reference") or {}
-    for rel in (entry.get("holdout_file"), sla.get("evaluation_file"), reference.get("file")):
-        if rel and (run.models / rel).exists():
-            with np.load(run.models / rel) as data:
-                return np.asarray(data["x"])
-    return None
-
-
-def input_pool(run: RunDir, info: dict[str, Any], name: str, count: int, seed: int) -> np.ndarray:
-    """`count` realistic request inputs for model `name`, in its own input dtype: rows of
-    its hold-out split, evaluation set or reference inputs when it has one (resampled, with
-    a little jitter for float inputs so they do not repeat), else random values of its
-    input shape (uniform [0, 1) floats; 0/1 for integer inputs)."""
-    entry = info[name]
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(entry.get("input_dtype") or "float32")
-    feature_shape, _ = row_shapes(entry)
-    base = _source_rows(run, entry)
-    if base is not None and tuple(base.shape[1:]) == feature_shape:
-        rows = base[rng.integers(0, len(base), size=count)].astype(dtype)
-        if dtype.kind == "f":
-            rows = rows + rng.normal(0, 1e-3, size=rows.shape).astype(dtype)
-        return np.ascontiguousarray(rows)
-    if dtype.kind == "f":
-        return rng.random((count, *feature_shape)).astype(dtype)
-    return rng.integers(0, 2, size=(count, *feature_shape)).astype(dtype)
+    return model_requests(run.models, info[name], count, seed)

@@ -12,10 +12,14 @@ no other local user can drive (or disturb) the engine under measurement.
 
 Frame: u32 little-endian length, then the body.
   request  body: u32 id, u8 op, then for PREDICT: u8 model index, the input values in the
-           model's own input dtype (model_info.json: float32, float64 or int64)
+           model's own input dtype (model_info.json: float32, float64 or int64); for a model
+           of named tensors (pipeline.inference.signature), for each input in the model's
+           order: u8 rank, u32 per dim, then its values in its dtype
   response body: u32 id, u8 ok, u8 cache_hit, u16 batch_size, f32 inference ms of the batch,
                  u32 batch id, then float32 output (ok) or
-                 UTF-8 "<error class>\0<message>" (not ok); for control ops: UTF-8 JSON
+                 UTF-8 "<error class>\0<message>" (not ok); for control ops: UTF-8 JSON. A
+                 model of named tensors answers, for each output: u8 rank, u32 per dim, then
+                 its float32 values
 
 Stress-test control ops (used by the stress stage; they never run unless asked):
   BALLAST  body: u32 MB — hold that much touched memory in the engine process (0 frees it);
@@ -64,6 +68,7 @@ _RESP = struct.Struct("<IBBHfI")
 _TOKEN_BYTES = 32
 _AUTH_TIMEOUT_S = 10.0
 _AUTH_OK, _AUTH_DENIED = b"OK", b"DENIED"
+_F32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -98,18 +103,47 @@ class HostConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _input_dtypes(model_dir: Path, keys: Sequence[str]) -> dict[str, np.dtype]:
-    """Each engine key's input dtype, from model_info.json (keys are `<name>_<format>`)."""
+def _input_dtypes(model_dir: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """Each engine key's input dtype, from model_info.json (keys are `<name>_<format>`); for
+    a model of named tensors, its Signature (its inputs' order and dtypes)."""
+    from pipeline.inference.signature import Signature
+
     try:
         info = json.loads((Path(model_dir) / "model_info.json").read_text())
     except (OSError, ValueError):
         info = {}
-    out = {}
+    out: dict[str, Any] = {}
     for key in keys:
         name = key.rsplit("_", 1)[0]
-        entry = info.get(name) if isinstance(info, dict) else None
-        out[key] = np.dtype((entry or {}).get("input_dtype") or "float32")
+        entry = (info.get(name) if isinstance(info, dict) else None) or {}
+        signature = Signature.from_entry(entry) if entry else None
+        if signature is not None and signature.inputs and not signature.classic:
+            out[key] = signature
+        else:
+            out[key] = np.dtype(entry.get("input_dtype") or "float32")
     return out
+
+
+def pack_tensors(arrays: Sequence[np.ndarray]) -> bytes:
+    """Arrays with their shapes: for each, u8 rank, u32 per dim, then its raw values."""
+    parts = []
+    for a in arrays:
+        parts.append(struct.pack(f"<B{a.ndim}I", a.ndim, *a.shape))
+        parts.append(np.ascontiguousarray(a).tobytes())
+    return b"".join(parts)
+
+
+def unpack_tensors(data: Any, dtypes: Sequence[np.dtype], offset: int = 0) -> list[np.ndarray]:
+    """The inverse of `pack_tensors` for arrays of `dtypes`, read from `offset`."""
+    arrays = []
+    for dtype in dtypes:
+        (rank,) = struct.unpack_from("<B", data, offset)
+        shape = struct.unpack_from(f"<{rank}I", data, offset + 1)
+        offset += 1 + 4 * rank
+        count = int(np.prod(shape, dtype=np.int64))
+        arrays.append(np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape))
+        offset += count * dtype.itemsize
+    return arrays
 
 
 @dataclass(slots=True)
@@ -124,6 +158,9 @@ class HostResult:
     error_type: str | None = None  # the engine's error class (InvalidInputError, ...)
     inference_ms: float = 0.0  # the model's own compute time for the request's batch
     batch_id: int = 0  # requests answered by one runtime call share it
+    #: a model of named tensors: every output (float32, shaped); `output` is then all of
+    #: them flattened one after the other
+    outputs: tuple[np.ndarray, ...] | None = None
 
 
 # --------------------------------------------------------------------------- child side
@@ -163,9 +200,17 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
     for key in config.models:
         if key.endswith("_null"):  # calibration: the harness's own floor
             name = key[: -len("_null")]
-            real = next((i for i in manager.model_info.values() if i.name == name), None)
+            records = [i for i in manager.model_info.values() if i.name == name]
+            # the loaded record first: its signature is settled with the model file
+            real = next((i for i in records if i.loaded), records[0] if records else None)
             if real is None:
                 load_errors[key] = f"no model {name!r} to take a null model's shapes from"
+                continue
+            if real.tensor_io:
+                manager.register_null_model(name, (), signature=real.signature)
+                continue
+            if real.signature is None and None in real.input_shape[1:]:
+                load_errors[key] = f"model {name!r} did not load: its shapes are not settled"
                 continue
             out_shape = tuple(int(d) for d in real.output_shape[1:]) or (1,)
             manager.register_null_model(name, real.feature_shape, out_shape, real.input_dtype)
@@ -181,8 +226,20 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
         np.dtype(manager.model_info[k].input_dtype if k in manager.model_info else "float32")
         for k in keys
     ]
-    # ... and are flat: each is reshaped to its model's request shape (any rank)
-    shapes = [manager.model_info[k].feature_shape if manager.is_loaded(k) else (-1,) for k in keys]
+    # ... and are flat: each is reshaped to its model's request shape (any rank); a model of
+    # named tensors sends each input with its shape (pack_tensors)
+    named = [manager.is_loaded(k) and manager.get_model(k).tensor_io for k in keys]
+    shapes = [
+        manager.model_info[k].feature_shape if manager.is_loaded(k) and not named[i] else (-1,)
+        for i, k in enumerate(keys)
+    ]
+    tensor_dtypes = [
+        [t.np_dtype for t in manager.get_model(k).signature.inputs] if named[i] else []
+        for i, k in enumerate(keys)
+    ]
+    input_names = [
+        manager.get_model(k).signature.input_names if named[i] else () for i, k in enumerate(keys)
+    ]
     ballast: list[np.ndarray] = []  # OP_BALLAST: memory held on purpose (stress tests)
     held: list[np.ndarray] = []  # OP_POOL: pool buffers held on purpose (stress tests)
     gate: dict[str, Any] = {"admission": None}  # OP_ADMISSION: admission control, when on
@@ -292,7 +349,11 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def reply(request_id: int, future: asyncio.Future) -> None:
             result = future.result()
-            if result.success:
+            if result.success and result.outputs is not None:  # named tensors
+                payload = pack_tensors(
+                    [np.asarray(o, dtype=np.float32) for o in result.outputs.values()]
+                )
+            elif result.success:
                 payload = np.ascontiguousarray(result.output, dtype=np.float32).tobytes()
             else:  # "<error class>\0<message>"
                 payload = f"{result.error_type or ''}\0{result.error or 'failed'}".encode()
@@ -315,8 +376,12 @@ async def _serve(model_dir: Path, config: HostConfig, port: int, token: bytes) -
                 request_id, op = _CTL.unpack_from(body)
                 if op == OP_PREDICT:
                     _, _, index = _REQ.unpack_from(body)
-                    x = np.frombuffer(body, dtype=dtypes[index], offset=_REQ.size)
-                    x = x.reshape(shapes[index]) if x.size else x
+                    if named[index]:
+                        arrays = unpack_tensors(body, tensor_dtypes[index], _REQ.size)
+                        x = dict(zip(input_names[index], arrays, strict=True))
+                    else:
+                        x = np.frombuffer(body, dtype=dtypes[index], offset=_REQ.size)
+                        x = x.reshape(shapes[index]) if x.size else x
                     future = (gate["admission"] or engine).predict(keys[index], x)
                     future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
                     continue
@@ -464,10 +529,11 @@ class EngineHost:
     load_errors: dict[str, str] = field(default_factory=dict)
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
-    _pending: dict[int, tuple[asyncio.Future, bool]] = field(default_factory=dict)
+    #: request id -> (future, control op, outputs expected: 0 unless named tensors)
+    _pending: dict[int, tuple[asyncio.Future, bool, int]] = field(default_factory=dict)
     _next_id: int = 0
     _index: dict[str, int] = field(default_factory=dict)
-    _dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    _dtypes: dict[str, Any] = field(default_factory=dict)  # np.dtype, or a Signature
     _reader_task: asyncio.Task | None = None
     _token: bytes = field(default_factory=lambda: secrets.token_bytes(_TOKEN_BYTES), repr=False)
 
@@ -529,12 +595,20 @@ class EngineHost:
                 entry = pending.pop(request_id, None)
                 if entry is None:
                     continue
-                future, control = entry
+                future, control = entry[0], entry[1]
                 if future.done():
                     continue
                 data = body[_RESP.size :]
                 if control:
                     future.set_result(data)
+                elif ok and entry[2]:  # a model of named tensors: shaped outputs
+                    outs = tuple(unpack_tensors(data, [_F32] * entry[2]))
+                    flat = np.concatenate([o.ravel() for o in outs]) if outs else np.empty(0)
+                    future.set_result(
+                        HostResult(
+                            True, flat, None, batch, bool(hit), None, inference_ms, batch_id, outs
+                        )
+                    )
                 elif ok:
                     out = np.frombuffer(data, dtype=np.float32)
                     future.set_result(
@@ -547,7 +621,7 @@ class EngineHost:
         except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            for future, control in pending.values():
+            for future, control, *_ in pending.values():
                 if future.done():
                     continue
                 if control:
@@ -558,20 +632,31 @@ class EngineHost:
                     )
             pending.clear()
 
-    def _send(self, body: bytes, control: bool) -> asyncio.Future:
+    def _send(self, body: bytes, control: bool, outputs: int = 0) -> asyncio.Future:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         request_id = self._next_id
         future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (future, control)
+        self._pending[request_id] = (future, control, outputs)
         struct.pack_into("<I", body, 0, request_id)
         self._writer.write(_LEN.pack(len(body)) + body)
         return future
 
-    def predict(self, model_key: str, x: np.ndarray) -> asyncio.Future:
-        """Send one request now; the future resolves to a HostResult."""
+    def _payload(self, model_key: str, x: Any) -> tuple[bytes, int]:
+        """A request's input bytes, and how many outputs its answer holds (0: one flat
+        float32 output)."""
+        kind = self._dtypes[model_key]
+        if isinstance(kind, np.dtype):
+            return np.ascontiguousarray(x, dtype=kind).tobytes(), 0
+        arrays = [np.asarray(x[t.name], dtype=t.dtype) for t in kind.inputs]
+        return pack_tensors(arrays), len(kind.outputs)
+
+    def predict(self, model_key: str, x: Any) -> asyncio.Future:
+        """Send one request now (an array, or a mapping input name -> array for a model of
+        named tensors); the future resolves to a HostResult."""
         head = bytearray(_REQ.pack(0, OP_PREDICT, self._index[model_key]))
-        head += np.ascontiguousarray(x, dtype=self._dtypes[model_key]).tobytes()
-        return self._send(head, control=False)
+        payload, outputs = self._payload(model_key, x)
+        head += payload
+        return self._send(head, control=False, outputs=outputs)
 
     async def _control(self, op: int, extra: bytes = b"") -> dict[str, Any]:
         future = self._send(bytearray(_CTL.pack(0, op)) + extra, control=True)
@@ -592,9 +677,9 @@ class EngineHost:
         for model_key, x in items:
             self._next_id = (self._next_id + 1) & 0xFFFFFFFF
             future = loop.create_future()
-            self._pending[self._next_id] = (future, False)
-            body = _REQ.pack(self._next_id, OP_PREDICT, self._index[model_key])
-            body += np.ascontiguousarray(x, dtype=self._dtypes[model_key]).tobytes()
+            payload, outputs = self._payload(model_key, x)
+            self._pending[self._next_id] = (future, False, outputs)
+            body = _REQ.pack(self._next_id, OP_PREDICT, self._index[model_key]) + payload
             frames += _LEN.pack(len(body)) + body
             futures.append(future)
         self._writer.write(bytes(frames))

@@ -49,6 +49,13 @@ from pipeline.stages.availability import HealthProber
 from pipeline.stages.common import SERVING_FORMAT, StageError, check_row, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import ResourceSampler
+from pipeline.stages.infra_named import (
+    expected_metadata,
+    golden_batch_named,
+    golden_json_named,
+    malformed_named,
+    named_body,
+)
 from pipeline.stages.interface import (
     ENDPOINTS,
     NAMED_SLAS,
@@ -171,11 +178,16 @@ class _Model:
     name: str
     key: str  # the engine key it is served as (<name>_<format>)
     entry: dict[str, Any]  # its model_info.json entry
-    rows: np.ndarray  # golden inputs, (GOLDEN_ROWS, *row shape), in its input dtype
-    outputs: np.ndarray  # the in-process engine's answers, (GOLDEN_ROWS, *output row shape)
+    # golden inputs, (GOLDEN_ROWS, *row shape) in its input dtype; for a model of named
+    # tensors (`signature` set) a list of mappings input name -> one sample
+    rows: Any
+    # the in-process engine's answers, (GOLDEN_ROWS, *output row shape); for a model of
+    # named tensors a list of mappings output name -> one row
+    outputs: Any
     version: str
     input_name: str = "input"  # from the service's model metadata once read
     fixed_batch: int | None = None
+    signature: Any = None  # its settled Signature when it is a model of named tensors
 
     @property
     def format(self) -> str:
@@ -333,14 +345,17 @@ async def _golden(
             rows.append(check_row("golden_reference", name, False, detail=detail, fmt=fmt))
             continue
         entry = info[name]
+        record = manager.model_info[key]
+        named = record.tensor_io
         models[name] = _Model(
             name,
             key,
             entry,
             xs,
-            np.stack([a.output for a in answers]),
-            manager.model_info[key].version,
+            [a.outputs for a in answers] if named else np.stack([a.output for a in answers]),
+            record.version,
             str(entry.get("input_name") or "input"),
+            signature=record.signature if named else None,
         )
     await engine.stop()
     return models, rows
@@ -392,7 +407,22 @@ async def _metadata_check(client, m: _Model) -> dict[str, Any]:
 
     result = await client.get(f"/v2/models/{m.name}")
     problems = []
-    if result.status == 200:
+    if result.status == 200 and m.signature is not None:
+        doc = result.json()
+        expected = {"versions": [m.version], "platform": PLATFORMS[m.format]}
+        expected.update(expected_metadata(m.signature))
+        problems = [
+            f"{k} {doc.get(k)} (expected {v})" for k, v in expected.items() if doc.get(k) != v
+        ]
+        shape = expected["inputs"][0]["shape"]
+        m.fixed_batch = shape[0] if shape[0] > 0 else None
+        detail = "; ".join(problems) or (
+            f"version {m.version}, {doc.get('platform')}, inputs "
+            + ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in doc["inputs"])
+            + ", outputs "
+            + ", ".join(f"{t['name']} {t['shape']}" for t in doc["outputs"])
+        )
+    elif result.status == 200:
         doc = result.json()
         tensor_in, tensor_out = (doc.get("inputs") or [{}])[0], (doc.get("outputs") or [{}])[0]
         m.input_name = str(tensor_in.get("name") or m.input_name)
@@ -441,6 +471,8 @@ async def _golden_json(client, m: _Model) -> dict[str, Any]:
     """Each golden row as its own JSON request; the answers against the engine's."""
     from pipeline.serve.tensors import datatype_of, encode_infer_request
 
+    if m.signature is not None:
+        return await golden_json_named(client, m, GOLDEN_TOLERANCE)
     worst, answered, versions, datatypes = 0.0, 0, set(), set()
     for row, expected in zip(m.rows, m.outputs, strict=True):
         body, _ = encode_infer_request(m.input_name, row[None])
@@ -491,6 +523,8 @@ async def _golden_batch(client, m: _Model, limit: int) -> dict[str, Any]:
             f"{m.fixed_batch} row(s) (golden_requests sends them one by one)",
             fmt=m.format,
         )
+    if m.signature is not None:
+        return await golden_batch_named(client, m, limit, GOLDEN_TOLERANCE)
     count = len(m.rows)
     body, size = encode_infer_request(m.input_name, m.rows, binary_input=True, binary_output=True)
     while len(body) > limit and count > 2:
@@ -535,6 +569,8 @@ async def _malformed_request(client, m: _Model) -> dict[str, Any]:
     """A row of the wrong shape: 400 naming the shape expected."""
     from pipeline.serve.tensors import encode_infer_request
 
+    if m.signature is not None:
+        return await malformed_named(client, m)
     row = m.rows[:1].reshape(1, -1)
     wrong = np.concatenate([row, np.zeros((1, 1), dtype=row.dtype)], axis=1)
     body, _ = encode_infer_request(m.input_name, wrong)
@@ -704,9 +740,12 @@ def _load_endpoints(models: dict[str, _Model]) -> list[_Endpoint]:
         m = models[name]
         v2 = []
         for row in m.rows:
-            body, size = encode_infer_request(
-                m.input_name, row[None], binary_input=True, binary_output=True
-            )
+            if m.signature is not None:
+                body, size = named_body(row, binary=True)
+            else:
+                body, size = encode_infer_request(
+                    m.input_name, row[None], binary_input=True, binary_output=True
+                )
             v2.append((body, "application/octet-stream", ((_HEADER, str(size)),)))
         endpoints.append(_Endpoint(name, m.infer_path, V2_SLA, tuple(v2)))
         path = ENDPOINTS.get(name)

@@ -18,8 +18,10 @@ import numpy as np
 
 from pipeline.loadgen import percentiles, run_users
 from pipeline.metrics import MODEL_QUALITY
-from pipeline.stages.common import check_row, input_pool, row_shapes
+from pipeline.samples import read_samples, sample_count
+from pipeline.stages.common import check_row, input_pool
 from pipeline.stages.context import StageContext
+from pipeline.stages.inputs import row_shapes, signature_of
 
 __all__ = ["run", "validate_performance"]
 
@@ -162,19 +164,51 @@ def initialisation(ctx: StageContext, manager) -> tuple[list[dict[str, Any]], fl
     return rows, init_s
 
 
+def _expected_outputs(entry: dict[str, Any]) -> dict[str, tuple[int | None, ...]]:
+    """Each output's row shape (None: a dynamic dim) of a model of named tensors; the one
+    output's (as `output`) of a single-tensor model."""
+    signature = signature_of(entry)
+    if signature.classic:
+        return {"output": row_shapes(entry)[1]}
+    return {o.name: o.row for o in signature.outputs}
+
+
+def _outputs_fit(result: Any, expected: dict[str, tuple[int | None, ...]]) -> bool:
+    """Whether a successful result has every expected output, each of its row shape."""
+    if not result.success:
+        return False
+    got = result.outputs if result.outputs is not None else {"output": result.output}
+    if set(got) != set(expected):
+        return False
+    return all(
+        len(got[n].shape) == len(row)
+        and all(d is None or d == g for d, g in zip(row, got[n].shape, strict=True))
+        for n, row in expected.items()
+    )
+
+
+def _shape_text(expected: dict[str, tuple[int | None, ...]]) -> str:
+    def dims(row: tuple[int | None, ...]) -> str:
+        return "[" + ", ".join("n" if d is None else str(d) for d in row) + "]"
+
+    if list(expected) == ["output"]:
+        return f"output shape {dims(expected['output'])}"
+    return "output shapes " + ", ".join(f"{n} {dims(r)}" for n, r in expected.items())
+
+
 async def end_to_end(b: Bench) -> list[dict[str, Any]]:
-    """Per model file: requests one at a time; output shape, success and mean latency."""
+    """Per model file: requests one at a time; output shape(s), success and mean latency."""
     rows = []
     for key in b.loaded:
         name = b.name_of(key)
-        expected = row_shapes(b.info[name])[1]
+        expected = _expected_outputs(b.info[name])
         latencies, shapes_ok, ok = [], True, 0
         for x in b.probes[name][:END_TO_END_REQUESTS]:
             t = time.perf_counter()
             result = await b.engine.predict(key, x, use_cache=False)
             latencies.append((time.perf_counter() - t) * 1000.0)
             ok += result.success
-            shapes_ok &= result.success and tuple(result.output.shape) == expected
+            shapes_ok &= _outputs_fit(result, expected)
         p = percentiles(latencies)
         target = b.ctx.targets.for_model(name)["average_inference_latency_ms"]
         rows.append(
@@ -185,7 +219,7 @@ async def end_to_end(b: Bench) -> list[dict[str, Any]]:
                 p.mean_ms,
                 "ms",
                 target.threshold,
-                f"{ok}/{END_TO_END_REQUESTS} succeeded, output shape {list(expected)}: "
+                f"{ok}/{END_TO_END_REQUESTS} succeeded, {_shape_text(expected)}: "
                 f"{'all correct' if shapes_ok else 'WRONG or failed'}, p95 {p.p95_ms:.2f} ms",
                 fmt=b.format_of(key),
                 samples=len(latencies),
@@ -382,7 +416,35 @@ async def workflow(b: Bench) -> dict[str, Any]:
     )
 
 
+def compared_outputs(entry: dict[str, Any]) -> tuple[str, ...] | None:
+    """The outputs parity compares: the one `reference.output` names, else every output
+    (None: the one output of a single-tensor model)."""
+    signature = signature_of(entry)
+    if signature.classic:
+        return None
+    named = ((entry.get("parity") or {}).get("reference") or {}).get("output")
+    return (named,) if named else signature.output_names
+
+
+def _vector(result: Any, names: tuple[str, ...] | None) -> np.ndarray:
+    """One result's compared outputs, flattened into one float64 vector."""
+    if names is None:
+        return np.asarray(result.output, dtype=np.float64).ravel()
+    return np.concatenate([np.asarray(result.outputs[n], dtype=np.float64).ravel() for n in names])
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """The largest |a_i - b_i| over requests (inf when a pair's sizes differ)."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        if x.shape != y.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(x - y).max(initial=0.0)))
+    return worst
+
+
 async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[dict, Any]:
+    """The same probes alone, batched and cached agree (every compared output)."""
     name, fmt = b.name_of(key), b.format_of(key)
     x = b.probes[name][:64]
     single = [await b.engine.predict(key, row, use_cache=False) for row in x]
@@ -393,12 +455,11 @@ async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[d
             "parity_batched_single_cached", name, False, detail="some requests failed", fmt=fmt
         )
         return row, None
-    s = np.stack([r.output for r in single]).astype(np.float64)
-    diff = float(
-        max(
-            np.abs(s - np.stack([r.output for r in batched])).max(),
-            np.abs(s - np.stack([r.output for r in cached])).max(),
-        )
+    names = compared_outputs(b.info[name])
+    s = [_vector(r, names) for r in single]
+    diff = max(
+        _max_diff(s, [_vector(r, names) for r in batched]),
+        _max_diff(s, [_vector(r, names) for r in cached]),
     )
     hits = sum(r.cache_hit for r in cached)
     row = check_row(
@@ -409,7 +470,8 @@ async def _alone_batched_cached(b: Bench, key: str, tolerance: float) -> tuple[d
         "max abs diff",
         tolerance,
         f"{len(x)} probes alone vs batched (largest batch "
-        f"{max(r.batch_size for r in batched)}) vs cached ({hits} hits)",
+        f"{max(r.batch_size for r in batched)}) vs cached ({hits} hits)"
+        + (f"; outputs {', '.join(names)}" if names else ""),
         fmt=fmt,
         samples=len(x),
     )
@@ -431,7 +493,7 @@ async def parity(b: Bench) -> list[dict[str, Any]]:
                 outputs[b.format_of(key)] = alone
         formats = sorted(b.info[name].get("files") or {})
         if len(outputs) == 2:
-            diff = float(np.abs(outputs["torchscript"] - outputs["onnx"]).max())
+            diff = _max_diff(outputs["torchscript"], outputs["onnx"])
             rows.append(
                 check_row(
                     "parity_torchscript_onnx",
@@ -518,12 +580,18 @@ async def model_quality(b: Bench) -> list[dict[str, Any]]:
                 )
             )
             continue
-        with np.load(b.ctx.run.models / sla["evaluation_file"]) as data:
-            x, y = np.asarray(data["x"]), np.asarray(data["y"])
+        x, y = read_samples(b.ctx.run.models / sla["evaluation_file"])
+        count = sample_count(x)
+        requests = (
+            [{n: a[i] for n, a in x.items()} for i in range(count)] if isinstance(x, dict) else x
+        )
         results = []
-        for start in range(0, len(x), 512):
+        for start in range(0, count, 512):
             results += await asyncio.gather(
-                *(b.engine.predict(key, row, use_cache=False) for row in x[start : start + 512])
+                *(
+                    b.engine.predict(key, row, use_cache=False)
+                    for row in requests[start : start + 512]
+                )
             )
         metric = SLA_METRICS[sla["metric"]]
         rule = f"{metric.name} {'>=' if metric.direction == 'min' else '<='} {sla['threshold']:g}"
@@ -534,13 +602,17 @@ async def model_quality(b: Bench) -> list[dict[str, Any]]:
                     MODEL_QUALITY,
                     name,
                     False,
-                    detail=f"{failed} of {len(x)} evaluation requests failed ({rule})",
+                    detail=f"{failed} of {count} evaluation requests failed ({rule})",
                     fmt=b.format_of(key),
-                    samples=len(x),
+                    samples=count,
                 )
             )
             continue
-        out = np.stack([r.output for r in results])
+        signature = signature_of(b.info[name])
+        scored = None  # the one output of a single-tensor model
+        if not signature.classic:  # the output the SLA names, else every output
+            scored = (sla["output"],) if sla.get("output") else signature.output_names
+        out = np.stack([_vector(r, scored) for r in results])
         measured = score(metric.name, out, y, int(sla.get("k") or 1))
         passed = (
             measured >= sla["threshold"]
@@ -555,10 +627,11 @@ async def model_quality(b: Bench) -> list[dict[str, Any]]:
                 measured,
                 metric.name,
                 float(sla["threshold"]),
-                f"{metric.name} on {len(x)} rows of {sla['evaluation_file']} through the engine "
-                f"(needs {rule}; version {b.info[name].get('version')})",
+                f"{metric.name} on {count} rows of {sla['evaluation_file']} through the engine "
+                f"(needs {rule}; version {b.info[name].get('version')})"
+                + (f"; output {', '.join(scored)}" if scored else ""),
                 fmt=b.format_of(key),
-                samples=len(x),
+                samples=count,
             )
         )
     return rows

@@ -46,6 +46,7 @@ from pipeline.profiles import Profile, Scenario
 from pipeline.stages.common import ModelDefect, RunDir, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, ResourceSampler
+from pipeline.stages.inputs import scale_request, signature_of
 
 __all__ = ["REQUEST_COLUMNS", "run"]
 
@@ -85,7 +86,7 @@ class Workload:
         info: dict,
         keys: dict[str, str],
         seed: int,
-        pools: dict[str, np.ndarray] | None = None,
+        pools: dict[str, Any] | None = None,
     ) -> None:
         self.run = run
         self.info = info
@@ -114,7 +115,8 @@ class Workload:
         w = np.array([named[n] for n in names], dtype=float)
         return names, w / w.sum()
 
-    def next_input(self, name: str) -> np.ndarray:
+    def next_input(self, name: str) -> Any:
+        """The model's next request input: a row, or a mapping input name -> array."""
         i = self.cursor[name]
         self.cursor[name] = i + 1
         return self.pools[name][i % POOL_SIZE]
@@ -642,7 +644,7 @@ async def error_injection(lr: LoadRun) -> tuple[dict[str, Any], list[dict[str, A
         name = _pick(rng, lr.names, lr.weights)
         kind, factor = _injected(n, cfg)
         x = lr.work.next_input(name)
-        x = (x * factor).astype(x.dtype) if factor != 1.0 else x
+        x = scale_request(x, factor, signature_of(lr.work.info[name])) if factor != 1.0 else x
         sent[(user, i)] = (name, kind, factor)
         return lr.host.predict(lr.work.keys[name], x)
 

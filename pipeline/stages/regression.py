@@ -386,21 +386,26 @@ def _stored_ratio(cand: RunFiles, base: RunFiles, model: str, size: int) -> str:
     )
 
 
-def _time_pair(base_rt, cand_rt, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-call times (ms) of both runtimes on the same batch, alternating A B B A so that
-    neither always goes first; bounded by PAIRED_CALLS and PAIRED_SECONDS."""
+def _time_pair(base_rt, cand_rt, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call times (ms) of both runtimes on the same batch (an array; a list of arrays,
+    one per input, for a model of named tensors), alternating A B B A so that neither always
+    goes first; bounded by PAIRED_CALLS and PAIRED_SECONDS."""
     import time
 
+    if isinstance(batch, list):
+        base_run, cand_run = base_rt.run_many, cand_rt.run_many
+    else:
+        base_run, cand_run = base_rt.run, cand_rt.run
     for _ in range(PAIRED_WARMUP):
-        base_rt.run(batch)
-        cand_rt.run(batch)
+        base_run(batch)
+        cand_run(batch)
     base_t, cand_t = [], []
     deadline = time.perf_counter() + PAIRED_SECONDS
     for i in range(PAIRED_CALLS):
-        order = ((base_rt, base_t), (cand_rt, cand_t))
-        for runtime, out in order if i % 2 == 0 else order[::-1]:
+        order = ((base_run, base_t), (cand_run, cand_t))
+        for run, out in order if i % 2 == 0 else order[::-1]:
             started = time.perf_counter()
-            runtime.run(batch)
+            run(batch)
             out.append((time.perf_counter() - started) * 1000.0)
         if time.perf_counter() > deadline:
             break
@@ -449,9 +454,15 @@ def _compute_rows(ctx: StageContext, cand: RunFiles, base: RunFiles, models, cfg
         )
         fixed = loaded.fixed_batch_size
         sizes = sorted({fixed} if fixed else {1, min(64, _typical_batch(c_req, model))})
+        if loaded.tensor_io:  # both runtimes take the model's inputs in its order
+            for runtime in (base_rt, ours_rt):
+                runtime.bind(loaded.signature.input_names, loaded.signature.output_names)
         found = []
         for size in sizes:
-            batch = dummy_batch((size, *loaded.feature_shape), loaded.dtype)
+            if loaded.tensor_io:
+                batch = loaded.signature.example_batch(size)
+            else:
+                batch = dummy_batch((size, *loaded.feature_shape), loaded.dtype)
             try:
                 base_t, cand_t = _time_pair(base_rt, ours_rt, batch)
             except Exception as exc:  # the baseline's model no longer takes this run's input

@@ -18,9 +18,10 @@ import numpy as np
 from pipeline.inference.settings import EngineSettings
 from pipeline.loadgen import percentiles, run_users
 from pipeline.profiles import Profile
-from pipeline.stages.common import ModelDefect, RunDir, input_pool, row_shapes, serving_keys
+from pipeline.stages.common import ModelDefect, RunDir, input_pool, serving_keys
 from pipeline.stages.context import StageContext
 from pipeline.stages.engine_host import EngineHost, HostConfig, HostResult, ResourceSampler
+from pipeline.stages.inputs import output_size
 
 __all__ = [
     "LEVEL_COLUMNS",
@@ -199,15 +200,22 @@ def _not_run(test: str, reason: str) -> TestResult:
 class _Feed:
     """Request inputs for one model; never repeats an input (no accidental cache hits)."""
 
-    def __init__(self, rows: np.ndarray) -> None:
+    def __init__(self, rows: np.ndarray | list[dict[str, np.ndarray]]) -> None:
         self.rows = rows
         self.cursor = 0
 
-    def next(self) -> np.ndarray:
+    def next(self) -> Any:
         cycle, i = divmod(self.cursor, len(self.rows))
         self.cursor += 1
         row = self.rows[i]
-        return row if cycle == 0 else row + np.float32(cycle * 1e-5)
+        if cycle == 0:
+            return row
+        if isinstance(row, dict):  # named tensors: nudge the float inputs
+            return {
+                n: a + a.dtype.type(cycle * 1e-5) if a.dtype.kind == "f" else a
+                for n, a in row.items()
+            }
+        return row + np.float32(cycle * 1e-5)
 
 
 @dataclass
@@ -218,7 +226,7 @@ class StressContext:
     sampler: ResourceSampler
     keys: list[str]  # engine keys, e.g. ["quality_predictor_onnx", "routing_classifier_onnx"]
     feeds: dict[str, _Feed]
-    output_sizes: dict[str, int]
+    output_sizes: dict[str, int | None]  # values per answer (None: it depends on the input)
     p95_target_ms: float  # the run's p95 threshold (its effective targets)
     p95_target_source: str
     scale: float = 1.0
@@ -230,8 +238,14 @@ class StressContext:
         """The engine process's resident memory now."""
         return self.sampler.process.memory_info().rss / _MB
 
-    def next_input(self, key: str) -> np.ndarray:
+    def next_input(self, key: str) -> Any:
         return self.feeds[key].next()
+
+    def size_ok(self, key: str, size: int) -> bool:
+        """Whether an answer of `size` values fits model `key` (any size > 0 when the model's
+        output size depends on the request)."""
+        expected = self.output_sizes[key]
+        return size > 0 if expected is None else size == expected
 
     def say(self, line: str) -> None:
         self.progress(line)
@@ -281,7 +295,7 @@ async def stress_context(
         names[n]: _Feed(input_pool(run, info, n, INPUTS_PER_MODEL, seed=seed + i))
         for i, n in enumerate(sorted(names))
     }
-    sizes = {names[n]: int(np.prod(row_shapes(info[n])[1])) for n in names}
+    sizes = {names[n]: output_size(info[n]) for n in names}
     engine = EngineSettings(**{"max_queue_size": QUEUE_SIZE, **host_settings})
     config = HostConfig(models=tuple(keys), engine=engine)
     host = EngineHost(run.models, config)

@@ -68,9 +68,9 @@ async def reload_in_flight(ctx: StressContext, key: str | None = None) -> TestRe
             t.submitted == n and t.succeeded == n and t.lost == 0,
         ),
         Check(
-            f"{sum(o.ok and o.output_size == ctx.output_sizes[key] for o in outcomes)}/"
+            f"{sum(o.ok and ctx.size_ok(key, o.output_size) for o in outcomes)}/"
             f"{t.succeeded} outputs of size {ctx.output_sizes[key]} (criterion all)",
-            all(o.output_size == ctx.output_sizes[key] for o in outcomes if o.ok),
+            all(ctx.size_ok(key, o.output_size) for o in outcomes if o.ok),
         ),
     ]
     recovery = [
