@@ -6,8 +6,11 @@ The file is a JSON object keyed by model name. Each entry holds ``name``, ``mode
 ``input_dtype`` / ``output_dtype``, ``feature_names`` and ``class_names`` (when known),
 ``files`` (format -> ``{path, sha256, bytes}``, paths relative to the models folder),
 ``training_data``, ``training``, ``holdout_metrics``, ``holdout_file`` (``null`` for imported
-models), ``parity`` and ``build`` (library versions, opset). It never holds wall-clock values,
-so two builds of the same snapshot date write the same bytes.
+models), ``parity`` and ``build`` (library versions, opset). A model of named tensors (several
+inputs or outputs, dynamic non-batch dims, declared value ranges) also has ``inputs``,
+``outputs`` and ``dims`` (see `pipeline.inference.signature`); its ``input_*`` keys are
+written only when it has one input, its ``output_*`` keys describe its first output. It
+never holds wall-clock values, so two builds of the same snapshot date write the same bytes.
 """
 
 from __future__ import annotations
