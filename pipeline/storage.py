@@ -321,14 +321,41 @@ class ArtifactStore:
         return manifest
 
     @contextlib.contextmanager
+    def reading(self, location: str) -> Iterator[None]:
+        """Read several files of the run at `location` as one state, the way `pull` does:
+        an upload that was committed but stopped part-way (its task was killed) is finished
+        first, and on a local store no upload is applied while the block runs (the run's
+        lock, shared). So a reader never sees half of a task's upload. StoreError when an
+        unfinished upload cannot be finished by this process (e.g. a read-only mount)."""
+        base = self.fs_path(location)
+        entered = False
+        try:
+            with self._reading(base):
+                entered = True
+                yield
+        except (OSError, StoreError) as exc:
+            if entered:
+                raise
+            raise StoreError(f"{location}: cannot read the run consistently: {exc}") from exc
+
+    def _lock_file(self, fs_path: str, *, shared: bool) -> Any:
+        """The run's lock file, opened: read-only for a shared lock when it exists (a reader
+        may not be allowed to write), else created."""
+        path = os.path.join(fs_path, _LOCK_NAME)
+        if shared:
+            with contextlib.suppress(FileNotFoundError):
+                return open(path)
+        makedirs_durably(fs_path)
+        return open(path, "a+")
+
+    @contextlib.contextmanager
     def _locked(self, fs_path: str, *, shared: bool = False) -> Iterator[None]:
         """On a local store, serialise pushes into one run folder (across processes); a
         shared lock (pulls) excludes pushes but not other pulls."""
         if not self.is_local:
             yield
             return
-        makedirs_durably(fs_path)
-        with open(os.path.join(fs_path, _LOCK_NAME), "a+") as handle:
+        with self._lock_file(fs_path, shared=shared) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
