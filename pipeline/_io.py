@@ -85,7 +85,9 @@ def makedirs_durably(path: str | os.PathLike[str]) -> Path:
         try:
             created.mkdir()
         except FileExistsError:  # made meanwhile by another process: durable by its maker
-            continue
+            if created.is_dir():
+                continue
+            raise
         fsync_dir(created.parent)
     return Path(path)
 
