@@ -290,6 +290,12 @@ class Service:
                 "Requests whose input made the model answer NaN/Inf (answered 422)",
                 "non_finite_outputs",
             ),
+            (
+                "relcert_engine_input_runtime_errors",
+                "Requests whose values made the model's runtime raise while it answers other "
+                "inputs (answered 422 / 400; never counted toward reloading the model)",
+                "input_runtime_errors",
+            ),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])
         yield GaugeMetricFamily(
