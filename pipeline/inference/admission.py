@@ -258,10 +258,14 @@ class AdmissionControl:
 
         s = self.limiter.get_stats()
         for name, help_text, value in (
-            ("limit", "Requests admitted to the engine at once now (the AIMD limit)", s.limit),
-            ("limit_min", "Lowest limit (ADMISSION_MIN_CONCURRENCY)", s.min_workers),
+            ("limit", "Rows admitted to the engine at once now (the AIMD limit)", s.limit),
+            (
+                "limit_min",
+                "Lowest limit (ADMISSION_MIN_CONCURRENCY, raised to the largest request)",
+                s.min_workers,
+            ),
             ("limit_max", "Highest limit (ADMISSION_MAX_CONCURRENCY)", s.max_workers),
-            ("in_flight", "Admitted requests not yet answered by the engine", s.in_flight),
+            ("in_flight", "Rows of admitted requests not yet answered", s.in_flight),
             ("waiting", "Requests waiting for a slot", s.waiting),
             ("window_p95_ms", "p95 latency (ms) of the recent admitted requests", s.p95_latency_ms),
             ("target_p95_ms", "p95 latency (ms) above which the limit halves", s.target_latency_ms),

@@ -8,13 +8,17 @@ arrive while a batch runs form the next batch. With `batch_timeout_ms > 0` a par
 may instead wait up to that long for company. Every knob is a field of `EngineSettings`.
 
 The queue is bounded (`max_queue_size`): past it a request is rejected at once with a
-failed result (`rejected=True`), never queued without bound. Requests may carry deadlines;
-an expired request fails without running, and a request whose future was cancelled (its
-client went away) is dropped without running. A bad request (wrong shape, NaN) fails alone
+failed result (`rejected=True`), never queued without bound; `predict_many` queues a client
+request's rows all together or rejects them all. Requests may carry deadlines; an expired
+request fails without running, at its deadline even while its partial batch waits for
+company, and a request whose future was cancelled (its client went away) is dropped without
+running. A bad request (wrong shape, NaN, an integer outside its dtype's range) fails alone
 and never fails its batch-mates: if the runtime raises on a batch, the batch is bisected
-(at most as many extra runs as it has requests) to find the request(s) it raised on. A NaN
-or Inf output for one request is that request's error (NonFiniteOutputError), never the
-model's; only runtime faults (raising, a wrong output batch) count toward the automatic
+until every request it raises on is isolated (`pipeline.inference.isolation`: at most
+2(n - 1) extra runs and one probe). A request the runtime raises on while it answers other
+inputs fails with InputRuntimeError, and a NaN or Inf output for one request with
+NonFiniteOutputError: those are the request's errors, never the model's. Only model faults
+(a runtime that fails its probe too, a wrong output batch) count toward the automatic
 reload of a model. Outputs that are views of the pooled input buffer are copied before the
 buffer is reused.
 
