@@ -17,8 +17,8 @@ work unchanged:
     tensor JSON in (``inputs: [{name, shape, datatype, data}]``, data flat row-major or
     nested; or binary data, see `pipeline.serve.tensors`), tensor JSON out (``outputs:
     [{name, shape, datatype, data}]``, ``model_name``, ``model_version``, ``id`` echoed). A
-    batch of N rows becomes N engine requests (batched with everyone else's), answered
-    together.
+    batch of N rows (at most MAX_REQUEST_ROWS) becomes N engine requests (batched with
+    everyone else's), admitted or refused whole and answered together.
 
 Errors are ``{"error": "..."}``, naming what was wrong and what was expected: 400 for a bad
 request (wrong input name, shape, datatype or size, invalid JSON, non-finite values, values
@@ -30,7 +30,6 @@ that goes to the log) when the model's runtime fails.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -196,12 +195,13 @@ class InferEndpoint(_V2Endpoint):
         signature = self.models.signature(name)
         request = decode_infer_request(body, _header(scope, _HEADER_LENGTH), signature)
         rows = request.rows
-        most = service.engine.max_queue_size
+        most = service.request_rows
         if len(rows) > most:
             raise RequestError(
                 400,
-                f"inputs[0].shape: {len(rows)} rows, more than the {most} the engine queues "
-                "(MAX_QUEUE); send at most that many rows per request",
+                f"inputs[0].shape: {len(rows)} rows, more than the {most} a request may carry "
+                "(MAX_REQUEST_ROWS, within MAX_QUEUE and ADMISSION_MAX_CONCURRENCY); send at "
+                "most that many rows per request",
             )
         results = await self._run(key, rows, receive)
         failed = next((r for r in results if not r.success), None)
@@ -216,15 +216,15 @@ class InferEndpoint(_V2Endpoint):
         return 200, payload, ((_HEADER_LENGTH, str(json_size).encode()),), _OCTETS
 
     async def _run(self, key: str, rows: np.ndarray, receive: Receive) -> list[Any]:
-        """Every row as its own engine request (through the service's admission control),
-        submitted at once; their results in order."""
-        predict = self.service.predict
+        """Every row as its own engine request (batched with everyone else's), admitted or
+        refused as one request by the service's admission control; results in order."""
+        service = self.service
         if len(rows) == 1:
-            future = predict(key, rows[0])
+            future = service.predict(key, rows[0])
             if future.done():
                 return [future.result()]
             return [await _result_unless_gone(future, receive)]
-        future = asyncio.gather(*[predict(key, row) for row in rows])
+        future = service.predict_many(key, rows)
         return list(await _result_unless_gone(future, receive))
 
 
