@@ -34,7 +34,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from pipeline.airflow.notifiers import dag_callbacks
 from pipeline.airflow.outcomes import APPROVALS_ALIAS, DECISION_TASK_ID
 from pipeline.metrics import KNOWN_METRICS
-from pipeline.names import ALLOWS_PACKAGE, DEFAULT_PROFILE, PROFILE_NAMES
+from pipeline.names import ALLOWS_PACKAGE, DEFAULT_PROFILE, MAX_REASON_CHARS, PROFILE_NAMES
 from pipeline.scaleout import perf_task_args, retry_delay
 from pipeline.stages.registry import STAGES, Stage
 
@@ -99,9 +99,10 @@ PARAMS = {
     "reason": Param(
         None,
         type=["null", "string"],
+        maxLength=MAX_REASON_CHARS,
         title="Reason",
         description_md="Why this run was triggered (shown in the report and the "
-        "Certifications view).",
+        f"Certifications view), at most {MAX_REASON_CHARS} characters.",
         section="Release",
     ),
     "waive_regression": Param(

@@ -13,11 +13,14 @@ a run of its own (apache/airflow#54659, #56050). With `max_active_runs=1` that w
 be a whole run of this DAG, so the example leaves it unset; to roll out one package at a
 time, give the rollout task a pool with one slot.
 
-`verify_package` reads every triggering event's extra (the package's location in the
-artifacts store, its sha256, the model versions, the report) and checks that the package is
-there with the checksum the certification recorded; it returns the verified packages. Put
-your rollout after it (e.g. `kubectl apply -k` of the package's `kubernetes/`, or a
-promotion to your registry). Like every DAG it starts paused: unpause it to deploy.
+`verify_package` trusts no event's extra on its word (anyone allowed to post Asset events,
+or any DAG author, can emit one): each event must come from the certification DAG's
+`decision` task (as Airflow recorded its source), the run's `report.json`, re-read from the
+artifacts store, must say APPROVED, and the package it records must be the one the event
+names, with the sha256 the certification recorded. A bad event fails the task at once (no
+retry), naming every bad event and why; otherwise it returns the verified packages. Put your
+rollout after it (e.g. `kubectl apply -k` of the package's `kubernetes/`, or a promotion to
+your registry). Like every DAG it starts paused: unpause it to deploy.
 """
 
 from __future__ import annotations
@@ -52,9 +55,10 @@ APPROVALS = approval_asset(CERTIFICATION_DAG_ID, model_names(MODELS_FILE))
 def relcert_deploy_on_approval():
     @task(inlets=[APPROVALS])
     def verify_package() -> list[dict]:
-        """Check every approved package of the triggering events against its recorded
-        sha256 in the artifacts store; returns them (run, models, package, report)."""
-        from pipeline.airflow.outcomes import verify_approvals
+        """Verify every triggering approval event: its source (the certification DAG's
+        decision task), the run's APPROVED report and the package's sha256, both read from
+        the artifacts store; returns the packages (run, models, package, report)."""
+        from pipeline.airflow.approvals import verify_approvals
 
         events = get_current_context()["triggering_asset_events"].get(APPROVALS, [])
         return verify_approvals(events)

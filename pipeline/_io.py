@@ -1,8 +1,14 @@
-"""Small file helpers shared by every part of relcert: atomic writes and checksums."""
+"""Small file helpers shared by every part of relcert: atomic writes and checksums.
+
+An atomic write is durable too: the file is fsynced before it is renamed over its target,
+and the directory that holds the rename is fsynced after it (`replace_durably`), so after a
+power loss a write the caller saw finish is there, not only its data. Folders the write
+creates are made durable the same way (`makedirs_durably`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +22,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "fsync_dir",
+    "makedirs_durably",
+    "replace_durably",
     "sha256_file",
     "sha256_stream",
     "write_sha256sums",
@@ -50,15 +59,60 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         return sha256_stream(handle, chunk_size=chunk_size)[0]
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of directory `path` durable (renames into it, files created in or
+    removed from it). Filesystems that cannot fsync a directory are skipped."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # e.g. some network filesystems: nothing more can be done here
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def makedirs_durably(path: str | os.PathLike[str]) -> Path:
+    """`mkdir -p path`, each folder it creates made durable in its parent (fsync)."""
+    folder = Path(path)
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:  # made meanwhile by another process: durable by its maker
+            if created.is_dir():
+                continue
+            raise
+        fsync_dir(created.parent)
+    return Path(path)
+
+
+def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """`os.replace(source, target)`, then fsync the directory holding `target` (and the one
+    that held `source`, when another): once this returns the rename survives a crash."""
+    os.replace(source, target)
+    target_dir = os.path.dirname(os.path.abspath(target))
+    fsync_dir(target_dir)
+    source_dir = os.path.dirname(os.path.abspath(source))
+    if source_dir != target_dir:
+        fsync_dir(source_dir)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`.
 
-    Readers see either the old file or the complete new one, never a partial write.
-    On error the temporary file is removed and `path` is untouched.
+    Readers see either the old file or the complete new one, never a partial write; once
+    the block exits the new file is durable (file and directory fsynced). On error the
+    temporary file is removed and `path` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    makedirs_durably(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -67,7 +121,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        replace_durably(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -115,8 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     image.add_argument(
         "--base-image",
         default=None,
-        help="BASE_IMAGE build argument (default $RELCERT_BASE_IMAGE, else python:3.11-slim "
-        "pinned by digest)",
+        help="BASE_IMAGE build argument, pinned by digest: NAME@sha256:... (default "
+        "$RELCERT_BASE_IMAGE, else python:3.11-slim-bookworm pinned by digest)",
+    )
+    image.add_argument(
+        "--allow-unpinned-base",
+        action="store_true",
+        default=None,
+        help="build from a base named by a tag alone (e.g. one imported on this machine); "
+        "the image is then recorded as not reproducible (also $RELCERT_ALLOW_UNPINNED_BASE=1)",
     )
     image.add_argument(
         "--engine",
@@ -349,7 +356,14 @@ def _package(args: argparse.Namespace) -> int:
     from pipeline.release import package_run, run_targets
     from pipeline.targets import TargetsError
 
-    image_flags = (args.base_image, args.engine, args.image_tag, args.wheelhouse, args.requirements)
+    image_flags = (
+        args.base_image,
+        args.engine,
+        args.image_tag,
+        args.wheelhouse,
+        args.requirements,
+        args.allow_unpinned_base,
+    )
     if not args.image and any(flag is not None for flag in image_flags):
         print("relcert package: error: the image options need --image", file=sys.stderr)
         return 1
@@ -363,6 +377,7 @@ def _package(args: argparse.Namespace) -> int:
                 tag=args.image_tag,
                 wheelhouse=args.wheelhouse,
                 requirements=args.requirements,
+                allow_unpinned_base=args.allow_unpinned_base,
             )
         result = package_run(
             args.run_dir,

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_PROFILE",
     "EXIT_CODES",
     "EXIT_ERROR",
+    "MAX_REASON_CHARS",
     "NOT_APPROVED",
     "PROFILE_NAMES",
     "SCHEDULED_PROFILE",
@@ -59,6 +60,9 @@ CONF_KEYS = (
     "reason",
     "waive_regression",
 )
+#: the longest `reason` a run accepts (it is shown in every row of the Certifications view,
+#: in the report and in the run's conf.json): a sentence or two, not a document
+MAX_REASON_CHARS = 500
 
 
 # ------------------------------------------------------------------ verdicts

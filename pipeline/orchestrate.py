@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline._io import atomic_write_text
-from pipeline.names import CONF_KEYS, DEFAULT_PROFILE, PROFILE_NAMES, SCHEDULED_PROFILE
+from pipeline.names import (
+    CONF_KEYS,
+    DEFAULT_PROFILE,
+    MAX_REASON_CHARS,
+    PROFILE_NAMES,
+    SCHEDULED_PROFILE,
+)
 from pipeline.storage import ArtifactStore, StoreConflict, artifacts_location, is_url, workspace
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "run_key",
     "stage",
     "validate_conf",
+    "validate_reason",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +151,21 @@ def validate_waiver(value: Any) -> dict[str, str] | None:
     }
 
 
+def validate_reason(value: Any) -> str:
+    """conf.reason: null or a string of at most MAX_REASON_CHARS characters (it is shown in
+    every row of the Certifications view): refused whole, never cut."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfError(f"conf.reason must be a string or null, got {type(value).__name__}")
+    if len(value) > MAX_REASON_CHARS:
+        raise ConfError(
+            f"conf.reason is {len(value)} characters long; at most {MAX_REASON_CHARS} are "
+            "allowed (say why the run was triggered in a sentence or two)"
+        )
+    return value
+
+
 def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
     """Check a run's params beyond what the trigger form's JSON schema can say."""
     from pipeline.targets import TargetsError, load_targets
@@ -180,7 +202,7 @@ def validate_conf(params: dict[str, Any]) -> dict[str, Any]:
         "target_overrides": overrides,
         "build_package": bool(params.get("build_package", True)),
         "build_image": bool(params.get("build_image", False)),
-        "reason": str(params.get("reason") or ""),
+        "reason": validate_reason(params.get("reason")),
         "waive_regression": validate_waiver(params.get("waive_regression")),
     }
 

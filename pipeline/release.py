@@ -131,6 +131,7 @@ def package_run(
         base_image=image.base_image,
         engine=find_engine(image.engine),
         progress=say,
+        allow_unpinned_base=image.allow_unpinned_base,
     )
     say(f"image: {built.reference} {built.digest} -> {built.archive}")
     set_package(run, result.path, image=built.record(run))

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline._io import atomic_path, sha256_file, sha256_stream
+from pipeline._io import atomic_path, fsync_dir, makedirs_durably, sha256_file, sha256_stream
 
 __all__ = [
     "ENV_ARTIFACTS",
@@ -321,14 +321,41 @@ class ArtifactStore:
         return manifest
 
     @contextlib.contextmanager
+    def reading(self, location: str) -> Iterator[None]:
+        """Read several files of the run at `location` as one state, the way `pull` does:
+        an upload that was committed but stopped part-way (its task was killed) is finished
+        first, and on a local store no upload is applied while the block runs (the run's
+        lock, shared). So a reader never sees half of a task's upload. StoreError when an
+        unfinished upload cannot be finished by this process (e.g. a read-only mount)."""
+        base = self.fs_path(location)
+        entered = False
+        try:
+            with self._reading(base):
+                entered = True
+                yield
+        except (OSError, StoreError) as exc:
+            if entered:
+                raise
+            raise StoreError(f"{location}: cannot read the run consistently: {exc}") from exc
+
+    def _lock_file(self, fs_path: str, *, shared: bool) -> Any:
+        """The run's lock file, opened: read-only for a shared lock when it exists (a reader
+        may not be allowed to write), else created."""
+        path = os.path.join(fs_path, _LOCK_NAME)
+        if shared:
+            with contextlib.suppress(FileNotFoundError):
+                return open(path)
+        makedirs_durably(fs_path)
+        return open(path, "a+")
+
+    @contextlib.contextmanager
     def _locked(self, fs_path: str, *, shared: bool = False) -> Iterator[None]:
         """On a local store, serialise pushes into one run folder (across processes); a
         shared lock (pulls) excludes pushes but not other pulls."""
         if not self.is_local:
             yield
             return
-        os.makedirs(fs_path, exist_ok=True)
-        with open(os.path.join(fs_path, _LOCK_NAME), "a+") as handle:
+        with self._lock_file(fs_path, shared=shared) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
@@ -407,6 +434,13 @@ class ArtifactStore:
                         self.fs.rm(path, recursive=True)
         self._tidy_pending(base)
 
+    @staticmethod
+    def _fsync_folders(base: str, rels: list[str]) -> None:
+        """fsync each folder (under `base`) that holds one of `rels`, once."""
+        for folder in sorted({posixpath.dirname(posixpath.join(base, rel)) for rel in rels}):
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(folder)
+
     def _tidy_pending(self, base: str) -> None:
         with contextlib.suppress(OSError):  # not empty (another push), or already gone
             self.fs.rmdir(posixpath.join(base, _PENDING))
@@ -414,7 +448,7 @@ class ArtifactStore:
     def _stage(self, source: Path, fs_path: str) -> None:
         """Write one file of a push into the staging folder (complete before the commit)."""
         if self.is_local:
-            os.makedirs(os.path.dirname(fs_path), exist_ok=True)
+            makedirs_durably(os.path.dirname(fs_path))
             with open(source, "rb") as src, open(fs_path, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
                 dst.flush()
@@ -435,15 +469,17 @@ class ArtifactStore:
     def _move_in(self, staged: str, target: str) -> None:
         """Move a staged file over its target: readers see the old file or the new one."""
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(staged, target)
+            makedirs_durably(os.path.dirname(target))
+            os.replace(staged, target)  # made durable by _apply (one fsync per folder)
         else:  # one put per object (a copy), then the staged object goes
             self.fs.cp_file(staged, target)
             self.fs.rm_file(staged)
 
     def _apply(self, base: str, token: str, files: list[str], deleted: list[str]) -> None:
         """Move a committed push's staged files into place, delete what it deleted, and
-        remove its record and staging (idempotent: a roll forward may repeat any step)."""
+        remove its record and staging (idempotent: a roll forward may repeat any step). On
+        a local store the folders it changed are fsynced before the record goes, so a crash
+        never loses a move whose record is already gone."""
         stage = posixpath.join(base, _PENDING, token)
         for rel in files:
             with contextlib.suppress(FileNotFoundError):  # moved already
@@ -451,6 +487,8 @@ class ArtifactStore:
         for rel in deleted:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(posixpath.join(base, rel))
+        if self.is_local:
+            self._fsync_folders(base, [*files, *deleted])
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(posixpath.join(base, _PENDING, f"{token}.json"))
         with contextlib.suppress(FileNotFoundError):
@@ -519,6 +557,8 @@ class ArtifactStore:
                 path = local.joinpath(*PurePosixPath(rel).parts)
                 self._stage(path, posixpath.join(stage, rel))
                 size += path.stat().st_size
+            if self.is_local:  # every staged file is durable before the commit record
+                self._fsync_folders(stage, uploads)
         except Exception:  # nothing of this push is visible: drop what was staged
             with contextlib.suppress(Exception):
                 self.fs.rm(stage, recursive=True)

@@ -4,6 +4,7 @@
 - `pools`: the perf pool in the configured metadata DB;
 - `outcomes`: the decision as Airflow users see it (the `decision` task's verdict, the DAG
   run's note, the approval Asset and its event);
+- `approvals`: what a deployment DAG verifies in the approval events it was triggered by;
 - `notifiers`: the DAG's failure/success notifier from the environment (`RELCERT_NOTIFIER`).
 
 Everything else in `pipeline` is plain Python that never imports Airflow (a test scans

@@ -16,7 +16,9 @@ users and tools rely on:
   set) through the task's AssetAlias outlet (`APPROVALS_ALIAS`), with the package location,
   its sha256, the model versions and the report's location in the event's extra
   (`EVENT_KEYS`). A deployment DAG is scheduled on that Asset
-  (dags/relcert_deploy_on_approval.py).
+  (dags/relcert_deploy_on_approval.py) and checks each event with
+  `pipeline.airflow.approvals.verify_approvals` (its source, and the decision and package
+  from the store, never the extra's word alone).
 
 The DAG run's **note** carries the decision and its first reasons (shown in the grid).
 A task cannot set it in Airflow 3.3: the Task Execution API exposes the run's note read-only
@@ -51,7 +53,6 @@ __all__ = [
     "model_names",
     "run_note",
     "settle",
-    "verify_approvals",
 ]
 
 DECISION_TASK_ID = "decision"
@@ -108,47 +109,6 @@ def model_names(models_file: str | os.PathLike[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"{path}: lists no models")
     return names
-
-
-def verify_approvals(events: Iterable[Any]) -> list[dict[str, Any]]:
-    """What a deployment DAG does first with the approval events it was triggered by: each
-    event's package must be in the artifacts store with the sha256 the certification
-    recorded. Returns one record per event; fails the task naming the first bad package."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from pipeline.storage import ArtifactStore
-
-    store = ArtifactStore.from_location()
-    verified = []
-    for event in events:
-        extra = dict(event.extra or {})
-        missing = [key for key in EVENT_KEYS if key not in extra]
-        if missing or extra["decision"] != APPROVED or not extra["package"]:
-            raise AirflowFailException(
-                f"approval event {event.asset.uri}: not an APPROVED event with a package "
-                f"(missing {missing}, decision {extra.get('decision')!r})"
-            )
-        try:
-            digest = store.sha256(extra["package"])
-        except FileNotFoundError as exc:
-            raise AirflowFailException(f"approved package missing: {exc}") from None
-        if digest != extra["package_sha256"]:
-            raise AirflowFailException(
-                f"approved package {extra['package']}: sha256 {digest}, but the certification "
-                f"{extra['run_id']} recorded {extra['package_sha256']}"
-            )
-        verified.append(
-            {
-                "run_id": extra["run_id"],
-                "snapshot_date": extra["snapshot_date"],
-                "models": extra["models"],
-                "package": extra["package"],
-                "sha256": digest,
-                "report_html": extra["report_html"],
-                "verified": True,
-            }
-        )
-    return verified
 
 
 def _decision_line(outcome: Mapping[str, Any]) -> str:

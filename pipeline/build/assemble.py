@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline._io import sha256_file, write_sha256sums
+from pipeline._io import replace_durably, sha256_file, write_sha256sums
 from pipeline.build.errors import BuildError
 from pipeline.build.model_info import write_model_info
 
@@ -61,10 +61,10 @@ def assemble_models(
         if out.exists():
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, backup)
-            os.replace(tmp, out)
+            replace_durably(tmp, out)
             shutil.rmtree(backup, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            replace_durably(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

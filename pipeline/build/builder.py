@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline._io import atomic_write_bytes, sha256_file, write_sha256sums
+from pipeline._io import (
+    atomic_write_bytes,
+    fsync_dir,
+    replace_durably,
+    sha256_file,
+    write_sha256sums,
+)
 from pipeline.build.config import DEFAULT_BASE_VERSION, ModelSpec, load_models_config
 from pipeline.build.errors import BuildError
 from pipeline.build.model_info import write_model_info
@@ -343,17 +349,19 @@ def _replace_dir(new: Path, target: Path) -> None:
 
     On Linux the two folders are swapped atomically (readers never see a missing or partial
     folder); elsewhere the old folder is renamed aside first, then ``new`` moved into place.
+    The parent folder is fsynced once the new folder is in place (`replace_durably`).
     """
     if not target.exists():
-        os.rename(new, target)
+        replace_durably(new, target)
         return
     if _exchange(new, target):
+        fsync_dir(target.parent)
         shutil.rmtree(new, ignore_errors=True)  # now holds the previous content
         return
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
     os.rename(target, old)
     try:
-        os.rename(new, target)
+        replace_durably(new, target)
     except BaseException:
         os.rename(old, target)
         raise

@@ -1,20 +1,23 @@
 """Admission control in front of the engine: a `ConcurrentProcessingEngine` decides which
 requests reach `ProductionInferenceEngine.predict`.
 
-At most `limit` requests are in the engine at once (queued or running). A request that finds
-the limit full is refused at once (the service answers 503 with ``Retry-After``), or, with a
-waiting room (`max_waiting` > 0), waits at most `queue_timeout_ms` for a slot: excess load
-is shed at the door, never queued without bound. The limit moves by AIMD
-(`pipeline.inference.concurrency`): it rises by one per window of `adjust_every` completed
-requests while demand uses half of it or more and their p95 latency is within
+At most `limit` rows are in the engine at once (queued or running). A request is counted by
+its rows and admitted or refused whole (`predict_many`): one that finds too few free slots is
+refused at once (the service answers 503 with ``Retry-After``) before any of its rows reaches
+the engine, or, with a waiting room (`max_waiting` > 0), waits at most `queue_timeout_ms` for
+its slots: excess load is shed at the door, never queued without bound. The limit moves by
+AIMD (`pipeline.inference.concurrency`): it rises by one per window of `adjust_every`
+completed requests while demand uses half of it or more and their p95 latency is within
 `target_p95_ms`, halves when the p95 exceeds it (or the engine itself shed or expired a
 request), and halves toward demand when demand falls below a quarter of it; always within
-`min_concurrency`..`max_concurrency`.
+its floor (`min_concurrency`, raised to the largest request callers may send, so a request
+that may be sent is never refused by an idle server) and `max_concurrency`.
 
-`AdmissionControl.predict` has the engine's signature and returns a future as the engine
-does (a refused request's result has ``rejected=True``, ``error_type`` ``AdmissionRejectedError``),
-so callers treat an admission refusal like the engine's own load shedding. Cancelling the
-future (a client that left) cancels the engine request and frees its slot.
+`AdmissionControl.predict` / `predict_many` have the engine's signatures and return a future
+as the engine does (a refused request's results have ``rejected=True``, ``error_type``
+``AdmissionRejectedError``), so callers treat an admission refusal like the engine's own
+load shedding. Cancelling the future (a client that left) cancels the engine requests and
+frees their slots.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
@@ -41,16 +44,18 @@ _OVERLOAD_ERRORS = frozenset({"DeadlineExceededError"})
 class AdmissionSettings:
     """How requests are admitted to the engine; each field is documented by its effect.
 
-    The defaults never refuse a healthy load (the limit stays at least 64 requests in the
-    engine at once, and starts at 1024, the engine's default queue size) and shed load once
-    the engine's p95 passes the certification's default p95 target (100 ms). Invalid values
-    raise ValueError naming the field."""
+    The defaults never refuse a healthy load (the limit stays at least 64 rows in the
+    engine at once, or the largest request callers may send if more, and starts at 1024, the
+    engine's default queue size) and shed load once the engine's p95 passes the
+    certification's default p95 target (100 ms). Invalid values raise ValueError naming the
+    field."""
 
     #: Admission control on (False: every request goes straight to the engine).
     enabled: bool = True
     #: Highest limit (requests in the engine at once); also where the limit starts.
     max_concurrency: int = 1024
-    #: Lowest limit: the floor under multiplicative decreases.
+    #: Lowest limit: the floor under multiplicative decreases (raised to the largest request
+    #: callers may send, see `floor`).
     min_concurrency: int = 64
     #: The p95 latency (ms, admission to answer, over a window) above which the limit halves.
     target_p95_ms: float = 100.0
@@ -111,18 +116,25 @@ class AdmissionSettings:
         _check(name, value, kind, low, strict)
         return value
 
-    def limiter(self) -> ConcurrentProcessingEngine:
-        """A ConcurrentProcessingEngine with these settings (starting at max_concurrency)."""
+    def limiter(self, largest_request: int = 1) -> ConcurrentProcessingEngine:
+        """A ConcurrentProcessingEngine with these settings (starting at max_concurrency),
+        whose limit never falls below `largest_request` rows (within max_concurrency)."""
         return ConcurrentProcessingEngine(
             max_workers=self.max_concurrency,
             auto_scale=True,
-            min_workers=self.min_concurrency,
+            min_workers=self.floor(largest_request),
             initial_workers=self.max_concurrency,
             max_waiting=self.max_waiting,
             queue_timeout_s=self.queue_timeout_ms / 1000.0,
             target_latency_ms=self.target_p95_ms,
             adjust_every=self.adjust_every,
         )
+
+    def floor(self, largest_request: int = 1) -> int:
+        """The lowest the limit goes: min_concurrency, raised to the largest request (in
+        rows) that callers may send, so a request that may be sent is never refused by an
+        idle server; never above max_concurrency."""
+        return min(self.max_concurrency, max(self.min_concurrency, int(largest_request)))
 
 
 # field -> (int or float, lower bound, bound is strict)
@@ -150,12 +162,16 @@ def _check(name: str, value: Any, kind: type, low: float, strict: bool) -> None:
 
 
 class AdmissionControl:
-    """`predict` through the limiter (see the module docstring)."""
+    """`predict` and `predict_many` through the limiter (see the module docstring)."""
 
-    def __init__(self, engine: Any, settings: AdmissionSettings | None = None) -> None:
+    def __init__(
+        self, engine: Any, settings: AdmissionSettings | None = None, *, largest_request: int = 1
+    ) -> None:
+        """`largest_request`: the most rows one `predict_many` call may bring (the service's
+        MAX_REQUEST_ROWS); the limit never falls below it."""
         self.engine = engine
         self.settings = settings or AdmissionSettings()
-        self.limiter = self.settings.limiter()
+        self.limiter = self.settings.limiter(largest_request)
 
     def predict(self, model_name: str, input: Any, **kwargs: Any) -> asyncio.Future:
         """Admit (or refuse) one request now; the future resolves to its InferenceResult."""
@@ -169,6 +185,23 @@ class AdmissionControl:
         refused.set_result(_refusal(model_name, limiter.reject()))
         return refused
 
+    def predict_many(self, model_name: str, inputs: Sequence[Any], **kwargs: Any) -> asyncio.Future:
+        """Admit (or refuse) a request of `len(inputs)` rows whole: it takes one slot per row,
+        all at once, and holds them until its last row is answered; refused, none of its
+        rows reaches the engine (no computation is spent on it). The future resolves to the
+        rows' InferenceResults, in order."""
+        rows = len(inputs)
+        limiter = self.limiter
+        if limiter.try_acquire(rows):
+            return self._submit_many(model_name, inputs, kwargs)
+        loop = asyncio.get_running_loop()
+        if limiter.can_wait(rows):
+            return loop.create_task(self._wait_then_predict_many(model_name, inputs, kwargs))
+        refused = loop.create_future()
+        exc = limiter.reject(rows)
+        refused.set_result([_refusal(model_name, exc) for _ in range(rows)])
+        return refused
+
     def _submit(self, model_name: str, input: Any, kwargs: dict[str, Any]) -> asyncio.Future:
         started = _perf()
         try:
@@ -176,16 +209,29 @@ class AdmissionControl:
         except BaseException:
             self.limiter.release(None)
             raise
-        future.add_done_callback(partial(self._done, started))
+        future.add_done_callback(partial(self._done, started, 1))
         return future
 
-    def _done(self, started: float, future: asyncio.Future) -> None:
+    def _submit_many(
+        self, model_name: str, inputs: Sequence[Any], kwargs: dict[str, Any]
+    ) -> asyncio.Future:
+        started = _perf()
+        try:
+            future = self.engine.predict_many(model_name, inputs, **kwargs)
+        except BaseException:
+            self.limiter.release(None, slots=len(inputs))
+            raise
+        future.add_done_callback(partial(self._done, started, len(inputs)))
+        return future
+
+    def _done(self, started: float, slots: int, future: asyncio.Future) -> None:
         if future.cancelled():
-            self.limiter.release(None)
+            self.limiter.release(None, slots=slots)
             return
         result = future.result()
-        overloaded = result.rejected or result.error_type in _OVERLOAD_ERRORS
-        self.limiter.release((_perf() - started) * 1000.0, ok=not overloaded)
+        results = result if isinstance(result, list) else (result,)
+        overloaded = any(r.rejected or r.error_type in _OVERLOAD_ERRORS for r in results)
+        self.limiter.release((_perf() - started) * 1000.0, ok=not overloaded, slots=slots)
 
     async def _wait_then_predict(self, model_name: str, input: Any, kwargs: dict[str, Any]):
         try:
@@ -193,6 +239,15 @@ class AdmissionControl:
         except AdmissionRejectedError as exc:
             return _refusal(model_name, exc)
         return await self._submit(model_name, input, kwargs)
+
+    async def _wait_then_predict_many(
+        self, model_name: str, inputs: Sequence[Any], kwargs: dict[str, Any]
+    ):
+        try:
+            await self.limiter.acquire(len(inputs))
+        except AdmissionRejectedError as exc:
+            return [_refusal(model_name, exc) for _ in inputs]
+        return await self._submit_many(model_name, inputs, kwargs)
 
     def get_stats(self) -> ConcurrencyStats:
         return self.limiter.get_stats()
@@ -203,10 +258,14 @@ class AdmissionControl:
 
         s = self.limiter.get_stats()
         for name, help_text, value in (
-            ("limit", "Requests admitted to the engine at once now (the AIMD limit)", s.limit),
-            ("limit_min", "Lowest limit (ADMISSION_MIN_CONCURRENCY)", s.min_workers),
+            ("limit", "Rows admitted to the engine at once now (the AIMD limit)", s.limit),
+            (
+                "limit_min",
+                "Lowest limit (ADMISSION_MIN_CONCURRENCY, raised to the largest request)",
+                s.min_workers,
+            ),
             ("limit_max", "Highest limit (ADMISSION_MAX_CONCURRENCY)", s.max_workers),
-            ("in_flight", "Admitted requests not yet answered by the engine", s.in_flight),
+            ("in_flight", "Rows of admitted requests not yet answered", s.in_flight),
             ("waiting", "Requests waiting for a slot", s.waiting),
             ("window_p95_ms", "p95 latency (ms) of the recent admitted requests", s.p95_latency_ms),
             ("target_p95_ms", "p95 latency (ms) above which the limit halves", s.target_latency_ms),

@@ -1,12 +1,16 @@
 """Bounded concurrency for async work, with admission control and AIMD auto-scaling.
 
-At most `limit` jobs run at once; up to `max_waiting` more wait for a slot (bounded by
-`queue_timeout_s`); anything beyond is rejected at once with AdmissionRejectedError.
+At most `limit` slots are taken at once: a job takes one, a request of several rows takes
+one per row, all at once or none (`try_acquire(slots)`, `acquire(slots)`). Up to
+`max_waiting` requests wait for their slots, first come first served (bounded by
+`queue_timeout_s`); anything beyond is rejected at once with AdmissionRejectedError. A
+request that needs more slots than `max_workers` is always rejected: keep `min_workers` at
+least the largest request, so a request that fits is never refused by an idle limiter.
 
 With `auto_scale`, the limit follows observed latency and demand. Every `adjust_every`
 completed jobs (a window) it looks at the window's p95 latency, its failures and its peak
-demand (jobs in flight plus waiting, at any moment of the window; a rejection counts as
-demand beyond the limit):
+demand (slots in flight plus wanted by waiting requests, at any moment of the window; a
+rejection counts as demand beyond the limit):
 
 - **overload** (p95 above `target_latency_ms`, or a job failed): the limit is halved
   (multiplicative decrease, down to `min_workers`);
@@ -94,7 +98,9 @@ class ConcurrentProcessingEngine:
         self.target_latency_ms = target_latency_ms
         self.adjust_every = max(int(adjust_every), 1)
         self._in_flight = 0
-        self._waiters: deque[asyncio.Future] = deque()
+        #: requests waiting for slots, first come first served: (future, slots wanted)
+        self._waiters: deque[tuple[asyncio.Future, int]] = deque()
+        self._waiting_slots = 0
         self._latencies: deque[float] = deque(maxlen=self.adjust_every * 4)
         self._since_adjust = 0
         self._window_failed = False
@@ -120,78 +126,85 @@ class ConcurrentProcessingEngine:
 
     # ----------------------------------------------------------------- admission
     def _demand(self, extra: int = 0) -> None:
-        demand = self._in_flight + len(self._waiters) + extra
+        demand = self._in_flight + self._waiting_slots + extra
         if demand > self._window_demand:
             self._window_demand = demand
 
-    def try_acquire(self) -> bool:
-        """Take a slot now if one is free and nobody waits (no await); False otherwise.
-        A True must be paired with exactly one `release`."""
-        if self._in_flight < self.limit and not self._waiters:
-            self._in_flight += 1
+    def try_acquire(self, slots: int = 1) -> bool:
+        """Take `slots` slots now if that many are free and nobody waits (no await); False
+        otherwise. A True must be paired with exactly one `release(..., slots=slots)`."""
+        if self._in_flight + slots <= self.limit and not self._waiters:
+            self._in_flight += slots
             self._counts["admitted"] += 1
             self._counts["peak"] = max(self._counts["peak"], self._in_flight)
             self._demand()
             return True
         return False
 
-    def reject(self) -> AdmissionRejectedError:
+    def reject(self, slots: int = 1) -> AdmissionRejectedError:
         """Count a request refused without waiting (the limit is full and so is the waiting
         room, or the caller does not wait); returns the error to raise or report."""
         self._counts["rejected"] += 1
-        self._demand(extra=1)
+        self._demand(extra=slots)
+        wanted = f"; this request of {slots} rows needs {slots} slots" if slots > 1 else ""
         return AdmissionRejectedError(
             f"admission rejected: {self._in_flight} jobs in flight (limit {self.limit}) and "
-            f"{len(self._waiters)} waiting (max_waiting={self.max_waiting})"
+            f"{len(self._waiters)} waiting (max_waiting={self.max_waiting}){wanted}"
         )
 
-    def can_wait(self) -> bool:
-        """Whether a request that found no free slot may wait for one."""
-        return len(self._waiters) < self.max_waiting
+    def can_wait(self, slots: int = 1) -> bool:
+        """Whether a request that found too few free slots may wait for them (a request of
+        more slots than the highest limit never may)."""
+        return len(self._waiters) < self.max_waiting and slots <= self.max_workers
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting (bounded) if needed; raises AdmissionRejectedError. Pair
-        with exactly one `release`."""
-        if self.try_acquire():
+    async def acquire(self, slots: int = 1) -> None:
+        """Take `slots` slots at once, waiting (bounded, first come first served) if needed;
+        raises AdmissionRejectedError. Pair with exactly one `release(..., slots=slots)`."""
+        if self.try_acquire(slots):
             return
-        if not self.can_wait():
-            raise self.reject()
+        if not self.can_wait(slots):
+            raise self.reject(slots)
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, slots)
+        self._waiters.append(entry)
+        self._waiting_slots += slots
         self._demand()
         try:
             await asyncio.wait_for(waiter, self.queue_timeout_s)
         except TimeoutError:
             self._counts["timed_out"] += 1
             raise AdmissionRejectedError(
-                f"admission timed out after {self.queue_timeout_s:g} s waiting for a slot "
-                f"(limit {self.limit})"
+                f"admission timed out after {self.queue_timeout_s:g} s waiting for "
+                f"{slots} slot(s) (limit {self.limit})"
             ) from None
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a slot as we were cancelled
-                self._in_flight -= 1
+            if waiter.done() and not waiter.cancelled():  # handed slots as we were cancelled
+                self._in_flight -= slots
                 self._wake()
             raise
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        # the slot was handed over by _wake (in_flight already counts it)
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+                self._waiting_slots -= slots
+                self._wake()  # a large request that gave up no longer blocks the queue
+        # the slots were handed over by _wake (in_flight already counts them)
         self._counts["admitted"] += 1
         self._counts["peak"] = max(self._counts["peak"], self._in_flight)
 
-    def release(self, latency_ms: float | None, ok: bool = True) -> None:
-        """Give a slot back. `latency_ms` None: the job was cancelled (not observed);
-        `ok` False: it failed in a way that signals overload."""
-        self._in_flight -= 1
+    def release(self, latency_ms: float | None, ok: bool = True, slots: int = 1) -> None:
+        """Give a request's `slots` back. `latency_ms` None: it was cancelled (not
+        observed); `ok` False: it failed in a way that signals overload."""
+        self._in_flight -= slots
         if latency_ms is not None:
             self._observe(latency_ms, ok)
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self._in_flight < self.limit:
-            waiter = self._waiters.popleft()
+        while self._waiters and self._in_flight + self._waiters[0][1] <= self.limit:
+            waiter, slots = self._waiters.popleft()
+            self._waiting_slots -= slots
             if not waiter.done():
-                self._in_flight += 1
+                self._in_flight += slots
                 waiter.set_result(None)
 
     # ----------------------------------------------------------------- running jobs
@@ -232,7 +245,7 @@ class ConcurrentProcessingEngine:
         self._adjust(p95, self._window_failed, self._window_demand)
         self._since_adjust = 0
         self._window_failed = False
-        self._window_demand = self._in_flight + len(self._waiters)
+        self._window_demand = self._in_flight + self._waiting_slots
 
     def _adjust(self, p95_ms: float, failed: bool, demand: int) -> None:
         """One AIMD step at the end of a window (see the module docstring)."""

@@ -8,13 +8,17 @@ arrive while a batch runs form the next batch. With `batch_timeout_ms > 0` a par
 may instead wait up to that long for company. Every knob is a field of `EngineSettings`.
 
 The queue is bounded (`max_queue_size`): past it a request is rejected at once with a
-failed result (`rejected=True`), never queued without bound. Requests may carry deadlines;
-an expired request fails without running, and a request whose future was cancelled (its
-client went away) is dropped without running. A bad request (wrong shape, NaN) fails alone
+failed result (`rejected=True`), never queued without bound; `predict_many` queues a client
+request's rows all together or rejects them all. Requests may carry deadlines; an expired
+request fails without running, at its deadline even while its partial batch waits for
+company, and a request whose future was cancelled (its client went away) is dropped without
+running. A bad request (wrong shape, NaN, an integer outside its dtype's range) fails alone
 and never fails its batch-mates: if the runtime raises on a batch, the batch is bisected
-(at most as many extra runs as it has requests) to find the request(s) it raised on. A NaN
-or Inf output for one request is that request's error (NonFiniteOutputError), never the
-model's; only runtime faults (raising, a wrong output batch) count toward the automatic
+until every request it raises on is isolated (`pipeline.inference.isolation`: at most
+2(n - 1) extra runs and one probe). A request the runtime raises on while it answers other
+inputs fails with InputRuntimeError, and a NaN or Inf output for one request with
+NonFiniteOutputError: those are the request's errors, never the model's. Only model faults
+(a runtime that fails its probe too, a wrong output batch) count toward the automatic
 reload of a model. Outputs that are views of the pooled input buffer are copied before the
 buffer is reused.
 
@@ -54,12 +58,13 @@ from pipeline.inference.errors import (
     PoolExhaustedError,
     QueueFullError,
 )
+from pipeline.inference.inputs import coerce_input
+from pipeline.inference.isolation import FaultIsolation, Health
 from pipeline.inference.memory_pool import MemoryPoolManager
 from pipeline.inference.model_manager import LoadedModel, ProductionModelManager
 from pipeline.inference.monitor import RealTimePerformanceMonitor
 from pipeline.inference.settings import EngineSettings
-from pipeline.inference.tensor_batches import TensorBatches, request_shapes
-from pipeline.inference.tensor_requests import coerce_tensors
+from pipeline.inference.tensor_batches import TensorBatches, request_shapes, shape_groups
 
 __all__ = ["InferenceResult", "ProductionInferenceEngine"]
 
@@ -104,7 +109,7 @@ def _bucket(n: int, cap: int) -> int:
     return min(size, max(cap, n))
 
 
-class ProductionInferenceEngine(TensorBatches):
+class ProductionInferenceEngine(TensorBatches, FaultIsolation):
     """Batches concurrent requests per model and runs them on the manager's runtimes."""
 
     def __init__(
@@ -194,6 +199,8 @@ class ProductionInferenceEngine(TensorBatches):
             "recoveries": 0,
             "runtime_calls": 0,
             "non_finite_outputs": 0,
+            "input_runtime_errors": 0,
+            "probes": 0,
             "cancelled": 0,
         }
         model_manager.add_reload_listener(self._on_reload)
@@ -212,15 +219,7 @@ class ProductionInferenceEngine(TensorBatches):
         use_cache: bool = True,
     ) -> asyncio.Future[InferenceResult]:
         """Submit one request now; await the returned future for its InferenceResult."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "predict() must be called from a running event loop (inside async code); "
-                "it submits the request at once and returns a future to await"
-            ) from None
-        if loop is not self._loop:
-            self._bind(loop)
+        loop = self._running_loop()
         future: asyncio.Future[InferenceResult] = loop.create_future()
         now = _perf()
         self._stats["submitted"] += 1
@@ -236,7 +235,7 @@ class ProductionInferenceEngine(TensorBatches):
                 or x.dtype is not model.dtype
                 or x.shape != model.feature_shape
             ):
-                x = self._coerce(model, x)
+                x = coerce_input(model, x)
         except InferenceError as exc:
             self._stats["invalid"] += isinstance(exc, InvalidInputError)
             self._fail_now(future, model_name, exc, now, request_id)
@@ -295,6 +294,44 @@ class ProductionInferenceEngine(TensorBatches):
         if self._dispatch_handle is None:  # one wake-up per batch, not per request
             self._dispatch_handle = loop.call_soon(self._dispatch)
         return future
+
+    def predict_many(
+        self, model_name: str, inputs: Sequence[Any], **options: Any
+    ) -> asyncio.Future[list[InferenceResult]]:
+        """Submit the requests of `inputs` (the rows of one client request) together, all or
+        none: when the queue has no room for every one of them, each fails at once with
+        `rejected=True` and none is queued, so a refused request costs no computation.
+        `options` are `predict`'s; the future gives the results in order."""
+        loop = self._running_loop()
+        count = len(inputs)
+        if count and self._queued + count > self._max_queue:
+            now = _perf()
+            exc = QueueFullError(
+                f"queue full: {self._queued} requests waiting, no room for {count} more "
+                f"(max_queue_size={self._max_queue}); request for {model_name!r} rejected"
+            )
+            futures = []
+            for _ in range(count):
+                self._stats["submitted"] += 1
+                self._stats["rejected"] += 1
+                future = loop.create_future()
+                self._fail_now(future, model_name, exc, now, options.get("request_id"), True)
+                futures.append(future)
+        else:
+            futures = [self.predict(model_name, x, **options) for x in inputs]
+        return asyncio.gather(*futures)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "predict() must be called from a running event loop (inside async code); "
+                "it submits the request at once and returns a future to await"
+            ) from None
+        if loop is not self._loop:
+            self._bind(loop)
+        return loop
 
     async def predict_batch(self, model_name: str, inputs: Iterable[Any]) -> list[InferenceResult]:
         """Submit several requests together (they batch together) and wait for all."""
@@ -378,45 +415,6 @@ class ProductionInferenceEngine(TensorBatches):
                 f"model {model_name!r} is not loaded" + (f": {reason}" if reason else "")
             ) from None
 
-    @staticmethod
-    def _coerce(model: LoadedModel, value: Any) -> Any:
-        if model.tensor_io:
-            return coerce_tensors(model, value)
-        dtype = model.dtype
-        if isinstance(value, np.ndarray):
-            x = value
-        elif hasattr(value, "detach"):  # a torch tensor; no torch import needed
-            x = value.detach().cpu().numpy()
-        else:
-            try:
-                x = np.asarray(value, dtype=dtype if dtype.kind == "f" else None)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise InvalidInputError(
-                    f"model {model.info.key!r}: input must be numeric ({dtype}) with shape "
-                    f"{list(model.feature_shape)}, got {type(value).__name__}: {exc}"
-                ) from None
-        if x.dtype != dtype:
-            if x.dtype.kind not in "fiub":
-                raise InvalidInputError(
-                    f"model {model.info.key!r}: input dtype must be numeric ({dtype} "
-                    f"expected), got {x.dtype}"
-                )
-            if dtype.kind in "iu" and x.dtype.kind == "f" and not _integral(x):
-                raise InvalidInputError(
-                    f"model {model.info.key!r}: takes {dtype} inputs; got non-integer values"
-                )
-            x = x.astype(dtype)
-        shape = model.feature_shape
-        if x.shape != shape:
-            if x.shape == (1, *shape):
-                x = x.reshape(shape)
-            else:
-                raise InvalidInputError(
-                    f"model {model.info.key!r}: expected input of shape {list(shape)} "
-                    f"(or {[1, *shape]}), got {list(x.shape)}"
-                )
-        return x
-
     # ----------------------------------------------------------------- dispatch
     def _dispatch(self) -> None:
         self._dispatch_handle = None
@@ -428,9 +426,13 @@ class ProductionInferenceEngine(TensorBatches):
             if not queue:
                 continue
             if wait_s > 0 and len(queue) < max_batch:
+                # a partial batch waits for company, but never past a request's deadline
+                next_deadline = self._expire_waiting(key, queue, now)
+                if not queue:
+                    continue
                 due = queue[0][_SUBMITTED] + wait_s
                 if due > now:
-                    self._arm_timer(due, now)
+                    self._arm_timer(min(due, next_deadline), now)
                     continue
             if len(queue) <= max_batch:  # the common case: take the whole queue
                 batch = list(queue)
@@ -460,6 +462,30 @@ class ProductionInferenceEngine(TensorBatches):
         if self._dispatch_handle is None:
             self._dispatch()  # partial batches whose wait is over run now
 
+    def _expire_waiting(self, key: str, queue: deque[_Request], now: float) -> float:
+        """Take out of a partial batch that waits for company the requests whose deadline
+        has passed (they fail now, not when the batch is dispatched) and those whose caller
+        left; returns the earliest deadline of those that still wait (inf: none)."""
+        earliest = float("inf")
+        dead = False
+        for request in queue:
+            deadline = request[_DEADLINE]
+            if request[_FUTURE].done() or (deadline is not None and now > deadline):
+                dead = True
+            elif deadline is not None and deadline < earliest:
+                earliest = deadline
+        if dead:
+            waiting = list(queue)
+            queue.clear()
+            try:
+                version = self.model_manager.get_model(key).version
+            except ModelNotLoadedError:
+                version = ""
+            live = self._drop_dead(key, version, waiting, now)
+            queue.extend(live)
+            self._queued -= len(waiting) - len(live)
+        return earliest
+
     def _run_batch(self, key: str, batch: list[_Request]) -> None:
         try:
             model = self.model_manager.get_model(key)
@@ -473,20 +499,20 @@ class ProductionInferenceEngine(TensorBatches):
             # a cancelled future (its caller went away) or an expired deadline: filter
             deadline = request[_DEADLINE]
             if request[_FUTURE].done() or (deadline is not None and start > deadline):
-                live = self._drop_dead(model, batch, start)
+                live = self._drop_dead(key, model.version, batch, start)
                 break
         if not live:
             return
         if model.fixed_batch_size is not None:
+            health = Health()  # one probe at most for the whole dispatch
             for request in live:
-                self._execute(model, [request], start)
+                self._execute(model, [request], health)
         else:
-            self._execute(model, live, start)
+            self._execute(model, live)
 
-    def _drop_dead(self, model: LoadedModel, batch: list[_Request], start: float) -> list:
+    def _drop_dead(self, key: str, version: str, batch: list[_Request], start: float) -> list:
         """The requests of `batch` still worth running: a cancelled one (its caller went
         away) is dropped, an expired one fails with DeadlineExceededError."""
-        key = model.info.key
         live: list[_Request] = []
         for request in batch:
             if request[_FUTURE].done():
@@ -499,29 +525,48 @@ class ProductionInferenceEngine(TensorBatches):
                     f"deadline exceeded: waited {(start - request[_SUBMITTED]) * 1000:.1f} ms "
                     f"in the queue for {key!r}"
                 )
-                self._fail(request, key, model.version, exc, 0.0, 0.0, 0)
+                self._fail(request, key, version, exc, 0.0, 0.0, 0)
                 continue
             live.append(request)
         return live
 
     def _execute(
-        self,
-        model: LoadedModel,
-        batch: list[_Request],
-        start: float,
-        budget: list[int] | None = None,
+        self, model: LoadedModel, batch: list[_Request], health: Health | None = None
     ) -> None:
-        """Run one batch. If the runtime raises, bisect it to find the request(s) it raised
-        on, so batch-mates still get answers; `budget` bounds the extra runs per dispatched
-        batch to its size (never more work than re-running every request alone)."""
-        if model.tensor_io:
-            self._execute_tensors(model, batch, start, budget)
+        """Run one batch and answer its requests. If the runtime raises, find out whose
+        input it raised on (`_isolate`), so batch-mates still get answers. A batch of a
+        model of named tensors runs as one call per group of requests of equal input
+        shapes."""
+        if model.tensor_io and len(batch) > 1:
+            groups = shape_groups(batch)
+            if len(groups) > 1:
+                for group in groups:
+                    self._execute(model, group, health)
+                return
+        batch, outputs, error, began, ended = self._attempt(model, batch)
+        if not batch:
             return
+        if outputs is None:
+            self._isolate(model, batch, error, began, ended, health or Health())
+        else:
+            self._answer(model, batch, outputs, began, ended, health)
+
+    def _attempt(
+        self, model: LoadedModel, batch: list[_Request]
+    ) -> tuple[list[_Request], np.ndarray | None, Exception | None, float, float]:
+        """Stack `batch` into an input array (pooled when possible) and run the runtime once.
+        Requests with NaN/Inf inputs fail here, alone. Returns the requests that ran, their
+        outputs (None when the runtime raised), its exception, and when the run began and
+        ended."""
+        if model.tensor_io:
+            return self._attempt_tensors(model, batch)
         n = len(batch)
         key = model.info.key
         shape = model.feature_shape
         base = None
         pool = self.memory_pool
+        outputs = error = None
+        began = ended = _perf()
         if pool is not None:
             try:
                 base = pool.allocate_tensor((_bucket(n, self._max_batch), *shape), model.dtype)
@@ -546,9 +591,8 @@ class ProductionInferenceEngine(TensorBatches):
                         self._fail(request, key, model.version, exc, 0.0, 0.0, n)
                 batch = [r for r, ok in zip(batch, finite.tolist(), strict=True) if ok]
                 if not batch:
-                    return
+                    return batch, None, None, began, ended
                 inputs = np.ascontiguousarray(inputs[finite])
-                n = len(batch)
             self._stats["runtime_calls"] += 1
             began = _perf()
             try:
@@ -559,14 +603,29 @@ class ProductionInferenceEngine(TensorBatches):
                     outputs = outputs.copy()
             except Exception as exc:
                 outputs = None
-                error: Exception = exc
+                error = exc
             ended = _perf()
         finally:
             if base is not None:
                 pool.release_tensor(base)
-        if outputs is None:
-            self._isolate(model, batch, start, budget, error, began, ended)
+        return batch, outputs, error, began, ended
+
+    def _answer(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        outputs: np.ndarray,
+        began: float,
+        ended: float,
+        health: Health | None,
+    ) -> None:
+        """Answer the requests of a batch the runtime ran. An output that is not one row per
+        request is a fault of the model: every request of the batch fails."""
+        if model.tensor_io:
+            self._answer_tensors(model, batch, outputs, began, ended, health)
             return
+        n = len(batch)
+        key = model.info.key
         if outputs.shape[0] != n:
             exc = InferenceError(
                 f"model {key!r}: output batch dimension {outputs.shape[0]} != input batch {n}"
@@ -576,42 +635,9 @@ class ProductionInferenceEngine(TensorBatches):
                 self._fail(request, key, model.version, exc, 0.0, 0.0, n)
             return
         self._failures[key] = 0  # the runtime answered: recovery counts consecutive faults
+        if health is not None:
+            health.known = True
         self._deliver(model, batch, outputs, began, ended)
-
-    def _isolate(
-        self,
-        model: LoadedModel,
-        batch: list[_Request],
-        start: float,
-        budget: list[int] | None,
-        error: Exception,
-        began: float,
-        ended: float,
-    ) -> None:
-        """The runtime raised on `batch`: run its halves (bisection) while the budget lasts;
-        a request it raised on alone, or a part the budget cannot split, fails with the
-        runtime's error and counts toward the model's recovery."""
-        n = len(batch)
-        if budget is None:
-            budget = [n]
-        if n > 1 and budget[0] >= 2:
-            budget[0] -= 2
-            half = n // 2
-            self._execute(model, batch[:half], start, budget)
-            self._execute(model, batch[half:], start, budget)
-            return
-        key = model.info.key
-        self._model_failed(model, f"inference raised {type(error).__name__}: {error}")
-        for request in batch:
-            self._fail(
-                request,
-                key,
-                model.version,
-                error,
-                (ended - began) * 1000.0,
-                (began - request[_SUBMITTED]) * 1000.0,
-                n,
-            )
 
     def _deliver(
         self,
@@ -752,6 +778,18 @@ class ProductionInferenceEngine(TensorBatches):
         )
         self._complete(request[_FUTURE], result)
 
+    def _fail_after(self, request, model, exc, began, ended, batch_size) -> None:
+        """Fail a request that ran (in a run from `began` to `ended`)."""
+        self._fail(
+            request,
+            model.info.key,
+            model.version,
+            exc,
+            (ended - began) * 1000.0,
+            max(0.0, began - request[_SUBMITTED]) * 1000.0,
+            batch_size,
+        )
+
     # ----------------------------------------------------------------- recovery
     def _model_failed(self, model: LoadedModel, reason: str) -> None:
         key = model.info.key
@@ -831,8 +869,3 @@ def _finite_rows(a: np.ndarray, n: int) -> np.ndarray | None:
     if a.dtype.kind not in "fc" or _all(_isfinite(a), axis=None):
         return None
     return _all(_isfinite(a.reshape(n, -1)), axis=1)
-
-
-def _integral(x: np.ndarray) -> bool:
-    """Every value of a float array is a whole number (fit for an integer input)."""
-    return bool(np.isfinite(x).all() and np.all(np.mod(x, 1) == 0))

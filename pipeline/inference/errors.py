@@ -6,6 +6,7 @@ __all__ = [
     "AdmissionRejectedError",
     "DeadlineExceededError",
     "InferenceError",
+    "InputRuntimeError",
     "InvalidInputError",
     "ModelLoadError",
     "ModelNotLoadedError",
@@ -39,6 +40,12 @@ class InvalidInputError(InferenceError):
 class NonFiniteOutputError(InferenceError):
     """The model answered NaN or Inf for one request's (finite) input: that input is outside
     the range the model handles. The request's error, never a fault of the model."""
+
+
+class InputRuntimeError(InferenceError):
+    """The model's runtime raised on one request's values (an index past an embedding table,
+    a data-dependent check in the model) while it answers other inputs: the request's error
+    (the service answers 4xx), never a fault of the model, never counted toward its reload."""
 
 
 class PoolExhaustedError(InferenceError, MemoryError):

@@ -47,9 +47,10 @@ class EngineSettings:
     #: recently used model. The service also gives pool and cache memory back when its RSS
     #: passes it.
     max_memory_mb: float = 500.0
-    #: Consecutive runtime faults (the runtime raising, or returning a wrong batch) after
-    #: which a model is reloaded from its verified file. Bad outputs for one request's input
-    #: (NaN/Inf) are that request's error and never count.
+    #: Consecutive runtime faults (the runtime raising even on its warm-up input, or
+    #: returning a wrong batch) after which a model is reloaded from its verified file. A
+    #: request's values the runtime raises on (while it answers other inputs) or answers
+    #: NaN/Inf for are that request's error and never count.
     recovery_failure_threshold: int = 5
     #: Shortest time (s) between two automatic reloads of one model.
     recovery_cooldown_s: float = 5.0

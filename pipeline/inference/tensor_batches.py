@@ -1,9 +1,11 @@
 """Batches of a model of named tensors in the engine (see `pipeline.inference.engine`).
 
-Requests are grouped by the shapes of their inputs (one runtime call per group: requests of
-different sequence lengths never share a call, and nothing is padded); each input is stacked
-into a pooled buffer; every output must have the batch's rows; each request is answered with
-its row of every output.
+Requests are grouped by the shapes of their inputs (`shape_groups`: one runtime call per
+group; requests of different sequence lengths never share a call, and nothing is padded);
+each input is stacked into a pooled buffer (`_attempt_tensors`); every output must have the
+batch's rows (`_answer_tensors`); each request is answered with its row of every output. A
+batch the runtime raised on goes through the engine's fault isolation, whose probe is one row
+of valid values (`_probe`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _perf = time.perf_counter
 if TYPE_CHECKING:
     from pipeline.inference.model_manager import LoadedModel
 
-__all__ = ["TensorBatches", "request_shapes"]
+__all__ = ["TensorBatches", "request_shapes", "shape_groups"]
 
 # a queued request's fields (pipeline.inference.engine)
 _X, _FUTURE, _SUBMITTED, _DEADLINE, _CACHE_KEY, _REQUEST_ID = range(6)
@@ -33,6 +35,14 @@ def request_shapes(arrays: tuple[np.ndarray, ...]) -> tuple[tuple[int, ...], ...
     return tuple(a.shape for a in arrays)
 
 
+def shape_groups(batch: list[_Request]) -> list[list[_Request]]:
+    """The requests of `batch` grouped by their inputs' shapes, in order of arrival."""
+    groups: dict[tuple, list[_Request]] = {}
+    for request in batch:
+        groups.setdefault(request_shapes(request[_X]), []).append(request)
+    return list(groups.values())
+
+
 class TensorBatches:
     """The engine's named-tensor batches (a mixin of ProductionInferenceEngine)."""
 
@@ -43,32 +53,23 @@ class TensorBatches:
     cache: Any
     monitor: Any
 
-    def _execute_tensors(
-        self,
-        model: LoadedModel,
-        batch: list[_Request],
-        start: float,
-        budget: list[int] | None,
-    ) -> None:
-        """Run a batch of a named-tensor model: one runtime call per group of requests whose
-        inputs have the same shapes (values were checked at submission)."""
+    def _attempt_tensors(
+        self, model: LoadedModel, batch: list[_Request]
+    ) -> tuple[list[_Request], list[np.ndarray] | None, Exception | None, float, float]:
+        """`_attempt` for a named-tensor model: stack each input of `batch` (one shape
+        group; values were checked at submission) into a pooled buffer and run the runtime
+        once. Returns the requests that ran, every output (None when the runtime raised),
+        its exception, and when the run began and ended."""
         from pipeline.inference.engine import _bucket, _stack
 
-        groups: dict[tuple, list[_Request]] = {}
-        for request in batch:
-            groups.setdefault(request_shapes(request[_X]), []).append(request)
-        if len(groups) > 1:
-            for group in groups.values():
-                self._execute_tensors(model, group, start, budget)
-            return
         n = len(batch)
-        key = model.info.key
         pool = self.memory_pool
         held: list[np.ndarray] = []
         arrays = []
+        outputs = error = None
+        began = ended = _perf()
         try:
             for i, first in enumerate(batch[0][_X]):
-                shape = (n, *first.shape)
                 buffer = None
                 if pool is not None:
                     try:
@@ -77,26 +78,39 @@ class TensorBatches:
                         held.append(buffer)
                     except PoolExhaustedError:
                         self._stats["unpooled_batches"] += 1
-                out = buffer[:n] if buffer is not None else np.empty(shape, dtype=first.dtype)
+                out = buffer[:n] if buffer is not None else np.empty((n, *first.shape), first.dtype)
                 _stack([r[_X][i] for r in batch], out, first.shape)
                 arrays.append(out)
             self._stats["runtime_calls"] += 1
             began = _perf()
             try:
                 outputs = [np.asarray(o) for o in model.runtime.run_many(arrays)]
+                # a view of (or written into) a pooled input buffer would be overwritten
                 outputs = [
                     o.copy() if any(np.may_share_memory(o, h) for h in held) else o for o in outputs
                 ]
             except Exception as exc:
                 outputs = None
-                error: Exception = exc
+                error = exc
             ended = _perf()
         finally:
             for buffer in held:
                 pool.release_tensor(buffer)
-        if outputs is None:
-            self._isolate(model, batch, start, budget, error, began, ended)
-            return
+        return batch, outputs, error, began, ended
+
+    def _answer_tensors(
+        self,
+        model: LoadedModel,
+        batch: list[_Request],
+        outputs: list[np.ndarray],
+        began: float,
+        ended: float,
+        health: Any,
+    ) -> None:
+        """`_answer` for a named-tensor model: every output must have the batch's rows (else
+        the model is at fault and every request of the batch fails)."""
+        n = len(batch)
+        key = model.info.key
         names = model.signature.output_names
         wrong = len(outputs) != len(names) or any(o.ndim == 0 or o.shape[0] != n for o in outputs)
         if wrong:
@@ -110,7 +124,27 @@ class TensorBatches:
                 self._fail(request, key, model.version, exc, 0.0, 0.0, n)
             return
         self._failures[key] = 0
+        if health is not None:
+            health.known = True
         self._deliver_tensors(model, batch, outputs, began, ended)
+
+    def _probe(self, model: LoadedModel) -> bool:
+        """FaultIsolation's probe for a named-tensor model: one row of valid values (its
+        warm-up input) must give one finite row of every output."""
+        if not model.tensor_io:
+            return super()._probe(model)  # type: ignore[misc]
+        rows = model.fixed_batch_size or 1
+        arrays = model.signature.example_batch(rows)
+        self._stats["runtime_calls"] += 1
+        self._stats["probes"] += 1
+        try:
+            outs = [np.asarray(o) for o in model.runtime.run_many(arrays)]
+        except Exception:
+            return False
+        return len(outs) == len(model.signature.outputs) and all(
+            o.shape[:1] == (rows,) and (o.dtype.kind not in "fc" or bool(np.isfinite(o).all()))
+            for o in outs
+        )
 
     def _deliver_tensors(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.inference.errors import InvalidInputError
+from pipeline.inference.inputs import check_integers
 from pipeline.inference.signature import TensorSpec
 
 if TYPE_CHECKING:
@@ -77,11 +78,8 @@ def _array(key: str, spec: TensorSpec, value: Any) -> np.ndarray:
         raise InvalidInputError(
             f"model {key!r}: input {spec.name!r} must be numeric ({dtype} expected), got {x.dtype}"
         )
-    whole = x.dtype.kind != "f" or (np.isfinite(x).all() and np.all(np.mod(x, 1) == 0))
-    if dtype.kind in "iu" and not whole:
-        raise InvalidInputError(
-            f"model {key!r}: input {spec.name!r} takes {dtype} values; got non-integers"
-        )
+    if dtype.kind in "iu":  # whole numbers within the dtype: never wrapped
+        check_integers(key, x, dtype, f"input {spec.name!r}")
     return x.astype(dtype)
 
 

@@ -1,17 +1,25 @@
 """The package's container image, built from the package exactly as shipped and saved as an
 OCI archive beside the zip (`relcert package --image`, the DAG's `build_image` param).
 
-The build needs no network: the base image is a build argument (BASE_IMAGE, pinned by digest
-by default; pass your registry's mirror of it, or a locally imported one), and the
+The build needs no network: the base image is a build argument (BASE_IMAGE, pinned by digest:
+pass your registry's mirror of it, or a locally imported one, by digest too), and the
 requirements are installed from the package's own wheelhouse (`wheels/`) with
 `pip install --require-hashes --no-index`, so RUN steps run with `--network none`. The engine
 is podman (`--format docker`, which keeps HEALTHCHECK) or docker, whichever works here.
+
+A base named by a tag alone (`python:3.11-slim`) is refused before anything is built: a tag
+can move, so the same package would give another image. `RELCERT_ALLOW_UNPINNED_BASE=1` (or
+`relcert package --allow-unpinned-base`) builds from it anyway, for a base made on this
+machine; the build then warns, and the image record in report.json says it is not pinned and
+not reproducible (`base_image.pinned`, `base_image.warning`), as report.html does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -27,6 +35,7 @@ from pipeline.package.errors import PackageError
 from pipeline.package.wheelhouse import ARCHITECTURES, image_architecture
 
 __all__ = [
+    "ALLOW_UNPINNED_ENV",
     "BASE_IMAGE_ENV",
     "DEFAULT_BASE_IMAGE",
     "ENGINE_ENV",
@@ -34,7 +43,9 @@ __all__ = [
     "ImageError",
     "ImageOptions",
     "ImageResult",
+    "base_record",
     "build_image",
+    "check_base_image",
     "find_engine",
     "oci_archive_digest",
 ]
@@ -48,6 +59,10 @@ DEFAULT_BASE_IMAGE = (
     "@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91"
 )
 BASE_IMAGE_ENV = "RELCERT_BASE_IMAGE"
+#: set to 1 (true, yes) to build from a base named by a tag alone: not reproducible, recorded
+ALLOW_UNPINNED_ENV = "RELCERT_ALLOW_UNPINNED_BASE"
+_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+_LOG = logging.getLogger(__name__)
 ENGINE_ENV = "RELCERT_CONTAINER_ENGINE"
 ENGINES = ("podman", "docker")
 OCI_SUFFIX = ".oci.tar"
@@ -58,23 +73,55 @@ class ImageError(PackageError):
     """The image could not be built or saved (no engine, a failed build step, ...)."""
 
 
+def check_base_image(reference: str, *, allow_unpinned: bool = False) -> str | None:
+    """None when `reference` is pinned by digest (`name@sha256:<64 hex>`); else, when
+    `allow_unpinned`, the warning the build records; else ImageError saying how to pin it."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise ImageError(f"base image: expected an image reference, got {reference!r}")
+    if _DIGEST.search(reference):
+        return None
+    if not allow_unpinned:
+        raise ImageError(
+            f"base image {reference!r} is not pinned by digest (expected NAME@sha256:<64 hex>, "
+            f"e.g. the default {DEFAULT_BASE_IMAGE}): a tag can move, so the build would not "
+            "be reproducible. Pin it (its digest: `skopeo inspect docker://NAME:TAG`, or "
+            "`podman image inspect --format '{{.Digest}}' NAME:TAG` for a local image), or set "
+            f"{ALLOW_UNPINNED_ENV}=1 (relcert package --allow-unpinned-base) to build from it "
+            "anyway, recorded as not reproducible"
+        )
+    return (
+        f"the base image {reference} is not pinned by digest ({ALLOW_UNPINNED_ENV}): its tag "
+        "can move, so this image is not reproducible from the package"
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class ImageOptions:
-    """How to build the package's image; each None means "the default" (see from_env)."""
+    """How to build the package's image; each None means "the default" (see from_env). A base
+    image not pinned by digest is refused here unless `allow_unpinned_base`."""
 
     base_image: str = DEFAULT_BASE_IMAGE
     engine: str | None = None
     tag: str | None = None
     wheelhouse: Path | None = None
     requirements: Path | None = None
+    allow_unpinned_base: bool = False
+
+    def __post_init__(self) -> None:
+        check_base_image(self.base_image, allow_unpinned=self.allow_unpinned_base)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ImageOptions:
-        """$RELCERT_BASE_IMAGE, $RELCERT_CONTAINER_ENGINE and $RELCERT_WHEELHOUSE, then
-        `overrides` (None values are ignored)."""
+        """$RELCERT_BASE_IMAGE, $RELCERT_ALLOW_UNPINNED_BASE, $RELCERT_CONTAINER_ENGINE and
+        $RELCERT_WHEELHOUSE, then `overrides` (None values are ignored)."""
         values: dict[str, Any] = {
             "base_image": os.environ.get(BASE_IMAGE_ENV) or DEFAULT_BASE_IMAGE,
             "engine": os.environ.get(ENGINE_ENV) or None,
+            "allow_unpinned_base": _env_flag(ALLOW_UNPINNED_ENV),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("wheelhouse", "requirements"):
@@ -222,15 +269,21 @@ def _inspect(engine: ContainerEngine, reference: str) -> dict[str, Any]:
     return data[0] if isinstance(data, list) and data else {}
 
 
-def _base_record(engine: ContainerEngine, reference: str) -> dict[str, Any]:
-    facts = _inspect(engine, reference)
+def base_record(reference: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `image.base_image`: the reference, its digest (the pinned one, else what
+    the engine's `image inspect` (`facts`) reports), the image ID, whether it was pinned, and
+    the not-reproducible warning when it was not."""
     digests = [str(d) for d in facts.get("RepoDigests") or []]
-    pinned = reference.split("@", 1)[1] if "@" in reference else None
+    pinned = _DIGEST.search(reference)
     return {
         "reference": reference,
-        "digest": pinned or facts.get("Digest") or (digests[0].split("@")[-1] if digests else None),
+        "digest": (pinned.group(1) if pinned else None)
+        or facts.get("Digest")
+        or (digests[0].split("@")[-1] if digests else None),
         "image_id": _sha(facts.get("Id")),
         "repo_digests": digests,
+        "pinned": pinned is not None,
+        "warning": check_base_image(reference, allow_unpinned=True),
     }
 
 
@@ -277,11 +330,18 @@ def build_image(
     base_image: str = DEFAULT_BASE_IMAGE,
     engine: ContainerEngine | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_unpinned_base: bool = False,
 ) -> ImageResult:
     """Build the image of a package zip (with its wheelhouse) and save it as
-    `<zip without .zip>.oci.tar` beside the zip (atomically)."""
+    `<zip without .zip>.oci.tar` beside the zip (atomically). A base image not pinned by
+    digest is refused (ImageError) unless `allow_unpinned_base`: then the build warns and
+    the record says it is not reproducible."""
     package = Path(package_zip).resolve()
     say = progress or (lambda _line: None)
+    warning = check_base_image(base_image, allow_unpinned=allow_unpinned_base)
+    if warning:
+        _LOG.warning("image: %s", warning)
+        say(f"image: WARNING: {warning}")
     engine = engine or find_engine()
     arch = image_architecture()
     archive = package.with_name(package.name.removesuffix(".zip") + OCI_SUFFIX)
@@ -307,7 +367,7 @@ def build_image(
         archive_sha256=sha256_file(archive),
         platform=ARCHITECTURES[arch],
         engine=f"{engine.name} {engine.version}",
-        base_image=_base_record(engine, base_image),
+        base_image=base_record(base_image, _inspect(engine, base_image)),
         wheels=wheels,
         requirements_sha256=requirements_sha256,
         package_sha256=sha256_file(package),

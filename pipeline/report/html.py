@@ -87,7 +87,9 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
   {% if d.image %}<p>Container image: {{ link(d.image.archive) }} ({{ d.image.platform }}),
     <code>{{ d.image.reference }}</code> digest <code>{{ d.image.digest }}</code>; base
     <code>{{ d.image.base_image.reference }}</code>; {{ d.image.wheels | length }} wheels,
-    each checked against its pinned sha256 (report.json: <code>image</code>).</p>{% endif %}
+    each checked against its pinned sha256 (report.json: <code>image</code>).</p>
+  {% if d.image.base_image.warning %}<p class="relaxed"><strong>Not reproducible:</strong>
+    {{ d.image.base_image.warning }}.</p>{% endif %}{% endif %}
 </section>
 
 <section id="summary">

@@ -32,16 +32,20 @@ follow the name (another version than the served one is 404).
     "outputs"?: [{"name", "parameters"?: {"binary_data": bool}}], "parameters"?:
     {"binary_data_output": bool}}`` -> ``{"model_name", "model_version", "id"?, "outputs":
     [{"name", "datatype", "shape": [N, ...], "data": [...]}]}``. ``data`` is row-major, flat
-    or nested. Each of the N rows is one engine request (batched with other traffic); the N
+    or nested. Each of the N rows (at most ``MAX_REQUEST_ROWS``) is one engine request
+    (batched with other traffic); the request is admitted or refused whole and the N
     answers come back together. Binary tensor data extension: the body is the JSON object
     followed by the tensor's bytes (little-endian) with ``Inference-Header-Content-Length:
     <JSON size>`` and ``parameters.binary_data_size`` on the input; a binary output is
     appended to the response the same way (``application/octet-stream``, same header).
     Errors are ``{"error": "..."}`` naming what was wrong and what was expected: 400 for a
-    wrong input name, datatype, shape or data size, invalid JSON, non-finite values, values
-    outside a declared input range or for which the model answers NaN/Inf; 404 for an
-    unknown model or version; 413 over ``MAX_BODY_BYTES``; 503 with ``Retry-After`` while
-    loading, when the queue is full or past the deadline; 500 when the runtime fails.
+    wrong input name, datatype, shape or data size, more rows than ``MAX_REQUEST_ROWS``,
+    invalid JSON, non-finite values, integers outside the datatype's range (never wrapped),
+    values outside a declared input range, values for which the model answers NaN/Inf or
+    its runtime raises (e.g. an index past an embedding table, while it answers other
+    inputs); 404 for an unknown model or version; 413 over ``MAX_BODY_BYTES``; 503 with
+    ``Retry-After`` while loading, when the admission limit or the queue is full or past the
+    deadline; 500 when the model's runtime fails on every input (it is reloaded).
 
 Endpoints: the original plan's API
 ----------------------------------
@@ -78,6 +82,9 @@ Endpoints: the original plan's API
     ``_window_p95_ms``, ``_target_p95_ms``; counters ``relcert_admission_admitted_total``,
     ``_rejected_total`` (503 at once), ``_timed_out_total`` (503 after waiting) and
     ``relcert_admission_adjustments_total{direction="up"|"down", cause="demand"|"latency"}``.
+    Requests refused for their values: ``relcert_engine_non_finite_outputs_total`` (the
+    model answered NaN/Inf) and ``relcert_engine_input_runtime_errors_total`` (its runtime
+    raised on them while it answers other inputs); neither counts toward a reload.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of all of the above, with this model folder's feature names.
 
@@ -85,15 +92,18 @@ Errors of these are JSON ``{"detail": "..."}`` naming the field: 422 for invalid
 deeply nested) or a missing, extra, non-numeric, non-finite or wrongly counted feature (e.g.
 ``features.complexity_score: expected a finite number, got "abc"``), a value outside the
 model's declared input range (optional ``input_range`` / ``feature_ranges`` in
-model_info.json), or values for which the model answers NaN/Inf (the request's error: it
-never counts toward reloading the model); 413 for a body over ``MAX_BODY_BYTES`` (by
+model_info.json), or values for which the model answers NaN/Inf or its runtime raises while
+it answers other inputs (the request's error: it never counts toward reloading the model);
+413 for a body over ``MAX_BODY_BYTES`` (by
 Content-Length or as streamed); 431 for headers over ``MAX_HEADER_BYTES``; 408 when a
 request does not arrive within ``BODY_READ_TIMEOUT_S``; 503 with ``Retry-After`` when the
 admission limit is full (see below), the engine's bounded queue is full, a request
-outwaited ``DEFAULT_DEADLINE_MS`` in the queue or models are still loading (and uvicorn's
-plain 503 past ``LIMIT_CONCURRENCY``); 500 when the model's runtime fails (the body names
-the endpoint only: exception text, tracebacks and file paths go to the server log, never to
-a client); 404 / 405 for unknown paths / methods.
+outwaited ``DEFAULT_DEADLINE_MS`` in the queue (answered at its deadline, even while its
+batch waits for company) or models are still loading (and uvicorn's plain 503 past
+``LIMIT_CONCURRENCY``); 500 when the model's runtime fails on every input, its warm-up
+input included (the body names the endpoint only: exception text, tracebacks and file paths
+go to the server log, never to a client; ``RECOVERY_FAILURE_THRESHOLD`` such faults reload
+the model); 404 / 405 for unknown paths / methods.
 A request whose client disconnects while it waits is dropped without running.
 
 Configuration (environment variables; ``ServeSettings.from_env``)
@@ -110,6 +120,10 @@ variable                        default   meaning
 ``MAX_BODY_BYTES``              65536     largest request body accepted (413 beyond); raise it
                                           for large inputs (a JSON request of one
                                           [3, 224, 224] image takes up to ~3 MB; binary 0.6 MB)
+``MAX_REQUEST_ROWS``            256       most rows one ``/v2`` inference request may carry
+                                          (400 beyond; also bounded by ``MAX_QUEUE`` and
+                                          ``ADMISSION_MAX_CONCURRENCY``); the admission limit
+                                          never falls below it
 ``LIMIT_CONCURRENCY``           2048      open connections / requests in progress; beyond,
                                           uvicorn answers 503
 ``TIMEOUT_KEEP_ALIVE_S``        5         an idle connection (or one that never sends) closes
@@ -117,7 +131,9 @@ variable                        default   meaning
 ``BODY_READ_TIMEOUT_S``         10        a request's headers and body must arrive within this
                                           from its first byte (408 and close otherwise)
 ``VALIDATE_TOKEN``              unset     bearer token (>= 16 characters) that turns
-                                          ``/api/v1/validate/performance`` on; unset: off (404)
+                                          ``/api/v1/validate/performance`` on; unset: off (404).
+                                          ``--validate-token-stdin`` reads it from stdin instead
+                                          (held in memory only; one worker)
 ``VALIDATE_MAX_REQUESTS``       2000      cap on ``requests`` of the validation run
 ``VALIDATE_MAX_SECONDS``        10        cap on its ``duration_s``
 ``VALIDATE_MAX_CONCURRENCY``    8         most validation requests in the engine at once
@@ -142,26 +158,31 @@ keeps it as ``ServeSettings.engine``), each read from its variable (``ENGINE_ENV
                                           buffer pool and result cache give memory back
 ``POOL_MB``                     400       memory pool for batch buffers (0: no pool)
 ``CACHE_ENTRIES``               10000     LRU result cache entries (0: no cache)
-``RECOVERY_FAILURE_THRESHOLD``  5         consecutive runtime faults before a model reloads
+``RECOVERY_FAILURE_THRESHOLD``  5         consecutive model faults before a model reloads (a
+                                          request's values the runtime raises on never count)
 ``RECOVERY_COOLDOWN_S``         5         shortest time between two reloads of a model
 ``MEMORY_CHECK_INTERVAL_S``     1         how often the engine checks memory pressure
 ``INTRA_OP_THREADS``            1         intra-op threads per runtime (on the inferring thread)
 ==============================  ========  =====================================================
 
 Admission control (``AdmissionSettings``, ``pipeline.inference.admission``; ``ADMISSION_ENV``)
-sits in front of the engine: at most *limit* requests are in the engine at once; a request
-that finds the limit full is answered 503 with ``Retry-After`` at once (or, with a waiting
-room, after at most ``ADMISSION_QUEUE_TIMEOUT_MS``), never queued without bound. The limit
-starts at its maximum and moves by AIMD once per window of ``ADMISSION_ADJUST_EVERY``
-completed requests: +1 while demand (requests in flight and waiting) reaches half of it and
-the window's p95 is within ``ADMISSION_TARGET_P95_MS``; halved when the p95 exceeds it (or
-the engine shed or expired a request); halved when demand falls below a quarter of it. So a
-healthy load keeps it at 2x-4x its demand, never below the minimum:
+sits in front of the engine: at most *limit* rows are in the engine at once, a request
+counted by its rows and admitted or refused whole (a refused request costs no computation);
+one that finds too few free slots is answered 503 with ``Retry-After`` at once (or, with a
+waiting room, after at most ``ADMISSION_QUEUE_TIMEOUT_MS``), never queued without bound.
+The limit starts at its maximum and moves by AIMD once per window of
+``ADMISSION_ADJUST_EVERY`` completed requests: +1 while demand (rows in flight and waiting)
+reaches half of it and the window's p95 is within ``ADMISSION_TARGET_P95_MS``; halved when
+the p95 exceeds it (or the engine shed or expired a request); halved when demand falls below
+a quarter of it. So a healthy load keeps it at 2x-4x its demand, never below its floor:
+``ADMISSION_MIN_CONCURRENCY`` raised to the most rows a request may carry
+(``MAX_REQUEST_ROWS``, 256 by default), so an idle server never refuses a request it
+accepts:
 
 ==============================  ========  =====================================================
 ``ADMISSION_CONTROL``           on        ``off`` sends every request straight to the engine
 ``ADMISSION_MAX_CONCURRENCY``   1024      highest limit, and where it starts
-``ADMISSION_MIN_CONCURRENCY``   64        lowest limit (a healthy load never meets it)
+``ADMISSION_MIN_CONCURRENCY``   64        lowest limit, raised to the largest request's rows
 ``ADMISSION_TARGET_P95_MS``     100       p95 (admission to answer) above which it halves
 ``ADMISSION_ADJUST_EVERY``      50        completed requests per adjustment window
 ``ADMISSION_MAX_WAITING``       0         requests that may wait for a slot (0: 503 at once)

@@ -221,8 +221,9 @@ def _not_ready(service: Service) -> RequestError:
 
 def engine_refusal(model: str, result: Any, *, client_status: int, field: str) -> RequestError:
     """The HTTP error for a failed engine result: the client's fault (`client_status`, the
-    message naming `field`), overload (503) or the model's (500, with no exception text:
-    that goes to the log)."""
+    message naming `field`: invalid values, values the model answers NaN/Inf for or its
+    runtime raises on), overload (503) or the model's (500). No exception text: that goes to
+    the log."""
     kind = result.error_type
     if result.rejected:
         return RequestError(503, result.error or "overloaded", [("retry-after", _RETRY_AFTER_S)])
@@ -242,6 +243,15 @@ def engine_refusal(model: str, result: Any, *, client_status: int, field: str) -
             client_status,
             f"{field}: {model} produced a NaN or Inf output for these values: they are "
             "outside the range the model handles",
+        )
+    if kind == "InputRuntimeError":
+        # the client's values, not the model: no exception text (it goes to the log)
+        log.info("relcert serve: %s refused a request's values: %s", model, result.error)
+        return RequestError(
+            client_status,
+            f"{field}: {model} cannot compute these values (its runtime raised on them, e.g. "
+            "an index past an embedding table or a check in the model; it answers other "
+            "inputs): they are outside what the model handles",
         )
     log.error("relcert serve: %s inference failed: %s", model, result.error)
     return RequestError(500, f"{model}: inference failed; the server log has the details")

@@ -1,9 +1,12 @@
 """`relcert serve` and `python -m pipeline.serve`: run the service on uvicorn.
 
     relcert serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--workers 1] [--format onnx]
+                  [--validate-token-stdin]
 
-Every other setting comes from the environment (see `pipeline.serve`). Models load in the
-background after the server starts listening: poll `GET /health/ready` for 200.
+Every other setting comes from the environment (see `pipeline.serve`); the validation token
+may instead come on stdin (`--validate-token-stdin`), so that it is held in memory only.
+Models load in the background after the server starts listening: poll `GET /health/ready`
+for 200.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="model format to serve (default: $MODEL_FORMAT or onnx)",
     )
     parser.add_argument(
+        "--validate-token-stdin",
+        action="store_true",
+        help="read VALIDATE_TOKEN from the first line of stdin (held in memory only, never in "
+        "the environment or on a command line; needs --workers 1)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -82,9 +91,26 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"relcert serve: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    token = None
+    if getattr(args, "validate_token_stdin", False):
+        if args.workers != 1:
+            print(
+                "relcert serve: error: --validate-token-stdin needs --workers 1 (worker "
+                "processes would receive the token through their environment)",
+                file=sys.stderr,
+            )
+            return 2
+        token = sys.stdin.readline().strip()
+        if not token:
+            print(
+                "relcert serve: error: --validate-token-stdin: expected the token on the first "
+                "line of stdin, got an empty line",
+                file=sys.stderr,
+            )
+            return 2
     try:
         settings = ServeSettings.from_env(
-            os.environ, model_dir=args.model_dir, model_format=args.format
+            os.environ, model_dir=args.model_dir, model_format=args.format, validate_token=token
         )
         app: Any = None
         if args.workers == 1:

@@ -45,13 +45,18 @@ _ERROR_RESPONSES = {
     "422": _json_response(
         "Invalid JSON, or a missing, extra, non-numeric or non-finite feature, a wrong "
         "number of features, a value outside the model's declared input range, or values "
-        "for which the model answers NaN/Inf; `detail` names the field",
+        "for which the model answers NaN/Inf or its runtime raises (while it answers other "
+        "inputs); `detail` names the field",
         "Error",
     ),
-    "500": _json_response("The model's runtime failed; the server log has the details", "Error"),
+    "500": _json_response(
+        "The model's runtime failed (it fails on every input: the model is reloaded after "
+        "RECOVERY_FAILURE_THRESHOLD such faults); the server log has the details",
+        "Error",
+    ),
     "503": _json_response(
-        "Overloaded (the engine's bounded queue is full, or the request outwaited its "
-        "deadline in the queue) or the models are still loading",
+        "Overloaded (the admission limit or the engine's bounded queue is full, or the "
+        "request outwaited its deadline in the queue) or the models are still loading",
         "Error",
         _RETRY_AFTER,
     ),
@@ -568,8 +573,9 @@ def _v2_infer(parameters: list, tail: str, errors: dict[str, Any]) -> dict[str, 
             "operationId": f"v2_infer{tail}",
             "summary": "Inference: N rows in one input tensor, one output tensor back",
             "description": (
-                "Each row becomes one request to the batching engine; the rows are "
-                "answered together. With the binary tensor data extension the body is the "
+                "Each row becomes one request to the batching engine; the rows (at most "
+                "MAX_REQUEST_ROWS) are admitted or refused as one request and answered "
+                "together. With the binary tensor data extension the body is the "
                 "JSON object followed by the tensor's bytes (little-endian, row-major), "
                 "the Inference-Header-Content-Length header giving the JSON object's size; "
                 "a response with binary outputs carries the same header."
@@ -648,16 +654,19 @@ def v2_document(models: list[str], max_body_bytes: int) -> tuple[dict[str, Any],
     infer_errors = {
         "400": _v2_error(
             "A bad request: invalid JSON, a wrong input name, datatype, shape or data size, "
-            "non-finite values, values outside the model's declared input range, or values "
-            "for which the model answers NaN/Inf; `error` names what was wrong and what was "
-            "expected"
+            "more rows than MAX_REQUEST_ROWS, non-finite values, integers outside the "
+            "datatype's range, values outside the model's declared input range, or values "
+            "for which the model answers NaN/Inf or its runtime raises (while it answers "
+            "other inputs); `error` names what was wrong and what was expected"
         ),
         **unknown,
         "413": _v2_error(f"The body is larger than MAX_BODY_BYTES ({max_body_bytes} bytes)"),
-        "500": _v2_error("The model's runtime failed; the server log has the details"),
+        "500": _v2_error(
+            "The model's runtime failed (it fails on every input); the server log has the details"
+        ),
         "503": _v2_error(
-            "The models are loading, the engine's queue is full or the request outwaited its "
-            "deadline in the queue",
+            "The models are loading, the admission limit or the engine's queue is full (the "
+            "request is refused whole) or the request outwaited its deadline in the queue",
             _RETRY_AFTER,
         ),
     }

@@ -99,13 +99,17 @@ class Service:
             auto_load=False,  # never load a model on the event loop in a request
         )
         # admission control in front of the engine: requests past its limit are refused
-        # (503 with Retry-After) instead of queueing; `predict` is the endpoints' way in
+        # (503 with Retry-After) instead of queueing, whole (a request of several rows is
+        # admitted or refused as one); `predict` / `predict_many` are the endpoints' way in
+        #: the most rows one request may carry (the admission limit never falls below it)
+        self.request_rows = settings.request_rows
         self.admission = (
-            AdmissionControl(self.engine, settings.admission)
+            AdmissionControl(self.engine, settings.admission, largest_request=self.request_rows)
             if settings.admission.enabled
             else None
         )
         self.predict = (self.admission or self.engine).predict
+        self.predict_many = (self.admission or self.engine).predict_many
         self.status = LOADING
         self.load_errors: dict[str, str] = {}
         self.load_seconds: float | None = None
@@ -288,6 +292,12 @@ class Service:
                 "relcert_engine_non_finite_outputs",
                 "Requests whose input made the model answer NaN/Inf (answered 422)",
                 "non_finite_outputs",
+            ),
+            (
+                "relcert_engine_input_runtime_errors",
+                "Requests whose values made the model's runtime raise while it answers other "
+                "inputs (answered 422 / 400; never counted toward reloading the model)",
+                "input_runtime_errors",
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])

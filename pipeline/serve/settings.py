@@ -37,6 +37,9 @@ class ServeSettings:
     model_format: str = "onnx"
     engine: EngineSettings = field(default_factory=EngineSettings)
     max_body_bytes: int = 65_536
+    #: most rows one /v2 inference request may carry (also bounded by MAX_QUEUE and, with
+    #: admission control, ADMISSION_MAX_CONCURRENCY); the admission limit never falls below it
+    max_request_rows: int = 256
     limit_concurrency: int = 2048
     timeout_keep_alive_s: float = 5.0
     max_header_bytes: int = 16_384
@@ -55,6 +58,16 @@ class ServeSettings:
     def validate_enabled(self) -> bool:
         """/api/v1/validate/performance exists only when a token is configured."""
         return bool(self.validate_token)
+
+    @property
+    def request_rows(self) -> int:
+        """The most rows a request may carry: MAX_REQUEST_ROWS, within MAX_QUEUE and (with
+        admission control) ADMISSION_MAX_CONCURRENCY, so a request that may be sent always
+        fits in the engine's queue and under the admission limit."""
+        most = min(self.max_request_rows, self.engine.max_queue_size)
+        if self.admission.enabled:
+            most = min(most, self.admission.max_concurrency)
+        return most
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
@@ -254,6 +267,7 @@ _SPEC: dict[str, Callable[[str, Any], Any]] = {
     "model_dir": _model_dir,
     "model_format": _format,
     "max_body_bytes": _int(64),
+    "max_request_rows": _int(1),
     "limit_concurrency": _int(1),
     "timeout_keep_alive_s": _float(0.0, strict=True),
     "max_header_bytes": _int(1024),

@@ -1,9 +1,10 @@
 """Open Inference Protocol (KServe v2) tensors: datatypes, model signatures, request and
 response bodies, with the binary tensor data extension.
 
-numpy and json only (no Starlette): the service's ``/v2`` endpoints decode requests and
-encode responses with it, and the infra stage, the package's golden requests and the tests
-build requests and read responses with the same code.
+numpy and json only (no Starlette; integer ranges are checked as the engine checks them):
+the service's ``/v2`` endpoints decode requests and encode responses with it, and the infra
+stage, the package's golden requests and the tests build requests and read responses with
+the same code.
 
 Binary tensor data extension: a body may be a JSON object followed by raw tensor bytes
 (little-endian, row-major, no padding); the ``Inference-Header-Content-Length`` header gives
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.inference.inputs import integer_range_text, integer_range_violation
 from pipeline.serve.features import FLOAT32_MAX, RequestError, describe_value
 
 __all__ = [
@@ -564,6 +566,8 @@ def _json_rows(
         raise _error(
             f"{where}data: expected {what} ({datatype_of(dtype)}), got {_kind_text(values)}"
         )
+    if dtype.kind == "i":
+        values = _exact_integers(data, values, dtype, where)
     if values.shape != shape:
         if values.ndim != 1 or values.size != count:
             raise _error(
@@ -571,12 +575,28 @@ def _json_rows(
                 f"got {values.size} as {list(values.shape)}"
             )
         values = values.reshape(shape)
-    if dtype.kind == "i" and kind in "iu" and values.dtype != dtype:
-        info = np.iinfo(dtype)
-        if values.size and (values.min() < info.min or values.max() > info.max):
-            raise _error(f"{where}data: a value is outside the {datatype_of(dtype)} range")
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # float overflow: Inf, refused later
         return values.astype(dtype, copy=False)
+
+
+def _exact_integers(data: list, values: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """`values` (whole numbers, read from the JSON `data`) when each fits `dtype`: an
+    out-of-range value is refused (never wrapped: 1e20 cast to int64 is INT64_MIN). A float
+    array holding integers beyond 2**53 (a whole-number float such as ``1.0`` makes numpy read
+    every integer as a float) is read again as `dtype`, so every integer stays exact."""
+    violation = integer_range_violation(values, dtype)
+    if violation is not None:
+        index = violation[0]
+        element = data
+        for i in np.unravel_index(index, values.shape):
+            element = element[int(i)]
+        raise _error(
+            f"{where}data: element {index} is {element!r}, outside the {datatype_of(dtype)} "
+            f"range {integer_range_text(dtype)}"
+        )
+    if values.dtype.kind == "f" and values.size and float(np.abs(values).max()) >= 2.0**53:
+        return np.array(data, dtype=dtype)
+    return values
 
 
 def _integral(values: np.ndarray) -> bool:

@@ -17,9 +17,10 @@ work unchanged:
     tensor JSON in (``inputs: [{name, shape, datatype, data}]``, data flat row-major or
     nested; or binary data, see `pipeline.serve.tensors`), tensor JSON out (``outputs:
     [{name, shape, datatype, data}]``, ``model_name``, ``model_version``, ``id`` echoed). A
-    batch of N rows becomes N engine requests (batched with everyone else's), answered
-    together. A model of named tensors takes every input tensor and answers with every
-    output (or those ``outputs`` asks for): see `pipeline.serve.named_tensors`.
+    batch of N rows (at most MAX_REQUEST_ROWS) becomes N engine requests (batched with
+    everyone else's), admitted or refused whole and answered together. A model of named
+    tensors takes every input tensor and answers with every output (or those ``outputs``
+    asks for): see `pipeline.serve.named_tensors`.
 
 Errors are ``{"error": "..."}``, naming what was wrong and what was expected: 400 for a bad
 request (wrong input name, shape, datatype or size, invalid JSON, non-finite values, values
@@ -31,7 +32,6 @@ that goes to the log) when the model's runtime fails.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -203,12 +203,13 @@ class InferEndpoint(_V2Endpoint):
             return await self._named(scope, receive, body, name, key, signature)
         request = decode_infer_request(body, _header(scope, _HEADER_LENGTH), signature)
         rows = request.rows
-        most = service.engine.max_queue_size
+        most = service.request_rows
         if len(rows) > most:
             raise RequestError(
                 400,
-                f"inputs[0].shape: {len(rows)} rows, more than the {most} the engine queues "
-                "(MAX_QUEUE); send at most that many rows per request",
+                f"inputs[0].shape: {len(rows)} rows, more than the {most} a request may carry "
+                "(MAX_REQUEST_ROWS, within MAX_QUEUE and ADMISSION_MAX_CONCURRENCY); send at "
+                "most that many rows per request",
             )
         results = await self._run(key, rows, receive)
         failed = next((r for r in results if not r.success), None)
@@ -228,12 +229,13 @@ class InferEndpoint(_V2Endpoint):
         """A model of named tensors: every input tensor in, each sample an engine request
         (a mapping of input name -> row), every requested output tensor out."""
         request = decode_named_request(body, _header(scope, _HEADER_LENGTH), signature)
-        most = self.service.engine.max_queue_size
+        most = self.service.request_rows
         if request.count > most:
             raise RequestError(
                 400,
-                f"inputs: {request.count} rows, more than the {most} the engine queues "
-                "(MAX_QUEUE); send at most that many rows per request",
+                f"inputs: {request.count} rows, more than the {most} a request may carry "
+                "(MAX_REQUEST_ROWS, within MAX_QUEUE and ADMISSION_MAX_CONCURRENCY); send at "
+                "most that many rows per request",
             )
         rows = [request.row(i) for i in range(request.count)]
         results = await self._run(key, rows, receive)
@@ -249,15 +251,16 @@ class InferEndpoint(_V2Endpoint):
         return 200, payload, ((_HEADER_LENGTH, str(json_size).encode()),), _OCTETS
 
     async def _run(self, key: str, rows: Any, receive: Receive) -> list[Any]:
-        """Every row as its own engine request (through the service's admission control),
-        submitted at once; their results in order."""
-        predict = self.service.predict
+        """Every row (an array, or a mapping input name -> array) as its own engine request
+        (batched with everyone else's), admitted or refused as one request by the service's
+        admission control; results in order."""
+        service = self.service
         if len(rows) == 1:
-            future = predict(key, rows[0])
+            future = service.predict(key, rows[0])
             if future.done():
                 return [future.result()]
             return [await _result_unless_gone(future, receive)]
-        future = asyncio.gather(*[predict(key, row) for row in rows])
+        future = service.predict_many(key, rows)
         return list(await _result_unless_gone(future, receive))
 
 

@@ -85,12 +85,22 @@ class ServerProcess:
     """The service as a subprocess on a loopback port; `stop()` always ends it."""
 
     def __init__(
-        self, model_dir: Path, env: dict[str, str] | None = None, hide: Path | None = None
+        self,
+        model_dir: Path,
+        env: dict[str, str] | None = None,
+        hide: Path | None = None,
+        *,
+        validate_token: str | None = None,
     ) -> None:
+        """`validate_token` turns the validation endpoint on; it is handed over on the
+        child's stdin (`--validate-token-stdin`), never in its environment or command line,
+        and a VALIDATE_TOKEN of this process's environment is not passed on."""
         self.model_dir = model_dir
         self.hide = hide  # a folder (the run's) whose absolute path the log shows as <run>
         self.port = _free_port()
-        self.env = {**os.environ, "MODEL_FORMAT": SERVING_FORMAT, **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if k != "VALIDATE_TOKEN"}
+        self.env = {**inherited, "MODEL_FORMAT": SERVING_FORMAT, **(env or {})}
+        self._validate_token = validate_token
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
@@ -109,12 +119,17 @@ class ServerProcess:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *(["--validate-token-stdin"] if self._validate_token else []),
                 ],
                 env=self.env,
+                stdin=subprocess.PIPE if self._validate_token else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self._validate_token:
+            self.process.stdin.write(f"{self._validate_token}\n".encode())
+            self.process.stdin.close()
         return self
 
     @property
@@ -218,10 +233,12 @@ async def _run(ctx: StageContext) -> dict:
     models, rows = await _golden(run, info, keys, profile.seeds.infra)
     limit = body_limit_for(info, _default_body_bytes())
     # this instance's validation endpoint (off unless a token is set): a fresh random token,
-    # held in memory only (never written, logged or put on a command line)
+    # held in memory only (handed over on the child's stdin; never written, logged, put in
+    # an environment or on a command line)
     token = secrets.token_urlsafe(32)
-    env = {"MAX_BODY_BYTES": str(limit), "VALIDATE_TOKEN": token}
-    server = ServerProcess(run.models, env, hide=run.root).start(ctx.folder / "server.log")
+    server = ServerProcess(
+        run.models, {"MAX_BODY_BYTES": str(limit)}, hide=run.root, validate_token=token
+    ).start(ctx.folder / "server.log")
     sampler = ResourceSampler(server.pid, interval_s=0.5)
     client = HttpLoadClient("127.0.0.1", server.port, connections=16)
     probe_client = HttpLoadClient("127.0.0.1", server.port, connections=2)

@@ -21,14 +21,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.names import APPROVED, DAG_ID, NOT_APPROVED
+from pipeline.names import APPROVED, DAG_ID, MAX_REASON_CHARS, NOT_APPROVED
 from pipeline.names import CONDITIONAL_APPROVAL as CONDITIONAL
 
 # (criterion name in report.json, label, default unit)
@@ -43,6 +45,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 INTERFACE_CATEGORY = "interface"
 AVAILABILITY = "availability"
 
+_LOG = logging.getLogger(__name__)
+
 # the folder names `pipeline.orchestrate.run_key` can produce
 _RUN_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -56,6 +60,35 @@ class BadPath(ValueError):
 
 class NotFound(LookupError):
     """No such run or file inside the artifacts root (or it escapes it): HTTP 404."""
+
+
+def _store() -> Any:
+    from pipeline.storage import ArtifactStore
+
+    return ArtifactStore.from_location()
+
+
+@contextlib.contextmanager
+def consistent(run_key: str, dag_id: str = DAG_ID, store: Any = None) -> Iterator[None]:
+    """Read a run the way the tasks' pulls do (`pipeline.storage.ArtifactStore.reading`): an
+    upload whose task was killed after committing it is finished first, and on a local store
+    no upload is applied while the block reads. So the view never shows half of a task's
+    upload (a new report.json beside the old package, say). NotFound, logged, when an
+    unfinished upload cannot be finished by this process (e.g. the store is read-only here)."""
+    from pipeline.storage import StoreError
+
+    store = store or _store()
+    location = store.run_location(dag_id, run_key)
+    entered = False
+    try:
+        with store.reading(location):
+            entered = True
+            yield
+    except StoreError as exc:
+        if entered:
+            raise
+        _LOG.warning("relcert view: run %s/%s not shown: %s", dag_id, run_key, exc)
+        raise NotFound("this run is being written; try again") from None
 
 
 def artifacts_root() -> Path:
@@ -151,6 +184,8 @@ def run_dir(run_key: str, dag_id: str = DAG_ID) -> Path:
     folder = _resolve_existing(base / run_key)
     if folder == base or not _inside(folder, base) or not folder.is_dir():
         raise NotFound("not found")
+    with consistent(run_key, dag_id):  # an interrupted upload is finished before any read
+        pass
     return folder
 
 
@@ -499,7 +534,7 @@ def summarize(folder: Path) -> RunSummary:
         run_id=pick((report or {}).get("run_id"), conf.get("run_id")) or folder.name,
         snapshot_date=pick(report_conf.get("snapshot_date"), conf.get("snapshot_date")),
         profile=pick((report or {}).get("profile"), conf.get("profile")),
-        reason=pick(report_conf.get("reason"), conf.get("reason")),
+        reason=_capped(pick(report_conf.get("reason"), conf.get("reason"))),
         models=_models(report, conf),
         started=started,
         has_report_html=(folder / "report.html").is_file(),
@@ -525,6 +560,14 @@ def summarize(folder: Path) -> RunSummary:
         summary.relaxed = [_relaxed_text(r) for r in relaxed if isinstance(r, dict)]
     _regression(summary, report.get("regression"))
     return summary
+
+
+def _capped(reason: str | None) -> str | None:
+    """A run's reason as a row shows it: runs from before the cap (MAX_REASON_CHARS, checked
+    when a run starts) may hold a longer one."""
+    if reason is None or len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 1] + "\u2026"
 
 
 def _regression(summary: RunSummary, section: Any) -> None:
@@ -566,6 +609,7 @@ def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:
     except OSError:
         return []
     runs = []
+    store = _store()
     for entry in entries:
         try:
             check_run_key(entry.name)
@@ -578,7 +622,11 @@ def list_runs(dag_id: str = DAG_ID) -> list[RunSummary]:
         if not folder.is_dir() or not _inside(folder, base) or folder == base:
             continue
         try:
-            summary = summarize(folder)
+            with consistent(entry.name, dag_id, store):
+                summary = summarize(folder)
+        except NotFound:
+            summary = RunSummary(run_key=entry.name, run_id=entry.name, status="unreadable")
+            summary.why = ["an interrupted upload into this run is not finished yet"]
         except OSError:
             continue
         summary.run_key = entry.name

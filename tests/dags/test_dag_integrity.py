@@ -128,6 +128,7 @@ def test_params_form_is_titled_and_described(dag) -> None:
         ({"target_overrides": {"p99_latency_ms": "fast"}}, "p99_latency_ms"),
         ({"build_package": "yes"}, "build_package"),
         ({"build_image": "yes"}, "build_image"),
+        ({"reason": "x" * 501}, "reason"),
     ],
 )
 def test_invalid_params_are_refused_by_the_form_schema(dag, conf, message) -> None:
@@ -159,6 +160,22 @@ def test_build_image_is_a_conf_key_off_by_default() -> None:
     assert validate_conf({"build_image": True})["build_image"] is True
     with pytest.raises(ConfError, match=r"conf\.build_image must be true or false"):
         validate_conf({"build_image": "yes"})
+
+
+def test_a_reason_is_capped_and_refused_whole_when_longer() -> None:
+    """The reason is shown in every row of the Certifications view: 10 MB of it is refused
+    before anything runs, naming the limit, never cut silently."""
+    from pipeline.names import MAX_REASON_CHARS
+    from pipeline.orchestrate import ConfError, validate_conf
+
+    assert MAX_REASON_CHARS == 500
+    longest = "r" * MAX_REASON_CHARS
+    assert validate_conf({"reason": longest})["reason"] == longest
+    assert validate_conf({"reason": None})["reason"] == ""
+    with pytest.raises(ConfError, match=r"conf\.reason is 10485760 characters long; at most 500"):
+        validate_conf({"reason": "x" * (10 << 20)})
+    with pytest.raises(ConfError, match=r"conf\.reason must be a string or null, got dict"):
+        validate_conf({"reason": {"text": "hotfix"}})
 
 
 def test_performance_tasks_share_the_perf_pool_and_cheap_tasks_run_freely(dag) -> None:

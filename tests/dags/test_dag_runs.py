@@ -60,10 +60,12 @@ def _metadata(env: dict[str, str], output: str) -> dict:
             "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
             (DAG_ID, run_id, "decision"),
         ).fetchall()
+        columns = "a.name, a.uri, e.extra, e.source_dag_id, e.source_task_id, e.source_run_id"
         events = [
-            (uri, json.loads(extra))
-            for uri, extra in db.execute(
-                "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            (row[1], json.loads(row[2]), row)
+            for row in db.execute(
+                f"SELECT {columns}, e.source_map_index, e.timestamp FROM asset_event e "
+                "JOIN asset a ON a.id = e.asset_id "
                 "WHERE e.source_dag_id = ? AND e.source_run_id = ?",
                 (DAG_ID, run_id),
             )
@@ -71,6 +73,45 @@ def _metadata(env: dict[str, str], output: str) -> dict:
     finally:
         db.close()
     return {"state": state, "note": note, "decision": decision_state, "events": events}
+
+
+def _verify_recorded(env: dict[str, str], row: tuple) -> tuple[dict, str]:
+    """verify_approvals on an asset_event row as the Task SDK delivers it to the consumer,
+    and on the same extra as a REST API post would leave it: (verified record, refusal)."""
+    import datetime as dt
+
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+
+    from pipeline.airflow.approvals import verify_approvals
+
+    name, uri, extra, dag_id, task_id, run_id, map_index, timestamp = row
+    when = dt.datetime.fromisoformat(str(timestamp)).replace(tzinfo=dt.UTC)
+    fields = {"asset": {"name": name, "uri": uri, "extra": {}}, "timestamp": when}
+    recorded = AssetEventDagRunReferenceResult(
+        **fields,
+        extra=json.loads(extra),
+        source_dag_id=dag_id,
+        source_task_id=task_id,
+        source_run_id=run_id,
+        source_map_index=map_index,
+        source_aliases=[{"name": "relcert_approvals"}],
+    )
+    posted = AssetEventDagRunReferenceResult(
+        **fields,
+        extra={**json.loads(extra), "from_rest_api": True},
+        source_dag_id=None,
+        source_task_id=None,
+        source_run_id=None,
+        source_map_index=None,
+        source_aliases=[],
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RELCERT_ARTIFACTS", env["RELCERT_ARTIFACTS"])
+        [verified] = verify_approvals([recorded])
+        with pytest.raises(AirflowFailException) as refused:
+            verify_approvals([posted])
+    return verified, str(refused.value)
 
 
 def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) -> None:
@@ -93,12 +134,17 @@ def test_an_approved_run_writes_report_and_package(airflow_env: dict[str, str]) 
     airflow = _metadata(airflow_env, result.stdout)
     assert airflow["state"] == "success" and airflow["decision"] == "success"
     assert airflow["note"].startswith("APPROVED (readiness 1.00)\n- All ")
-    [(uri, extra)] = airflow["events"]
+    [(uri, extra, row)] = airflow["events"]
     assert uri == f"relcert://{DAG_ID}/quality_predictor+routing_classifier"
     assert Path(extra["package"]) == package and extra["decision"] == "APPROVED"
     assert extra["package_sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
     assert extra["models"] == {m["name"]: m["version"] for m in report["models"]}
     assert Path(extra["report_json"]) == run_dir / "report.json"
+    # the event as Airflow recorded it passes the deployment DAG's checks; the same extra
+    # posted through the REST API does not
+    verified, refusal = _verify_recorded(airflow_env, row)
+    assert verified["package"] == str(package) and verified["decision"] == "APPROVED"
+    assert "posted through the REST API" in refusal
 
 
 def test_an_impossible_target_gives_not_approved_and_no_package(

@@ -33,6 +33,10 @@ class _Engine:
         )
         return future
 
+    def predict_many(self, model_name: str, rows, **_):
+        self.batches = getattr(self, "batches", 0) + 1
+        return asyncio.gather(*(self.predict(model_name, x) for x in rows))
+
 
 async def _users(control: AdmissionControl, users: int, per_user: int) -> list:
     async def user() -> list:
@@ -139,3 +143,63 @@ def test_a_cancelled_request_frees_its_slot_and_cancels_the_engine_request() -> 
 def test_invalid_settings_name_the_field(values: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionSettings.from_dict(values)
+
+
+def test_a_request_of_several_rows_is_admitted_or_refused_whole() -> None:
+    settings = AdmissionSettings(max_concurrency=8, min_concurrency=8, max_waiting=0)
+
+    async def scenario():
+        engine = _Engine(0.05)
+        control = AdmissionControl(engine, settings, largest_request=8)
+        singles = [control.predict("m", 1.0) for _ in range(5)]
+        refused = await control.predict_many("m", [2.0] * 4)  # 3 slots free: none is taken
+        in_flight = control.limiter.get_stats().in_flight
+        await asyncio.gather(*singles)
+        admitted = await control.predict_many("m", [3.0] * 8)  # idle: all 8 at once
+        return engine, refused, in_flight, admitted, control.get_stats()
+
+    engine, refused, in_flight, admitted, stats = asyncio.run(scenario())
+    assert len(refused) == 4 and all(r.rejected for r in refused)
+    assert "admission rejected: 5 jobs in flight (limit 8)" in refused[0].error
+    assert "this request of 4 rows needs 4 slots" in refused[0].error
+    assert in_flight == 5 and engine.batches == 1  # the refused rows never reached it
+    assert [r.output for r in admitted] == [3.0] * 8
+    assert stats.in_flight == 0 and stats.rejected == 1 and stats.admitted == 6
+
+
+def test_a_waiting_request_of_several_rows_takes_its_slots_at_once_in_turn() -> None:
+    settings = AdmissionSettings(
+        max_concurrency=8, min_concurrency=8, max_waiting=4, queue_timeout_ms=2000.0
+    )
+
+    async def scenario():
+        control = AdmissionControl(_Engine(0.05), settings, largest_request=8)
+        singles = [control.predict("m", 1.0) for _ in range(6)]
+        large = control.predict_many("m", [2.0] * 6)  # waits for 6 slots
+        await asyncio.sleep(0)
+        behind = control.predict("m", 3.0)  # first come, first served: waits behind it
+        await asyncio.sleep(0.01)
+        waiting = control.limiter.get_stats().waiting
+        results = await asyncio.gather(*singles, large, behind)
+        return waiting, results, control.get_stats()
+
+    waiting, results, stats = asyncio.run(scenario())
+    assert waiting == 2
+    *singles, large, behind = results
+    assert all(r.success for r in singles) and behind.success
+    assert [r.output for r in large] == [2.0] * 6
+    assert stats.in_flight == 0 and stats.timed_out == 0 and stats.peak_in_flight <= 8
+
+
+def test_the_limit_never_falls_below_the_largest_request() -> None:
+    settings = AdmissionSettings(max_concurrency=64, min_concurrency=2, adjust_every=5)
+
+    async def scenario():
+        control = AdmissionControl(_Engine(0.001), settings, largest_request=20)
+        await _users(control, 1, 40)  # low demand: the limit halves toward its floor
+        limit = control.limiter.limit
+        return limit, await control.predict_many("m", [1.0] * 20), control.get_stats()
+
+    limit, results, stats = asyncio.run(scenario())
+    assert limit == 20 and stats.min_workers == 20 and stats.scale_downs >= 1
+    assert all(r.success for r in results)

@@ -165,3 +165,34 @@ def test_bad_requests_fail_alone_naming_the_input(
     assert not bad.success and bad.error_type == "InvalidInputError"
     assert expected in bad.error, bad.error
     assert good.success  # its batch-mate is answered
+
+
+def test_a_token_past_the_vocabulary_is_its_requests_error_not_the_models(
+    text_models: Path, tmp_path: Path
+) -> None:
+    """Without a declared range the engine cannot refuse an id past the embedding table:
+    the runtime raises on it, and fault isolation (its probe: one row of valid values)
+    fails that request alone, never counting it against the model."""
+    folder = tmp_path / "models"
+    shutil.copytree(text_models, folder)
+    info_path = folder / "model_info.json"
+    info = json.loads(info_path.read_text())
+    del info["bag_graph"]["inputs"][0]["range"]
+    info_path.write_text(json.dumps(info))
+    manager = ProductionModelManager(folder)
+    assert manager.load_model("bag_graph_onnx"), manager.load_errors
+
+    async def run() -> list:
+        engine = ProductionInferenceEngine(manager)
+        rows = [np.array([1, 2, 3]), np.array([4, VOCAB + 50, 6]), np.array([7, 8, 9])]
+        results = list(await asyncio.gather(*(engine.predict("bag_graph", r) for r in rows)))
+        # alone, nothing else tells the engine the model is healthy: it probes
+        alone = await engine.predict("bag_graph", np.array([VOCAB + 1]))
+        return [*results, alone, engine.get_stats()]
+
+    good, bad, other, alone, stats = asyncio.run(run())
+    assert good.success and other.success
+    for failed in (bad, alone):
+        assert not failed.success and failed.error_type == "InputRuntimeError", failed.error
+    assert stats["probes"] == 1 and stats["input_runtime_errors"] == 2
+    assert stats["recoveries"] == 0

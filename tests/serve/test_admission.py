@@ -135,3 +135,86 @@ def test_invalid_admission_values_name_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=rf"^{var}.*{phrase}"):
         ServeSettings.from_env({"MODEL_DIR": str(built_models), var: value})
+
+
+def _v2_body(rows: int) -> bytes:
+    tensor = {"name": "features", "shape": [rows, 10], "datatype": "FP32"}
+    return json.dumps({"inputs": [{**tensor, "data": [[0.5] * 10] * rows}]}).encode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    return next(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+V2_QUALITY = "/v2/models/quality_predictor/infer"
+
+
+def test_a_large_request_is_admitted_on_an_idle_server_after_a_quiet_spell(
+    built_models: Path, tmp_path: Path
+) -> None:
+    # Issue 24: low demand halves the limit toward its floor; a request is counted by its
+    # rows against a limit that never falls below the most rows a request may carry.
+    async def scenario(port: int) -> tuple[list, object, str]:
+        async with HttpLoadClient("127.0.0.1", port, connections=2) as client:
+            singles = [await client.post_json(QUALITY_PATH, BODY) for _ in range(260)]
+            quiet = (await client.get("/metrics")).body.decode()
+            large = await client.post_json(V2_QUALITY, _v2_body(200))
+            return singles, large, quiet
+
+    env = {"CACHE_ENTRIES": "0", "MAX_BODY_BYTES": "131072"}
+    with running_server(built_models, tmp_path, env) as server:
+        singles, large, quiet = asyncio.run(scenario(server.port))
+    assert {r.status for r in singles} == {200}
+    assert _sample(quiet, "relcert_admission_limit") < 1024  # it fell with the low demand
+    assert large.status == 200, large.body[:300]
+    assert large.json()["outputs"][0]["shape"] == [200, 1]
+    assert _sample(quiet, "relcert_admission_limit_min") == 256  # MAX_REQUEST_ROWS' default
+
+
+def test_a_request_is_admitted_or_refused_whole_and_a_refusal_costs_no_computation(
+    built_models: Path, tmp_path: Path
+) -> None:
+    env = {
+        "ADMISSION_MAX_CONCURRENCY": "16",
+        "ADMISSION_MIN_CONCURRENCY": "16",
+        "BATCH_TIMEOUT_MS": "1000",  # the singles wait in the engine for company
+        "CACHE_ENTRIES": "0",
+    }
+
+    async def in_flight(client: HttpLoadClient, wanted: int) -> None:
+        for _ in range(400):
+            text = (await client.get("/metrics")).body.decode()
+            if _sample(text, "relcert_admission_in_flight") >= wanted:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"the singles never reached the engine: {text[-2000:]}")
+
+    async def scenario(port: int) -> dict:
+        async with HttpLoadClient("127.0.0.1", port, connections=14) as client:
+            singles = [client.post_json(QUALITY_PATH, BODY) for _ in range(10)]
+            await in_flight(client, 10)
+            refused = await client.post_json(V2_QUALITY, _v2_body(10))  # 6 slots are free
+            singles = await asyncio.wait_for(asyncio.gather(*singles), 30)
+            after = (await client.get("/metrics")).body.decode()
+            whole = await client.post_json(V2_QUALITY, _v2_body(10))  # idle: admitted whole
+            too_many = await client.post_json(V2_QUALITY, _v2_body(17))
+            return locals()
+
+    with running_server(built_models, tmp_path, env) as server:
+        seen = asyncio.run(scenario(server.port))
+    assert [r.status for r in seen["singles"]] == [200] * 10
+    refused = seen["refused"]
+    assert refused.status == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"].startswith("admission rejected: 10 jobs in flight (limit 16)")
+    # nothing of the refused request was computed: the engine answered the 10 singles only
+    assert _sample(seen["after"], "relcert_requests_total", outcome="success") == 10
+    assert _sample(seen["after"], "relcert_admission_rejected_total") == 1
+    assert seen["whole"].status == 200, seen["whole"].body[:300]
+    too_many = seen["too_many"]
+    assert too_many.status == 400
+    assert "17 rows, more than the 16 a request may carry" in too_many.json()["error"]

@@ -1,12 +1,15 @@
-"""A model that fails: NaN outputs are the request's 422, runtime faults a 500 without internals."""
+"""A model that fails: NaN outputs and values its runtime raises on are the request's 422; a
+runtime that raises on everything is a 500 without internals, and the model is reloaded."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path
 
+from tests.fault_models import BREAK_VALUE, breakable_model
 from tests.serve.conftest import QUALITY_PATH, running_server
 
 
@@ -115,17 +118,53 @@ def _raising_model(folder: Path) -> Path:
     return folder
 
 
-def test_a_runtime_fault_is_500_without_exception_text(tmp_path: Path) -> None:
+def test_values_the_runtime_raises_on_are_422_without_exception_text(tmp_path: Path) -> None:
+    # the runtime raises on these values only, and answers others: the request's error
     models = _raising_model(tmp_path / "models")
-    server = running_server(models, tmp_path, {"CACHE_ENTRIES": "0"}, fmt="torchscript")
+    env = {"CACHE_ENTRIES": "0", "RECOVERY_FAILURE_THRESHOLD": "2", "RECOVERY_COOLDOWN_S": "0"}
+    server = running_server(models, tmp_path, env, fmt="torchscript")
     with server as srv, srv.client() as client:
-        failed = client.post(QUALITY_PATH, json={"features": [1000.0] + [0.5] * 9})
+        failed = [
+            client.post(QUALITY_PATH, json={"features": [1000.0] + [0.5] * 9}) for _ in range(4)
+        ]
         ok = client.post(QUALITY_PATH, json={"features": [0.5] * 10})
-        log = srv.log()
+        metrics = client.get("/metrics").text
     assert ok.status_code == 200, ok.text
-    assert failed.status_code == 500
-    detail = failed.json()["detail"]
+    assert [r.status_code for r in failed] == [422] * 4
+    detail = failed[0].json()["detail"]
+    assert detail.startswith("features: quality_predictor cannot compute these values"), detail
+    for leak in ("SECRET-INTERNAL-DETAIL", "RuntimeError", ".py", "Traceback", "/srv/"):
+        assert leak not in failed[0].text, failed[0].text
+    assert _metric(metrics, 'relcert_recoveries_total{kind="model_reload"}') == 0
+    assert _metric(metrics, "relcert_engine_input_runtime_errors_total") == 4
+
+
+def test_a_model_fault_is_500_without_exception_text_and_reloads_the_model(
+    tmp_path: Path,
+) -> None:
+    # after BREAK_VALUE the runtime raises on every input: the model's fault, not the client's
+    models = breakable_model(tmp_path / "models")
+    env = {"CACHE_ENTRIES": "0", "RECOVERY_FAILURE_THRESHOLD": "2", "RECOVERY_COOLDOWN_S": "0"}
+    server = running_server(models, tmp_path, env, fmt="torchscript")
+    good = {"features": [0.5] * 10}
+    with server as srv, srv.client() as client:
+        before = client.post(QUALITY_PATH, json=good)
+        broke = client.post(QUALITY_PATH, json={"features": [BREAK_VALUE] + [0.5] * 9})
+        faulted = client.post(QUALITY_PATH, json=good)  # the second fault: reload
+        deadline = time.monotonic() + 20.0
+        healed = client.post(QUALITY_PATH, json=good)
+        while healed.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            healed = client.post(QUALITY_PATH, json=good)
+        metrics = client.get("/metrics").text
+        log = srv.log()
+    assert before.status_code == 200, before.text
+    assert (broke.status_code, faulted.status_code) == (500, 500)
+    detail = faulted.json()["detail"]
     assert "quality_predictor" in detail and "inference failed" in detail
     for leak in ("SECRET-INTERNAL-DETAIL", "RuntimeError", ".py", "Traceback", "/srv/"):
-        assert leak not in failed.text, failed.text
+        assert leak not in faulted.text, faulted.text
     assert "SECRET-INTERNAL-DETAIL" in log  # the operator still gets the reason
+    assert healed.status_code == 200, healed.text  # reloaded from its verified file
+    assert _metric(metrics, 'relcert_recoveries_total{kind="model_reload"}') == 1
+    assert _metric(metrics, "relcert_engine_input_runtime_errors_total") == 0

@@ -93,3 +93,21 @@ def test_cli_wiring_parses_and_refuses_a_bad_model_dir(tmp_path: Path, capsys) -
     assert (args.command, args.host, args.port, args.workers) == ("serve", "127.0.0.1", 0, 1)
     assert run(args) == 2  # no uvicorn started: the settings error comes first
     assert "MODEL_DIR" in capsys.readouterr().err
+
+
+def test_the_validation_token_may_come_on_stdin_with_one_worker(
+    built_models: Path, capsys, monkeypatch
+) -> None:
+    import io
+
+    parser = argparse.ArgumentParser(prog="relcert")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    base = ["serve", "--model-dir", str(built_models), "--port", "0", "--validate-token-stdin"]
+    assert run(parser.parse_args([*base, "--workers", "2"])) == 2
+    assert "--validate-token-stdin needs --workers 1" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert run(parser.parse_args(base)) == 2
+    assert "expected the token on the first line of stdin" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))  # validated like the variable
+    assert run(parser.parse_args(base)) == 2
+    assert "VALIDATE_TOKEN: expected at least 16" in capsys.readouterr().err

@@ -58,6 +58,27 @@ def test_int64_inputs_take_integers_and_refuse_fractions() -> None:
     assert "INT64" in _error(signature, {"inputs": [huge]})
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(1e20, "1e+20"), (2**63, "9223372036854775808"), (-9.3e18, "-9.3e+18")],
+)
+def test_int64_values_out_of_range_are_refused_never_wrapped(value, shown) -> None:
+    signature = _signature([None, 3], "int64")
+    tensor = {"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, value, 6]}
+    detail = _error(signature, {"inputs": [tensor]})
+    assert detail == (
+        f"inputs[0].data: element 4 is {shown}, outside the INT64 range "
+        "[-9223372036854775808, 9223372036854775807]"
+    )
+
+
+def test_int64_json_data_decodes_exactly() -> None:
+    # a whole-number float beside a large integer must not turn the integer into a float
+    signature = _signature([None, 3], "int64")
+    tensor = {"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [2**53 + 1, 1.0, 2]}
+    assert _decode(signature, {"inputs": [tensor]}).rows.tolist() == [[2**53 + 1, 1, 2]]
+
+
 def test_binary_data_round_trips_any_dtype() -> None:
     for dtype in ("float32", "float64", "int64"):
         signature = _signature([None, 2, 2], dtype)

@@ -142,3 +142,51 @@ def test_every_model_is_validated_through_the_open_inference_protocol(
     summary = json.loads((run / "stages/infra/summary.json").read_text())
     assert summary["models"][PRECISE] == "torchscript" and summary["models"][IMAGE] == "onnx"
     assert not _alive(summary["server_pid"])
+
+
+def test_the_validation_token_reaches_the_service_on_stdin_not_in_its_environment(
+    built_models: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import secrets
+    import time
+
+    import httpx
+
+    from pipeline.stages.infra import ServerProcess
+
+    monkeypatch.setenv("VALIDATE_TOKEN", "inherited-token-must-not-pass-0123")
+    token = secrets.token_urlsafe(32)
+    server = ServerProcess(built_models, validate_token=token).start(tmp_path / "server.log")
+    try:
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            body = {"requests": 20, "duration_s": 1.0, "concurrency": 2}
+            refused = client.post("/api/v1/validate/performance", json=body)
+            inherited = client.post(
+                "/api/v1/validate/performance",
+                json=body,
+                headers={"authorization": "Bearer inherited-token-must-not-pass-0123"},
+            )
+            ran = client.post(
+                "/api/v1/validate/performance",
+                json=body,
+                headers={"authorization": f"Bearer {token}"},
+            )
+    finally:
+        server.stop()
+    # held in memory only: neither the environment nor the command line of the service has it
+    assert token.encode() not in environ and b"VALIDATE_TOKEN" not in environ
+    assert token.encode() not in cmdline
+    assert (refused.status_code, inherited.status_code) == (401, 401)
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["requests"] > 0
+    assert token not in (tmp_path / "server.log").read_text()
