@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipeline.build.config_tensors import SINGLE_TENSOR_KEYS, TENSOR_KEYS, tensor_form
 from pipeline.build.errors import BuildError
 from pipeline.build.types import MODEL_TYPES
 
@@ -64,19 +65,14 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 _COMMON_KEYS = {"name", "version", "description", "sla", "targets"}
 _BUILT_KEYS = _COMMON_KEYS | {"builder"}
-#: the single-tensor form's keys (one input, one output)
-_SINGLE_TENSOR_KEYS = {"input_shape", "input_dtype", "input_name", "output_name"}
-#: the tensor form's keys (named inputs and outputs)
-_TENSOR_KEYS = {"inputs", "outputs", "dims"}
 _IMPORTED_KEYS = (
     _COMMON_KEYS
-    | _SINGLE_TENSOR_KEYS
-    | _TENSOR_KEYS
+    | SINGLE_TENSOR_KEYS
+    | TENSOR_KEYS
     | {"path", "format", "sha256", "reference", "model_type", "feature_names", "class_names"}
 )
 _REFERENCE_KEYS = {"inputs", "outputs", "atol", "output"}
 _SLA_KEYS = {"metric", "threshold", "k", "evaluation", "output"}
-_INPUT_KEYS = {"name", "shape", "dtype", "range"}
 HOLDOUT = "holdout"
 
 
@@ -311,124 +307,6 @@ def _own_targets(where: str, value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _input_spec(where: str, index: int, value: Any) -> TensorSpec:
-    """One entry of `inputs`: {name, shape, dtype, range}."""
-    from pipeline.inference.signature import BATCH, SERVED_DTYPES, TensorSpec
-
-    at = f"inputs[{index}]"
-    if not isinstance(value, Mapping):
-        raise _fail(where, f"{at} must be a mapping with name, shape, dtype, got {value!r}")
-    unknown = sorted(set(map(str, value)) - _INPUT_KEYS)
-    if unknown:
-        raise _fail(
-            where,
-            f"{at} has unknown key(s) {', '.join(map(repr, unknown))} "
-            f"(allowed: {', '.join(sorted(_INPUT_KEYS))})",
-        )
-    name = _string(where, f"{at}.name", value.get("name"))
-    shape = value.get("shape")
-    ok = isinstance(shape, list) and len(shape) >= 1
-    ok = ok and (shape[0] in (None, BATCH, 1))
-    ok = ok and all(
-        d is None or _positive_int(d) or (isinstance(d, str) and _NAME_RE.match(d) and d != BATCH)
-        for d in shape[1:]
-    )
-    if not ok:
-        raise _fail(
-            where,
-            f"{at}.shape of input {name!r} must be a list starting with the batch dimension "
-            f"(batch, null or 1) followed by positive ints (fixed) or names (dynamic, e.g. "
-            f"seq), got {shape!r}",
-        )
-    dtype = value.get("dtype", "float32")
-    if dtype not in SERVED_DTYPES:
-        raise _fail(
-            where,
-            f"{at}.dtype of input {name!r} must be one of {', '.join(SERVED_DTYPES)}, got "
-            f"{dtype!r}",
-        )
-    bounds = value.get("range")
-    if bounds is not None:
-        numbers = isinstance(bounds, list) and len(bounds) == 2
-        numbers = numbers and all(
-            isinstance(b, int | float) and not isinstance(b, bool) and abs(b) < float("inf")
-            for b in bounds
-        )
-        if not numbers or not bounds[0] < bounds[1]:
-            raise _fail(
-                where,
-                f"{at}.range of input {name!r} must be [low, high] with low < high (integers "
-                f"in [low, high), floats in [low, high]), got {bounds!r}",
-            )
-        if dtype == "int64" and not all(float(b).is_integer() for b in bounds):
-            raise _fail(where, f"{at}.range of int64 input {name!r} must be ints, got {bounds!r}")
-    dims = tuple(None if i == 0 and d == BATCH else d for i, d in enumerate(shape))
-    return TensorSpec(
-        name, dims, dtype, None if bounds is None else (float(bounds[0]), float(bounds[1]))
-    )
-
-
-def _tensor_form(
-    where: str, raw: Mapping[str, Any]
-) -> tuple[tuple[TensorSpec, ...] | None, tuple[str, ...] | None, tuple]:
-    """`inputs`, `outputs` and `dims` of an imported model (the tensor form)."""
-    from pipeline.inference.signature import EVALUATION
-
-    mixed = sorted(_SINGLE_TENSOR_KEYS & set(raw))
-    if mixed and set(raw) & _TENSOR_KEYS:
-        raise _fail(
-            where,
-            f"{', '.join(mixed)} belong to the single-tensor form; with inputs/outputs/dims "
-            "give each tensor's name, shape and dtype in `inputs` instead",
-        )
-    inputs = None
-    if raw.get("inputs") is not None:
-        if not isinstance(raw["inputs"], list) or not raw["inputs"]:
-            raise _fail(where, f"inputs must be a non-empty list, got {raw['inputs']!r}")
-        inputs = tuple(_input_spec(where, i, v) for i, v in enumerate(raw["inputs"]))
-        names = [t.name for t in inputs]
-        if len(set(names)) != len(names):
-            raise _fail(where, f"inputs must not repeat a name, got {names}")
-        batches = {t.shape[0] for t in inputs}
-        if len(batches) > 1:
-            raise _fail(where, "every input must have the same batch dimension (batch or 1)")
-    outputs = None
-    if raw.get("outputs") is not None:
-        outputs = _string_list(where, "outputs", raw["outputs"])
-        if not outputs:
-            raise _fail(where, "outputs must name at least one output")
-    dims: list[tuple[str, tuple[int, ...] | str]] = []
-    raw_dims = raw.get("dims")
-    if raw_dims is not None:
-        if not isinstance(raw_dims, Mapping):
-            raise _fail(where, f"dims must map dimension names to sizes, got {raw_dims!r}")
-        known = {d for t in inputs or () for d in t.shape[1:] if isinstance(d, str)}
-        for dim, sizes in raw_dims.items():
-            if inputs is not None and dim not in known:
-                raise _fail(
-                    where,
-                    f"dims: {dim!r} is not a dynamic dimension of any input (named: "
-                    f"{', '.join(sorted(known)) or 'none'})",
-                )
-            if sizes == EVALUATION:
-                dims.append((str(dim), EVALUATION))
-                continue
-            if not (isinstance(sizes, list) and sizes and all(map(_positive_int, sizes))):
-                raise _fail(
-                    where,
-                    f"dims.{dim} must be a list of positive sizes (e.g. [16, 32, 64]) or "
-                    f"'{EVALUATION}', got {sizes!r}",
-                )
-            dims.append((str(dim), tuple(sorted(set(sizes)))))
-        if inputs is None:
-            raise _fail(where, "dims needs `inputs` naming the dynamic dimensions")
-    return inputs, outputs, tuple(dims)
-
-
 def _format(where: str, fmt: Any, path: Path) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
@@ -501,7 +379,7 @@ def _entry(index: int, raw: Any, models_file: Path) -> ModelSpec:
 
     path = _resolve(base, raw["path"], where, "path")
     fmt = _format(where, raw.get("format"), path)
-    inputs, outputs, dims = _tensor_form(where, raw)
+    inputs, outputs, dims = tensor_form(where, raw)
     input_shape = _shape(where, raw.get("input_shape"))
     if fmt == "torchscript" and input_shape is None and inputs is None:
         raise _fail(
