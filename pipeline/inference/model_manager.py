@@ -79,6 +79,12 @@ class ModelInfo(RecordMixin):
         """Served through named tensors (see the module docstring), not one array."""
         return self.signature is not None and not self.signature.classic
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the signature as model_info.json's tensor form."""
+        record = super().to_dict()
+        record["signature"] = None if self.signature is None else self.signature.to_entry()
+        return record
+
     @property
     def fixed_batch_size(self) -> int | None:
         """The model's fixed batch size, or None when the batch dimension is dynamic."""
