@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.airflow
+
 PROJECT = Path(__file__).resolve().parents[2]
 DAG_FILE = PROJECT / "dags" / "model_release_certification.py"
 DAG_ID = "model_release_certification"

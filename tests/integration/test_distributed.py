@@ -38,10 +38,13 @@ from tests.integration.airflow_cluster import (
     redis_available,
 )
 
-pytestmark = pytest.mark.skipif(
-    not (postgres_available() and redis_available()),
-    reason="needs PostgreSQL on :5432 and Redis on :6379",
-)
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(
+        not (postgres_available() and redis_available()),
+        reason="needs PostgreSQL on :5432 and Redis on :6379",
+    ),
+]
 
 CHROMIUM = shutil.which("chromium")
 REASON = "browser-triggered certification"
