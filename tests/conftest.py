@@ -50,7 +50,8 @@ def category(item: pytest.Item) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse a test without a category, or with two at one level (say, a module's
     `pytestmark` naming two); put the measuring ones, and every test that uses the shared
-    certified run (made by measuring), in one xdist group."""
+    certified run (made by measuring), in one xdist group, and every other module's tests in
+    a group of their own."""
     wrong = []
     for item in items:
         levels: dict[int, set[str]] = {}
@@ -62,6 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong.append(f"{item.nodeid}: {found}")
         elif category(item) in MEASURING or "staged_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("measure"))
+        else:  # a module's tests stay on one worker: its module fixtures are made once
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     if wrong:
         raise pytest.UsageError(
             f"each test needs one category marker of {sorted(CATEGORIES)} "
