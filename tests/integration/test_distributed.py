@@ -227,7 +227,7 @@ def test_a_worker_killed_mid_run_the_run_still_finishes_with_whole_artifacts(tri
     assert report["conf"]["reason"] == REASON
 
 
-def test_schedule_backfill_and_ui_runs_certify_across_both_workers(triggered) -> None:
+def test_schedule_and_backfill_runs_certify_across_both_workers(triggered) -> None:
     cluster = triggered
     runs = cluster.wait_for_runs(RUNS, timeout_s=900)
     assert len(runs) == RUNS and [r["state"] for r in runs] == ["success"] * RUNS, runs
