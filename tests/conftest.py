@@ -33,8 +33,38 @@ CATEGORIES = {
     "airflow": "needs Airflow itself (DAG parsing, a metadata DB, its API server or UI)",
     "system": "needs a service or tool outside the venv (PostgreSQL, Redis, podman, Chromium)",
 }
-#: categories whose tests measure speed: one at a time (one xdist group)
+#: categories whose tests measure speed: one at a time (one xdist group); a test of another
+#: category that measures (a whole run on a Celery cluster, say) joins the group explicitly
+#: (`pytest.mark.xdist_group(MEASURE_GROUP)`)
 MEASURING = ("stage", "e2e")
+MEASURE_GROUP = "measure"
+#: the nice value of the other tests while a measuring test may run beside them (on another
+#: xdist worker): they take the CPU the measurement leaves idle
+NICE_OTHERS = 10
+
+
+def measuring(item: pytest.Item) -> bool:
+    group = item.get_closest_marker("xdist_group")
+    return (
+        category(item) in MEASURING
+        or "staged_run" in getattr(item, "fixturenames", ())  # made by measuring
+        or (group is not None and group.args[:1] == (MEASURE_GROUP,))
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under xdist, a measuring test runs at normal priority and any other at NICE_OTHERS,
+    so the other worker's unit tests do not take cores from a measurement (lowering the
+    nice value again needs CAP_SYS_NICE: without it the worker keeps its first value)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    want = 0 if measuring(item) else NICE_OTHERS
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != want:
+            os.setpriority(os.PRIO_PROCESS, 0, want)
+    except PermissionError:
+        pass
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,6 +77,7 @@ def category(item: pytest.Item) -> str | None:
     return next((m.name for m in item.iter_markers() if m.name in CATEGORIES), None)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Refuse a test without a category, or with two at one level (say, a module's
     `pytestmark` naming two); put the measuring ones, and every test that uses the shared
@@ -61,9 +92,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not levels or any(len(names) > 1 for names in levels.values()):
             found = sorted(set().union(*levels.values())) if levels else "no category"
             wrong.append(f"{item.nodeid}: {found}")
-        elif category(item) in MEASURING or "staged_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("measure"))
-        else:  # a module's tests stay on one worker: its module fixtures are made once
+        elif measuring(item):
+            item.add_marker(pytest.mark.xdist_group(MEASURE_GROUP))
+        elif item.get_closest_marker("xdist_group") is None:
+            # a module's tests stay on one worker: its module fixtures are made once
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     if wrong:
         raise pytest.UsageError(

@@ -41,6 +41,7 @@ from tests.integration.airflow_cluster import (
 
 pytestmark = [
     pytest.mark.system,
+    pytest.mark.xdist_group("measure"),  # its runs measure (and must pass their gates)
     pytest.mark.skipif(
         not (postgres_available() and redis_available()),
         reason="needs PostgreSQL on :5432 and Redis on :6379",
