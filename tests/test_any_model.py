@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.stages.registry import STAGE_NAMES
 from tests.quick_profile import quick_profiles
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.e2e
+
 
 SNAPSHOT = "2026-01-15"
 ALL_STAGES = STAGE_NAMES  # every stage the DAG runs
@@ -181,7 +183,9 @@ def _assert_certified_on_its_own(report: dict, model: str) -> None:
     assert report["decision"] == "APPROVED", report["reasons"]
 
 
-def test_a_third_party_model_is_approved_through_the_dag(user: Path, tmp_path: Path) -> None:
+def test_a_third_party_model_is_approved_through_the_dag(
+    user: Path, tmp_path: Path, airflow_home: Path
+) -> None:
     models_file = _models_file(
         user,
         "third_party",
@@ -196,7 +200,7 @@ def test_a_third_party_model_is_approved_through_the_dag(user: Path, tmp_path: P
         env = {
             **os.environ,
             "RELCERT_ARTIFACTS": str(tmp_path / "artifacts"),
-            "RELCERT_AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "RELCERT_AIRFLOW_HOME": str(airflow_home),
             "RELCERT_MODELS_DIRS": str(user),
             "RELCERT_PROFILES_FILE": str(profiles),
         }

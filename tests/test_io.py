@@ -17,6 +17,8 @@ import pytest
 from pipeline._io import atomic_write_text
 from pipeline.storage import ArtifactStore
 
+pytestmark = pytest.mark.unit
+
 
 class Journal:
     """The file system calls made while it is installed: (call, path) in order."""

@@ -9,6 +9,8 @@ import pytest
 
 from pipeline.orchestrate import prepare_run, run_profile
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("run_type", "conf", "params", "expected"),

@@ -11,6 +11,8 @@ import yaml
 from pipeline.names import PROFILE_NAMES
 from pipeline.profiles import PROJECT_PROFILES_FILE, Profile, ProfileError, load_profile
 
+pytestmark = pytest.mark.unit
+
 
 def test_every_setting_has_its_one_default_in_the_project_file() -> None:
     defaults = yaml.safe_load(PROJECT_PROFILES_FILE.read_text())["defaults"]

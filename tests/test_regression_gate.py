@@ -20,13 +20,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from pipeline.build.export import export_onnx
 from tests.quick_profile import quick_profiles
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.e2e
 
-from pipeline.build.export import export_onnx  # noqa: E402  (needs torch)
 
 DAG = "model_release_certification"
 STAGES = ("build", "integration", "load", "stress", "infra", "certify", "regression")

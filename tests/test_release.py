@@ -11,6 +11,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.targets import DEFAULT_TARGETS_FILE
 
+pytestmark = pytest.mark.e2e
+
 
 def test_stage_by_stage_to_the_same_package_as_the_dag_task(
     certified_run: Path, capsys: pytest.CaptureFixture[str]

@@ -14,6 +14,8 @@ import yaml
 from pipeline.package import ManifestValidationError
 from pipeline.scaleout import DEFAULTS, OUTPUTS, render_k8s, validate_k8s
 
+pytestmark = pytest.mark.unit
+
 CUSTOM = {
     "image": "registry.example.com/relcert/airflow:3.3.2-r7",
     "namespace": "certify",

@@ -28,6 +28,8 @@ from pipeline.storage import (
     workspace,
 )
 
+pytestmark = pytest.mark.unit
+
 PROJECT = Path(__file__).resolve().parent.parent
 DAG = "model_release_certification"
 
@@ -468,7 +470,7 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {rel for rel in before.keys() | after.keys() if before.get(rel) != after.get(rel)}
 
 
-@pytest.mark.slow
+@pytest.mark.stage
 def test_the_dags_tasks_on_a_non_local_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):

@@ -19,6 +19,8 @@ from pipeline.targets import (
     load_targets,
 )
 
+pytestmark = pytest.mark.unit
+
 P99 = {
     "name": "p99_latency_ms",
     "category": "latency",

@@ -10,6 +10,8 @@ import yaml
 
 from pipeline.orchestrate import ConfError, validate_conf
 
+pytestmark = pytest.mark.unit
+
 PROJECT = Path(__file__).resolve().parent.parent
 INCLUDE = PROJECT / "include"
 BUILT = {"name": "quality", "builder": "pipeline.build.examples:build_quality_predictor"}

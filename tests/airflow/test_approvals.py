@@ -31,6 +31,8 @@ from pipeline.airflow.outcomes import APPROVALS_ALIAS, approval_asset, approval_
 from pipeline.names import APPROVED, CONDITIONAL_APPROVAL, DAG_ID
 from tests.airflow.test_outcomes import MODELS, _context, _events, _package, _report
 
+pytestmark = pytest.mark.airflow
+
 RUN_ID = "manual__1"
 APPROVALS = approval_asset(DAG_ID, MODELS)
 

@@ -9,6 +9,8 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from pipeline.airflow.notifiers import NotifierConfigError, dag_callbacks
 
+pytestmark = pytest.mark.airflow
+
 SMTP = "airflow.providers.smtp.notifications.smtp.SmtpNotifier"
 KWARGS = '{"to": "ml-platform@example.com", "from_email": "airflow@example.com"}'
 

@@ -25,6 +25,8 @@ from pipeline.airflow.outcomes import (
 )
 from pipeline.names import APPROVED, CONDITIONAL_APPROVAL, DAG_ID, NOT_APPROVED
 
+pytestmark = pytest.mark.airflow
+
 PROJECT = Path(__file__).resolve().parents[2]
 MODELS = ["routing_classifier", "quality_predictor"]
 

@@ -12,7 +12,10 @@ import pytest
 from pipeline.build import BuildError, build_models, load_models_config, read_model_info
 
 # The .pt contract uses TorchScript on purpose; torch 2.13 marks torch.jit deprecated.
-pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning"),
+]
 
 SNAPSHOT = "2026-11-26"
 

@@ -24,6 +24,8 @@ from pipeline.build import (
     write_model_info,
 )
 
+pytestmark = pytest.mark.unit
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILT = {"name": "q", "builder": "pipeline.build.examples:build_quality_predictor"}
 

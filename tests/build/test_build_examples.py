@@ -20,7 +20,10 @@ from pipeline.build import (
 )
 
 # The .pt contract uses TorchScript on purpose; torch 2.13 marks torch.jit deprecated.
-pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning"),
+]
 
 SNAPSHOT = "2026-11-26"  # the dates the session builds use (see conftest.py)
 OTHER_SNAPSHOT = "2026-11-27"

@@ -19,6 +19,8 @@ from pipeline.build.errors import BuildError
 from pipeline.samples import read_samples
 from tests.text_models import SENTIMENT, VOCAB, bag_entry
 
+pytestmark = pytest.mark.unit
+
 SNAPSHOT = "2026-11-26"
 
 

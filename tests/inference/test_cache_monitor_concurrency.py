@@ -18,6 +18,8 @@ from pipeline.inference import (
 )
 from tests.inference.helpers import QUALITY, inputs, run
 
+pytestmark = pytest.mark.unit
+
 
 def test_cache_is_a_bounded_lru_with_a_measured_hit_rate() -> None:
     cache = ResultCache(max_entries=3)

@@ -21,6 +21,8 @@ from pipeline.inference import (
 )
 from tests.inference.helpers import QUALITY, ROUTING, inputs, run
 
+pytestmark = pytest.mark.unit
+
 FORMATS = ("torchscript", "onnx")
 
 
@@ -119,7 +121,8 @@ def test_output_is_the_same_alone_batched_and_cached(manager, fmt: str) -> None:
 
 
 def test_accepts_tensors_arrays_and_lists_with_or_without_batch_dim(manager) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     engine = make_engine(manager)
     row = inputs(1, 10)[0]
     forms = [
@@ -271,8 +274,9 @@ def test_reload_invalidates_the_cache(models_dir: Path, built_models_other_date:
 
 
 def test_fixed_batch_dimension_model_is_served_one_at_a_time(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
     import warnings
+
+    import torch
 
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5)

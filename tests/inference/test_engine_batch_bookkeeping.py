@@ -19,6 +19,8 @@ from pipeline.inference import (
 )
 from tests.inference.helpers import QUALITY, inputs, run
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def manager(built_models: Path) -> ProductionModelManager:

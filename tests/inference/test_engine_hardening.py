@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.inference import (
     EngineSettings,
@@ -18,7 +19,7 @@ from pipeline.inference import (
 )
 from tests.inference.helpers import QUALITY, inputs, run
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.unit
 
 
 def _torchscript_model(folder: Path, module: torch.nn.Module, features: int, outputs: int) -> str:

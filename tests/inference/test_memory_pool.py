@@ -15,6 +15,8 @@ from pipeline.inference import (
 )
 from tests.inference.helpers import QUALITY, ROUTING, inputs, run
 
+pytestmark = pytest.mark.unit
+
 
 def test_buffers_are_reused_and_counted() -> None:
     pool = MemoryPoolManager(max_pool_size_mb=10)
@@ -68,7 +70,8 @@ def test_release_of_a_foreign_buffer_is_refused_and_views_release_their_base() -
 
 
 def test_torch_tensors_share_pool_memory() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     pool = MemoryPoolManager(max_pool_size_mb=1)
     tensor = pool.allocate_tensor((4, 10), as_torch=True)
     assert isinstance(tensor, torch.Tensor)

@@ -13,6 +13,8 @@ import pytest
 from pipeline.inference import ModelNotLoadedError, ProductionModelManager
 from tests.inference.helpers import QUALITY, ROUTING
 
+pytestmark = pytest.mark.unit
+
 ALL_KEYS = [
     f"{QUALITY}_onnx",
     f"{QUALITY}_torchscript",
@@ -207,7 +209,7 @@ def test_unload_and_reload_pick_up_a_new_snapshot(
 
 
 def test_a_model_with_nan_outputs_is_refused_at_warm_up(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
 
     class Broken(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,8 @@ from pipeline.inference import (
 )
 from tests.text_models import SEQ_SIZES, VOCAB
 
+pytestmark = pytest.mark.unit
+
 
 def _ort(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort

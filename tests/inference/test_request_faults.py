@@ -20,7 +20,8 @@ from pipeline.inference import (
 from tests.fault_models import BAG, BREAK_VALUE, VOCAB, breakable_model, embedding_model
 from tests.inference.helpers import inputs, run
 
-pytest.importorskip("torch")
+pytestmark = pytest.mark.unit
+
 
 INT64_RANGE = "[-9223372036854775808, 9223372036854775807]"
 

@@ -17,6 +17,8 @@ import torch
 
 from pipeline.inference.runtimes import TorchScriptRuntime
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 
 # A fresh interpreter, as a service process: the event loop thread has already used torch's

@@ -10,6 +10,8 @@ import pytest
 
 from pipeline.inference import EngineSettings, ProductionInferenceEngine, ProductionModelManager
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_agree_everywhere(built_models: Path, tmp_path: Path) -> None:
     """Service, engine, package and engine host start from the same engine defaults."""

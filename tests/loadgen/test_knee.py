@@ -15,6 +15,8 @@ import pytest
 
 from pipeline.loadgen import LoadSummary, failure_cause, find_knee, find_max_sustained_rate
 
+pytestmark = pytest.mark.unit
+
 BOUND_MS = 20.0
 
 

@@ -16,6 +16,8 @@ from pipeline.loadgen import (
     summarize,
 )
 
+pytestmark = pytest.mark.stage
+
 
 def test_poisson_schedule_has_the_rate_and_is_seeded() -> None:
     offsets = poisson_schedule(2000, 5.0, seed=1)

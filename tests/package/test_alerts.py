@@ -25,6 +25,8 @@ from pipeline.targets import load_targets
 from tests.package.conftest import extract, make_run
 from tests.serve.conftest import QUALITY_PATH, missing_for_rules, running_server
 
+pytestmark = pytest.mark.system
+
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,

@@ -20,6 +20,8 @@ from pipeline.package.image import (
     build_image,
 )
 
+pytestmark = pytest.mark.unit
+
 TAG_ONLY = "docker.io/library/python:3.11-slim"
 PINNED = "registry.example/python@sha256:" + "ab" * 32
 

@@ -28,7 +28,7 @@ from pipeline.package.requirements import read_service_lock, service_lock_path
 from tests.package import container
 from tests.package.conftest import extract
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 VERSION = "1.0.20260115"
 TOP = f"relcert-service-{VERSION}"

@@ -28,6 +28,8 @@ from pipeline.package import (
 from pipeline.targets import load_targets
 from tests.package.conftest import extract, make_run, smoke_against_the_service
 
+pytestmark = pytest.mark.unit
+
 KUBERNETES_VERSION = "1.31.0"
 VERSION = "1.0.20260115"
 TOP = f"relcert-service-{VERSION}"
@@ -722,7 +724,8 @@ def test_smoke_script_is_standard_library_only(package) -> None:
 
 
 def test_the_service_accepts_the_packaged_configuration(package) -> None:
-    settings_module = pytest.importorskip("pipeline.serve.settings")
+    import pipeline.serve.settings as settings_module
+
     _, _, top = package
     env = _yaml(top, "kubernetes/configmap.yaml")["data"]
     settings = settings_module.ServeSettings.from_env(env, model_dir=str(top / "models"))
@@ -732,9 +735,7 @@ def test_the_service_accepts_the_packaged_configuration(package) -> None:
     assert settings.engine.cache_entries == int(env["CACHE_ENTRIES"])
 
 
-@pytest.mark.slow
 def test_smoke_script_passes_against_the_real_service(package) -> None:
-    pytest.importorskip("pipeline.serve.cli")
     _, _, top = package
     completed, errors = smoke_against_the_service(top)
     assert completed.returncode == 0, completed.stdout + errors

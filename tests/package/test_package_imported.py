@@ -17,6 +17,8 @@ from pipeline.package.settings import engine_settings_for_run
 from tests.imported_models import IMAGE, IMAGE_VERSION, PRECISE
 from tests.package.conftest import extract, make_run, smoke_against_the_service
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def package(mixed_models: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -65,7 +67,6 @@ def test_golden_requests_cover_every_model_through_the_protocol(package) -> None
     assert named == {"quality_predictor", "routing_classifier"}
 
 
-@pytest.mark.slow
 def test_smoke_script_passes_against_the_real_service(package) -> None:
     _, _, top = package
     completed, errors = smoke_against_the_service(top, wait_s=60)

@@ -26,8 +26,8 @@ import pytest
 from pipeline._proc import stop_process_group
 from tests.plugins.conftest import DAG_ID, PLUGINS, SECRET, FakeTree, build_tree, report_marker
 
-# ~25 s on the 2-core CI machine (db migrate + server start-up ~15 s): under the 30 s that
-# would earn the `slow` marker.
+pytestmark = pytest.mark.airflow
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 STARTUP_TIMEOUT = 90.0
 PASSWORDS = {"admin": "admin-pw-4f1c", "viewer": "viewer-pw-9b2e"}
@@ -89,15 +89,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("airflow-home")
+def server(tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path) -> Iterator[Server]:
+    from tests.conftest import copy_airflow_home
+
+    home = copy_airflow_home(migrated_airflow_db, tmp_path_factory.mktemp("airflow-home"))
     (home / "dags").mkdir()
     tree = build_tree(home / "relcert")
     env = _env(home, tree.root)
-    migrate = subprocess.run(
-        [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
     (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps(PASSWORDS))
 
     port = _free_port()

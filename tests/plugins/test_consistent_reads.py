@@ -22,6 +22,8 @@ with warnings.catch_warnings():
 
 from relcert_ui import artifacts, web
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def client(fake_tree: FakeTree) -> TestClient:

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.plugins.conftest import PLUGINS, PROJECT
+
+pytestmark = pytest.mark.airflow
 
 
 def test_plugin_declaration():

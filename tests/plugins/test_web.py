@@ -21,6 +21,8 @@ with warnings.catch_warnings():
 # plugins/ is put on sys.path by conftest, as Airflow does for the plugins folder
 from relcert_ui import artifacts, web
 
+pytestmark = pytest.mark.unit
+
 USER = SimpleNamespace(get_name=lambda: "tester")
 
 

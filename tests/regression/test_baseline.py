@@ -30,6 +30,8 @@ from pipeline.regression.baseline import (
 )
 from pipeline.storage import ArtifactStore
 
+pytestmark = pytest.mark.unit
+
 CPU = "AMD EPYC 7B13"
 MODELS = {"routing": "20260101.1", "quality_predictor": "20260101.1"}
 

@@ -17,6 +17,8 @@ from pipeline.regression.config import (
 )
 from pipeline.targets import DEFAULT_TARGETS_FILE, TargetsError
 
+pytestmark = pytest.mark.unit
+
 TARGETS_TEXT = "version: 1\ntargets: []\n"
 
 

@@ -16,6 +16,8 @@ from pipeline.regression.stats import (
     sample_statistic,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def latency_ms(rng: np.random.Generator, n: int, scale: float = 1.0) -> np.ndarray:
     """Shaped like real request latency: a lognormal body and a 2% slow tail."""

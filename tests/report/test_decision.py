@@ -15,6 +15,8 @@ from pipeline.report.decision import (
 )
 from pipeline.report.risks import derive_risks, headroom, is_marginal, recommendations
 
+pytestmark = pytest.mark.unit
+
 ALL_STAGES = ("build", "integration", "load", "stress", "infra", "certify")
 GATE: dict[str, str] = {}
 

@@ -16,6 +16,8 @@ from pipeline.serve.client import HttpLoadClient
 from pipeline.serve.settings import ServeSettings, SettingsError
 from tests.serve.conftest import QUALITY_PATH, Server, running_server
 
+pytestmark = pytest.mark.unit
+
 BODY = json.dumps({"features": [0.5] * 10}).encode()
 
 

@@ -10,6 +10,8 @@ import pytest
 from pipeline.serve.client import HttpLoadClient, check_loopback
 from tests.serve.conftest import QUALITY_PATH
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("host", ["10.0.0.1", "8.8.8.8", "example.com", "0.0.0.0", "::", ""])
 def test_refuses_non_loopback_hosts(host: str) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from tests.serve.conftest import QUALITY_PATH, ROUTING_PATH, SHARED_ENV, model_info
 
+pytestmark = pytest.mark.unit
+
 LIMIT = int(SHARED_ENV["MAX_BODY_BYTES"])
 
 

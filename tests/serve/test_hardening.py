@@ -23,6 +23,8 @@ from tests.serve.conftest import (
     running_server,
 )
 
+pytestmark = pytest.mark.unit
+
 #: generous bound for anything the server should do within about a second
 WAIT_S = 30.0
 

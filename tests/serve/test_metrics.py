@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve.conftest import QUALITY_PATH, missing_for_rules, rule_metrics
+
+pytestmark = pytest.mark.unit
 
 
 def _scrape(http: httpx.Client) -> dict[str, dict]:

@@ -9,8 +9,12 @@ import time
 import warnings
 from pathlib import Path
 
+import pytest
+
 from tests.fault_models import BREAK_VALUE, breakable_model
 from tests.serve.conftest import QUALITY_PATH, running_server
+
+pytestmark = pytest.mark.unit
 
 
 def _nan_on_zero_model(folder: Path) -> Path:

@@ -13,6 +13,8 @@ import pytest
 from pipeline.serve.client import HttpLoadClient
 from tests.serve.conftest import QUALITY_PATH, running_server
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_burst_past_the_queue_gets_503_with_retry_after(
     built_models: Path, tmp_path: Path

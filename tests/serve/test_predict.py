@@ -10,6 +10,8 @@ import pytest
 
 from tests.serve.conftest import QUALITY_PATH, ROUTING_PATH, engine_outputs, model_info
 
+pytestmark = pytest.mark.unit
+
 
 def _served_and_expected(
     http: httpx.Client, model_dir: Path, model: str, path: str, seed: int

@@ -10,6 +10,8 @@ import pytest
 
 from tests.serve.conftest import QUALITY_PATH, engine_outputs, model_info, start_server
 
+pytestmark = pytest.mark.unit
+
 
 def test_ready_only_after_warm_up_and_torchscript_values_match(
     built_models: Path, tmp_path: Path

@@ -10,6 +10,8 @@ import pytest
 from tests.fault_models import BAG, VOCAB, embedding_model
 from tests.serve.conftest import running_server
 
+pytestmark = pytest.mark.unit
+
 INFER = f"/v2/models/{BAG}/infer"
 INT64_RANGE = "[-9223372036854775808, 9223372036854775807]"
 

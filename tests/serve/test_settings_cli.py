@@ -10,6 +10,8 @@ import pytest
 from pipeline.serve import ServeSettings, SettingsError
 from pipeline.serve.cli import add_parser, run
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_and_overrides(built_models: Path) -> None:
     settings = ServeSettings.from_env({"MODEL_DIR": str(built_models)})

@@ -19,6 +19,8 @@ from pipeline.serve.tensors import (
     read_infer_response,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _signature(shape, dtype="float32", **entry) -> ModelSignature:
     return ModelSignature.from_model_info(

@@ -26,6 +26,8 @@ from tests.serve.conftest import (
     start_server,
 )
 
+pytestmark = pytest.mark.unit
+
 QUALITY = "quality_predictor"
 ROUTING = "routing_classifier"
 #: what each model takes: (input name, datatype, the shape of the test's requests)

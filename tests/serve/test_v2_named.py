@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
 
 from tests.serve.conftest import Server, running_server
 from tests.text_models import VOCAB
 
-triton = pytest.importorskip("tritonclient.http")
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import pytest
 
 from tests.serve.conftest import SHARED_ENV, VALIDATE_AUTH, VALIDATE_PATH
 
+pytestmark = pytest.mark.unit
+
 MAX_REQUESTS = int(SHARED_ENV["VALIDATE_MAX_REQUESTS"])
 MAX_SECONDS = float(SHARED_ENV["VALIDATE_MAX_SECONDS"])
 

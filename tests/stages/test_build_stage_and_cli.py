@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.stages import run_stage
 from pipeline.stages.build import record_build
+
+pytestmark = pytest.mark.stage
 
 
 def test_build_record_verifies_every_file_and_the_gate_passes(run_dir: Path) -> None:

@@ -15,23 +15,15 @@ from pipeline.stages import run_stage
 from pipeline.stages.certify import measure_targets
 from pipeline.targets import load_targets
 
+pytestmark = pytest.mark.e2e
 
-@pytest.fixture(scope="module")
-def measured_run(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder on which the integration, load and infra stages ran with the quick
-    profile (the smallest whose samples support every certified figure)."""
-    from tests.quick_profile import quick_profiles
 
-    folder = tmp_path_factory.mktemp("certify")
-    run = folder / "run"
-    shutil.copytree(built_models, run / "models")
-    with quick_profiles(folder):
-        for stage in ("integration", "load", "infra"):
-            gate = run_stage(stage, run, "smoke")["gate"]
-            if not gate["success"] and stage == "integration":
-                checks = pd.read_csv(run / "stages/integration/checks.csv")
-                raise AssertionError(checks[~checks["passed"]].to_dict("records"))
-            assert gate["success"], (stage, gate["failed"])
+@pytest.fixture
+def measured_run(staged_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's certified run (every stage, quick profile: the
+    smallest whose samples support every certified figure)."""
+    run = tmp_path / "run"
+    shutil.copytree(staged_run, run)
     return run
 
 

@@ -15,6 +15,8 @@ import pytest
 from pipeline.inference import EngineSettings
 from pipeline.stages.engine_host import EngineHost, HostConfig, connect_authenticated
 
+pytestmark = pytest.mark.stage
+
 _LEN = struct.Struct("<I")
 _CTL = struct.Struct("<IB")
 OP_STATS, OP_BALLAST = 1, 4

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pytest
 
 from pipeline.stages import run_stage
 from pipeline.stages.certify import measure_targets
+
+pytestmark = pytest.mark.stage
 
 
 def _alive(pid: int) -> bool:

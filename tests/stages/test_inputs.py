@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipeline.inference.signature import Signature
 from pipeline.samples import read_samples
 from pipeline.stages.inputs import model_requests, scale_request
 from tests.text_models import EVAL_SEQ, SEQ_SIZES, VOCAB
+
+pytestmark = pytest.mark.unit
 
 
 def _entry(text_models: Path, name: str) -> dict:

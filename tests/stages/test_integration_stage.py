@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.stages import run_stage
 from tests.stages.conftest import onnx_run
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.stage
 
 
 def test_healthy_models_pass_every_integration_check(run_dir: Path, mini_profile) -> None:

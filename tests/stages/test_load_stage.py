@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.stages import run_stage
 from pipeline.stages.load import REQUEST_COLUMNS
 from tests.stages.conftest import onnx_run
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.stage
 
 
 def test_load_stage_measures_the_engine_process_and_passes_its_gate(

@@ -18,6 +18,8 @@ from pipeline.stages.common import RunDir, StageError, StaleAttempt
 from pipeline.stages.context import StageContext
 from pipeline.targets import DEFAULT_TARGETS_FILE, load_targets
 
+pytestmark = pytest.mark.stage
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 

@@ -14,6 +14,8 @@ import pytest
 from pipeline.stages import execute_stage, stress
 from pipeline.stages.stress.cpu_saturation import BUSY_PER_CORE, _cores
 
+pytestmark = pytest.mark.stage
+
 EXPECTED_TESTS = {
     "memory_pressure",
     "cpu_saturation",
