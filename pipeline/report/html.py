@@ -241,10 +241,11 @@ with this run); the figures are under Performance analysis.</p>
 {% if p.png_base64 -%}
 <img alt="{{ p.title }}" src="data:image/png;base64,{{ p.png_base64 }}">
 <figcaption>{{ p.note }}
+Source: {% for s in p.sources %}{{ link(s) }} {% endfor %}</figcaption>
 {%- else -%}
-<figcaption><span class="note">{{ p.note }}</span>
-{%- endif %}
-Source: {% for s in p.sources %}{{ link(s) }} {% endfor %}</figcaption></figure>
+{# not drawn: the note says which table is missing or unusable, and why #}
+<figcaption><span class="note">{{ p.note }}</span></figcaption>
+{%- endif %}</figure>
 {% endfor %}
 </div>
 </section>
