@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.airflow.run_output import RunOutput
+from pipeline.airflow.run_output import RUN_LOG_NAME, RunOutput, task_label
 from pipeline.names import ALLOWS_PACKAGE, DAG_ID, DEFAULT_PROFILE, EXIT_CODES, EXIT_ERROR
 
 __all__ = [
@@ -191,7 +191,7 @@ class _Watcher:
             if state not in self.SHOWN or self.seen.get(key) == state:
                 continue
             self.seen[key] = state
-            label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+            label = task_label(task_id, map_index)
             line = f"[{time.monotonic() - self.started:6.1f}s] {label:28s} {state}"
             if state in ("failed", "up_for_retry"):
                 line += f"  (log: {self.out.task_log_path(task_id, map_index, try_number)})"
@@ -214,9 +214,14 @@ def _say_task_logs(out: RunOutput, run_id: str) -> None:
     out.say(f"==> task logs, under {folder}:")
     for task_id, map_index, state, _ in _task_rows(run_id):
         attempt = out.last_attempt(task_id, map_index)
-        label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+        label = task_label(task_id, map_index)
         if attempt is None:
-            out.say(f"    {label:28s} {state or 'not started':16s} (did not run: no log)")
+            why = (
+                "did not run: no log"
+                if state in (None, "upstream_failed", "skipped", "removed")
+                else f"no log of its own: see {RUN_LOG_NAME}"
+            )
+            out.say(f"    {label:28s} {state or 'not started':16s} ({why})")
             continue
         path = attempt.path
         shown = path.relative_to(folder) if path.is_relative_to(folder) else path

@@ -28,12 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["RunOutput", "TaskLog"]
+__all__ = ["RUN_LOG_NAME", "RunOutput", "TaskLog", "task_label"]
 
 #: warnings and log records from code under these folders are relcert's own: they stay visible
 _PROJECT = Path(__file__).resolve().parents[2]
 _OWN_CODE = tuple(f"{_PROJECT / folder}{os.sep}" for folder in ("pipeline", "dags", "plugins"))
 RUN_LOG_NAME = "relcert-run.log"
+
+
+def task_label(task_id: str, map_index: int) -> str:
+    """How a task instance is named on the terminal: `build_model[1]` for a mapped one."""
+    return task_id if map_index < 0 else f"{task_id}[{map_index}]"
 
 
 @dataclass
@@ -48,7 +53,7 @@ class TaskLog:
 
     @property
     def label(self) -> str:
-        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+        return task_label(self.task_id, self.map_index)
 
 
 def _flush() -> None:
@@ -137,11 +142,13 @@ class RunOutput:
         logging.getLogger("pipeline").addHandler(self._handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         logging.getLogger("pipeline").removeHandler(self._handler)
         self._stop_listening()
         if self._current is not None:  # a task interrupted mid-way
             self.task_ended(None, "interrupted")
+        if exc_type is not None:  # the run broke off: its output so far is in the run log
+            self.say(f"==> the run's output so far: {self.run_log_path}")
         _flush()
         assert self._saved is not None
         for saved, fd in zip(self._saved, (1, 2), strict=True):

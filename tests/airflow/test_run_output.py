@@ -62,8 +62,7 @@ def test_the_terminal_gets_relcerts_lines_and_the_logs_get_the_rest(tmp_path: Pa
     assert result.stderr == ""
     assert result.stdout.splitlines() == [
         "==> a line of relcert's",
-        "warning: UserWarning: the model has no checksum "
-        "(pipeline/inference/model_manager.py:20)",
+        "warning: UserWarning: the model has no checksum (pipeline/inference/model_manager.py:20)",
         "warning (in load_test): pipeline.storage: removing an unfinished upload",
         "==> back on the terminal",
     ]
