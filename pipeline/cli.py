@@ -151,7 +151,10 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the certification DAG once on the embedded Airflow (dag.test)",
         description="Run model_release_certification once through Airflow (dag.test) on an "
-        "embedded SQLite metadata DB in the project (.relcert/airflow, created on first use). "
+        "embedded SQLite metadata DB in the project (.relcert/airflow, created on first use; "
+        "RELCERT_AIRFLOW_HOME moves it). Prints each task of the run as its state changes and "
+        "then where each task's log is; Airflow's and the libraries' output goes to the logs. "
+        "One run at a time per metadata DB: a second is refused at once. "
         "Exit 0 APPROVED, 10 CONDITIONAL_APPROVAL, 20 NOT_APPROVED, 1 pipeline error.",
     )
     run.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
@@ -162,9 +165,16 @@ def _parser() -> argparse.ArgumentParser:
         "ui",
         help="start Airflow (standalone) with relcert's DAGs and plugins",
         description="Start Airflow standalone on the embedded metadata DB with the project's "
-        "DAGs and the Certifications plugin; prints the URL and how to log in.",
+        "DAGs and the Certifications plugin; prints the URL and how to log in. It listens on "
+        "127.0.0.1 only unless --host says otherwise.",
     )
     ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only); e.g. 0.0.0.0 makes "
+        "the UI and its admin login reachable from other machines (a warning says so)",
+    )
 
     from pipeline.serve import cli as serve_cli  # light: no Starlette until it runs
 
@@ -222,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         from pipeline.airflow.local import run_ui
 
-        return run_ui(args.port)
+        return run_ui(args.port, args.host)
     if args.command == "baseline":
         return _baseline(args)
     if args.command == "demo":
@@ -311,7 +321,7 @@ def _baseline(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.airflow.local import run_dag
+    from pipeline.airflow.local import RunRefused, run_dag
 
     try:
         conf = json.loads(args.conf) if args.conf else {}
@@ -322,7 +332,10 @@ def _run(args: argparse.Namespace) -> int:
         print("relcert run: error: --conf must be a JSON object", file=sys.stderr)
         return 1
     try:
-        code, result = run_dag(args.profile, conf, args.date, say=lambda s: print(s, flush=True))
+        code, result = run_dag(args.profile, conf, args.date)
+    except RunRefused as exc:
+        print(f"relcert run: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:  # a pipeline error, not a decision
         print(f"relcert run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR

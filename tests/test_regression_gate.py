@@ -16,6 +16,7 @@ One approved baseline is certified stage by stage (the functions the DAG's tasks
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,12 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         mp.undo()
 
 
+def _regression_html(run: Path) -> str:
+    """The "Against the baseline" section of a run's report.html."""
+    page = (run / "report.html").read_text()
+    return page.split('<section id="regression">', 1)[1].split("</section>", 1)[0]
+
+
 def _rows(report: dict) -> dict[str, dict]:
     return {r["name"]: r for r in report["regression"]["rows"]}
 
@@ -116,6 +123,19 @@ def test_without_a_baseline_every_comparison_is_not_applicable_and_approval_stan
     }
     assert any(r.startswith("No regression comparison") for r in report["reasons"])
     assert report["gates"]["regression"]["success"] is True
+    # the report says so once, with the rule, and lists the comparisons a baseline would get
+    # (one line per metric), instead of a row per comparison repeating the same sentence
+    section = _regression_html(world["store"] / DAG / "baseline")
+    assert 'class="comparison"' not in section
+    assert section.count("no APPROVED run") == 1
+    assert "A change is a regression only when it exceeds its allowance" in section
+    planned = re.findall(r"<tr><td>(\w+)</td><td>([^<]*)</td>", section)
+    assert len(planned) == len({r["metric"] for r in rows})
+    assert ("compute_time_ms", "scorer") in planned and (
+        "capacity_rps",
+        "the mix, scorer",
+    ) in planned
+    assert "(missing)" not in section  # no evidence named that a run without baseline lacks
 
 
 def test_the_same_model_again_is_compared_and_not_a_regression(world):
@@ -139,6 +159,11 @@ def test_the_same_model_again_is_compared_and_not_a_regression(world):
     run = world["store"] / DAG / "same-again"
     assert (run / "stages/regression/latency_quantiles.csv").is_file()
     assert "baseline_latency" in (run / "report.html").read_text()
+    # with a baseline, the table of comparisons, and links to the evidence of both runs
+    section = _regression_html(run)
+    assert section.count('<tr class="comparison"') == len(rows)
+    for name in ("comparisons", "latency_quantiles", "capacity_trials"):
+        assert f'href="stages/regression/{name}.csv"' in section, name
 
 
 @pytest.fixture(scope="module")

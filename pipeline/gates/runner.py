@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline._io import atomic_write_json
 from pipeline.gates.contracts import TABLES, TableContract
 from pipeline.gates.suites import ExpectationSpec, row_condition_pairs, suite_name, suite_spec
+from pipeline.stages.registry import DATA_DOCS_DIR
+from pipeline.stages.registry import stage as stage_spec
 from pipeline.targets import Targets, load_targets
 
 if TYPE_CHECKING:
@@ -33,8 +35,7 @@ __all__ = ["GateError", "GateFailed", "GateResult", "raise_for_gate", "run_gate"
 
 _MAX_EXAMPLES = 5
 _GX_DIR = ".gx"
-_DOCS_DIR = "data_docs"
-_GATES_DIR = "gates"
+_DOCS_DIR = DATA_DOCS_DIR
 _SITE_NAME = "relcert"
 
 # GX keeps a process-wide "current context"; one gate at a time per process keeps each
@@ -396,7 +397,7 @@ def run_gate(
         "expectations": list(records),
         "failed": list(failed),
     }
-    path = atomic_write_json(root / _GATES_DIR / f"{stage}.json", _jsonable(payload))
+    path = atomic_write_json(root / stage_spec(stage).gate_path, _jsonable(payload))
     return GateResult(
         stage=stage,
         success=success,

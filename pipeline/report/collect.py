@@ -19,10 +19,12 @@ from pipeline.names import Status
 from pipeline.report.decision import GATE_OF_STAGE, STAGE_ORDER
 from pipeline.stages.common import RunDir, StageError
 from pipeline.stages.contracts import ATTEMPT_COLUMN
-from pipeline.stages.registry import STAGES
+from pipeline.stages.registry import DATA_DOCS_DIR, DATA_DOCS_INDEX, GATES_DIR, STAGES
+from pipeline.stages.registry import stage as stage_spec
 from pipeline.stages.registry import table as table_contract
 
 __all__ = [
+    "CERTIFY_GATE",
     "CRITERIA_TABLE",
     "STAGE_TABLES",
     "criteria_rows",
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 CRITERIA_TABLE = table_contract("certify", "criteria").path
+#: the gate that checks the criteria table again
+CERTIFY_GATE = stage_spec("certify").gate_path
 
 #: stage -> its gated table (from the stage registry)
 STAGE_TABLES = {s.name: s.gated_table.path for s in STAGES}
@@ -229,15 +233,15 @@ def gate_statuses(root: Path) -> dict[str, dict[str, Any]]:
     """gate -> {stage, success, failed, path, table, expectations, passed, data_docs} for every
     gates/<gate>.json of the run (an unreadable file counts as a failed gate)."""
     gates: dict[str, dict[str, Any]] = {}
-    docs = "data_docs/index.html" if (root / "data_docs/index.html").is_file() else None
+    docs = DATA_DOCS_INDEX if (root / DATA_DOCS_INDEX).is_file() else None
     stage_of = {gate: stage for stage, gate in GATE_OF_STAGE.items()}
-    folder = root / "gates"
+    folder = root / GATES_DIR
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     order = {gate: i for i, gate in enumerate(GATE_OF_STAGE.values())}
     attempt = current_attempt(root)
     for file in sorted(files, key=lambda f: (order.get(f.stem, len(order)), f.stem)):
         gate = file.stem
-        relative = f"gates/{file.name}"
+        relative = f"{GATES_DIR}/{file.name}"
         payload = read_json(root, relative)
         if payload is not None and payload.get(ATTEMPT_COLUMN) != attempt:
             continue  # another attempt's verdict is not this run's
@@ -266,7 +270,7 @@ def gate_statuses(root: Path) -> dict[str, dict[str, Any]]:
 
 def _validation_page(root: Path, gate: str) -> str | None:
     """The gate's latest validation page in the Data Docs (a re-run replaces the earlier)."""
-    folder = root / "data_docs" / "validations" / f"relcert_{gate}"
+    folder = root / DATA_DOCS_DIR / "validations" / f"relcert_{gate}"
     pages = sorted(folder.glob("*/*/*.html")) if folder.is_dir() else []
     return pages[-1].relative_to(root).as_posix() if pages else None
 
@@ -299,7 +303,7 @@ def stages_section(
             "expected": stage in expected,
             "seconds": seconds,
             "table": table if table and (root / table).is_file() else None,
-            "summary_path": f"stages/{stage}/summary.json" if stage in found else None,
+            "summary_path": stage_spec(stage).summary.path if stage in found else None,
             "gate": gate if gate in gates else None,
             "summary": jsonable(_excerpt(stage, summary)),
         }
@@ -324,7 +328,7 @@ def _excerpt(stage: str, summary: Mapping[str, Any]) -> dict[str, Any]:
 def _evidence_gate(source: str) -> str | None:
     parts = source.split("/")
     if len(parts) >= 2 and parts[0] == "stages" and parts[1] in GATE_OF_STAGE:
-        return f"gates/{GATE_OF_STAGE[parts[1]]}.json"
+        return stage_spec(parts[1]).gate_path
     return None
 
 
@@ -417,7 +421,7 @@ def criteria_rows(root: Path, targets: Any) -> list[dict[str, Any]]:
                     "table": source or None,
                     "gate": _evidence_gate(source) if source else None,
                     "criteria_table": CRITERIA_TABLE,
-                    "certification_gate": "gates/certify.json",
+                    "certification_gate": CERTIFY_GATE,
                 },
             }
         )

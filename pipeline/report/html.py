@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.report.plots import Plot
+from pipeline.stages.registry import STAGE_NAMES, stage, summary_contract, table
 
 __all__ = ["render_html"]
+
+#: the run's files the page names outside the per-criterion and per-gate links, from the
+#: stage registry (never spelled out in the template)
+_PATHS = {
+    "criteria_table": table("certify", "criteria").path,
+    "certify_gate": stage("certify").gate_path,
+    "regression_table": stage("regression").gated_table.path,
+    "regression_evidence": tuple(c.path for c in stage("regression").tables[1:]),
+}
 
 #: files written together with report.html: linked even before they exist
 _WRITTEN_WITH_THE_PAGE = frozenset({"report.json", "report.html"})
@@ -55,6 +65,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .risk-low { background: #f4f7fb; }
 code, .mono { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .78rem;
   word-break: break-all; }
+p code { word-break: normal; white-space: nowrap; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .8rem; color: #444; }
 .note { font-size: .85rem; color: #666; background: #f7f7f7; padding: .5rem; }
@@ -134,8 +145,8 @@ pre { background: #f7f7f9; padding: .6rem; overflow-x: auto; font-size: .75rem; 
 </tr>
 {% endfor %}
 </table>
-<p class="meta">Every measured value comes from {{ link("stages/certify/criteria.csv") }} (checked
-again by {{ link("gates/certification.json") }}). Margin: relative headroom to the threshold
+<p class="meta">Every measured value comes from {{ link(paths.criteria_table) }} (checked
+again by {{ link(paths.certify_gate) }}). Margin: relative headroom to the threshold
 (positive inside). Marginal: met only thanks to the tolerance, or with under 10% headroom.</p>
 </section>
 
@@ -151,13 +162,27 @@ again by {{ link("gates/certification.json") }}). Margin: relative headroom to t
   {% if g.baseline_run and not g.comparable %}<br><span class="warn">Not comparable:</span>
   {{ (g.comparability.reasons or []) | join("; ") }}; every comparison is not applicable.
   {% endif %}</p>
-{% if g.counts %}<p class="meta">{{ g.counts.measured }} comparison(s) measured,
-  {{ g.counts.regressions }} regression(s), {{ g.counts.waived }} waived,
-  {{ g.counts.improvements }} improvement(s), {{ g.counts.not_applicable }} not applicable.
-  A change is a regression only when it exceeds its allowance in the targets file's
-  <code>regression:</code> block AND its whole interval lies beyond it.</p>{% endif %}
+<p class="meta">The baseline is the last APPROVED run of this DAG with the same models and
+  profile and an earlier snapshot date, unless a run is pinned (<code>relcert baseline
+  pin</code>). A change is a regression only when it exceeds its allowance in the targets
+  file's <code>regression:</code> block AND its whole interval lies beyond it.</p>
 {% if g.waiver %}<p class="warn">Waiver: {{ g.waiver.criterion }} by {{ g.waiver.by or "the
   trigger" }}: {{ g.waiver.justification }}</p>{% endif %}
+{% if not rv.compared %}
+{% for why, names in rv.other_reasons %}<p class="note">Not applicable ({{ names | join(", ")
+  }}): {{ why }}.</p>
+{% endfor %}
+<p>With a comparable baseline, these {{ g.rows | length }} comparisons run:</p>
+<table class="planned-comparisons"><tr><th>comparison</th><th>of</th><th>allowance</th></tr>
+{% for p in rv.planned %}<tr><td>{{ p.metric }}</td><td>{{ p.subjects | join(", ") }}</td>
+<td>{{ p.allowance }}</td></tr>
+{% endfor %}</table>
+<p class="meta">Evidence: {{ link(paths.regression_table) }}.</p>
+{% else %}
+<p class="meta">{{ g.counts.measured }} comparison(s) measured,
+  {{ g.counts.regressions }} regression(s), {{ g.counts.waived }} waived,
+  {{ g.counts.improvements }} improvement(s), {{ g.counts.not_applicable }} not
+  applicable.</p>
 <table>
 <tr><th>comparison</th><th>verdict</th><th>baseline</th><th>this run</th><th>ratio</th>
 <th>interval</th><th>p</th><th>allowance</th><th>samples</th></tr>
@@ -179,10 +204,10 @@ again by {{ link("gates/certification.json") }}). Margin: relative headroom to t
 <td class="num">{{ r.samples }} / {{ r.baseline_samples }}</td></tr>
 {% endfor %}
 </table>
-<p class="meta">Evidence: {{ link("stages/regression/comparisons.csv") }},
-{{ link("stages/regression/latency_quantiles.csv") }},
-{{ link("stages/regression/capacity_trials.csv") }} (both runs, kept with this run);
-the figures are under Performance analysis.</p>
+<p class="meta">Evidence: {{ link(paths.regression_table) }}
+{%- for path in paths.regression_evidence %}, {{ link(path) }}{% endfor %} (both runs, kept
+with this run); the figures are under Performance analysis.</p>
+{% endif %}
 {% endif %}
 </section>
 
@@ -218,10 +243,11 @@ the figures are under Performance analysis.</p>
 {% if p.png_base64 -%}
 <img alt="{{ p.title }}" src="data:image/png;base64,{{ p.png_base64 }}">
 <figcaption>{{ p.note }}
+Source: {% for s in p.sources %}{{ link(s) }} {% endfor %}</figcaption>
 {%- else -%}
-<figcaption><span class="note">{{ p.note }}</span>
-{%- endif %}
-Source: {% for s in p.sources %}{{ link(s) }} {% endfor %}</figcaption></figure>
+{# not drawn: the note says which table is missing or unusable, and why #}
+<figcaption><span class="note">{{ p.note }}</span></figcaption>
+{%- endif %}</figure>
 {% endfor %}
 </div>
 </section>
@@ -301,8 +327,8 @@ different hosts; see the appendix)</span>{% endif %}</td></tr>
 
 <section id="appendix">
 <h2>Appendix: stage summaries</h2>
-{% for name, text in appendix %}
-<details><summary>{{ name }} ({{ link("stages/" ~ name ~ "/summary.json") }})</summary>
+{% for name, path, text in appendix %}
+<details><summary>{{ name }} ({{ link(path) }})</summary>
 <pre>{{ text }}</pre></details>
 {% endfor %}
 </section>
@@ -334,6 +360,41 @@ def _pct(value: Any) -> str:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return "–"
     return f"{value * 100:+.1f}%"
+
+
+def _allowance(metric: str, allowance: Any) -> str:
+    value = _fnum(allowance)
+    if value is None:
+        return "–"
+    if metric == "quality":
+        return f"a drop of at most {value:g}"
+    return f"a change of at most {value:.0%}"
+
+
+def _regression_view(section: Mapping[str, Any]) -> dict[str, Any]:
+    """What the "Against the baseline" section shows when nothing was compared: the reasons
+    not said already (the section's own reason, or why the baseline is not comparable, is
+    said once above), and the comparisons a comparable baseline would run, one line per
+    metric with its subjects and allowance."""
+    rows = list(section.get("rows") or [])
+    compared = any(r.get("status") != "not_applicable" for r in rows)
+    said = [str(section.get("reason") or "")]
+    said += list((section.get("comparability") or {}).get("reasons") or [])
+    reasons: dict[str, list[str]] = {}
+    planned: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        why = str(row.get("detail") or "").removeprefix("not applicable: ").rstrip(".")
+        if why and not any(why in text or text in why for text in said if text):
+            reasons.setdefault(why, []).append(str(row.get("name")))
+        metric = str(row.get("metric") or row.get("name"))
+        allowance = _allowance(metric, row.get("allowance"))
+        entry = planned.setdefault(metric, {"metric": metric, "allowance": allowance})
+        entry.setdefault("subjects", []).append(row.get("model") or "the mix")
+    return {
+        "compared": compared,
+        "other_reasons": sorted(reasons.items()),
+        "planned": list(planned.values()),
+    }
 
 
 def render_html(data: Mapping[str, Any], root: Path, plots: Sequence[Plot]) -> str:
@@ -384,13 +445,16 @@ def render_html(data: Mapping[str, Any], root: Path, plots: Sequence[Plot]) -> s
 
     appendix = []
     for name in data.get("stages", {}):
-        path = root / "stages" / name / "summary.json"
+        if name not in STAGE_NAMES:
+            continue
+        relative = summary_contract(name).path
+        path = root / relative
         if path.is_file():
             try:
                 text = json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True)
             except ValueError:
                 text = path.read_text(errors="replace")
-            appendix.append((name, text))
+            appendix.append((name, relative, text))
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     template = env.from_string(_TEMPLATE)
@@ -400,6 +464,8 @@ def render_html(data: Mapping[str, Any], root: Path, plots: Sequence[Plot]) -> s
         s=data.get("summary", {}),
         e=data.get("environment", {}),
         plots=plots,
+        paths=_PATHS,
+        rv=_regression_view(data.get("regression") or {}),
         appendix=appendix,
         colour=colour,
         tint=tint,

@@ -15,9 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.stages.registry import summary_contract
+from pipeline.stages.registry import table as table_contract
+
 __all__ = ["Plot", "draw_plots"]
 
 _WIDTH_IN, _HEIGHT_IN, _DPI = 7.6, 3.3, 96
+_SCENARIOS = table_contract("load", "scenarios").path
+_CAPACITY = table_contract("load", "capacity").path
+_CONCURRENCY = table_contract("load", "concurrency").path
+_LOAD_RESOURCES = table_contract("load", "resources").path
+_STRESS_TESTS = table_contract("stress", "tests").path
+_STRESS_RESOURCES = table_contract("stress", "resources").path
+_BASELINE_QUANTILES = table_contract("regression", "latency_quantiles").path
+_BASELINE_TRIALS = table_contract("regression", "capacity_trials").path
+_REGRESSION_SUMMARY = summary_contract("regression").path
 _COLOURS = {"p50": "#4c78a8", "p95": "#f58518", "p99": "#e45756", "ok": "#54a24b", "bad": "#e45756"}
 
 
@@ -87,12 +99,40 @@ def _threshold(criteria: Mapping[str, Mapping[str, Any]], name: str) -> float | 
 
 
 def _fmt(value: Any) -> str:
-    return "not measured" if value is None else f"{value:.4g}"
+    if value is None:
+        return "not measured"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _rate_label(value: float) -> str:
+    """16000 -> "16k": short enough that neighbouring ticks never run into each other."""
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
+
+
+def _log_axis(ax: Any, which: str, values: Any, label: Callable[[float], str] = "{:g}".format):
+    """A log scale on `ax`'s `which` ("x" or "y") axis with few, round labels: at powers of
+    ten over more than 2.5 decades, at 1, 2 and 5 per decade over more than one, at every
+    integer multiple below that. Never one label per data point: the close rates at the end
+    of a capacity search would print on top of each other."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [float(v) for v in values if v is not None and float(v) > 0]
+    span = math.log10(max(positive) / min(positive)) if positive else 0.0
+    every = tuple(float(i) for i in range(1, 10))
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    labelled = (1.0,) if span > 2.5 else (1.0, 2.0, 5.0) if span > 1.0 else every
+    axis.set_major_locator(LogLocator(base=10.0, subs=labelled))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: label(value)))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=every))
+    axis.set_minor_formatter(NullFormatter())
 
 
 # --------------------------------------------------------------------------- the figures
 def _latency_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    table = "stages/load/scenarios.csv"
+    table = _SCENARIOS
     frame = _read(root, table, ("scenario", "p50_ms", "p95_ms", "p99_ms"))
     fig, (ax,) = _figure()
     x = list(range(len(frame)))
@@ -127,7 +167,7 @@ def _latency_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 
 
 def _latency_vs_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    table = "stages/load/capacity.csv"
+    table = _CAPACITY
     frame = _read(root, table, ("offered_rps", "p50_ms", "p99_ms")).sort_values("offered_rps")
     if "subject" not in frame.columns:
         frame["subject"] = "mix"
@@ -140,16 +180,10 @@ def _latency_vs_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     bound = _threshold(criteria, "p99_latency_ms")
     if bound:
         ax.axhline(bound, color=_COLOURS["p99"], linestyle="--", linewidth=1, label="p99 bound")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axis.set_minor_formatter(NullFormatter())
-    rates = sorted(set(frame["offered_rps"]))
-    ax.set_xticks(rates, [f"{rate:g}" for rate in rates], fontsize=8)
-    ax.set_xlabel("offered load (req/s, open loop, Poisson)")
+    _log_axis(ax, "x", frame["offered_rps"], _rate_label)
+    _log_axis(ax, "y", [*frame["p50_ms"], *frame["p99_ms"], *([bound] if bound else [])])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel("offered load (req/s, open loop, Poisson; log scale)")
     ax.set_ylabel("latency (ms)")
     ax.legend(fontsize=8)
     sustained = (criteria.get("sustained_throughput_rps") or {}).get("measured")
@@ -161,7 +195,7 @@ def _latency_vs_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 
 
 def _throughput_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    table = "stages/load/scenarios.csv"
+    table = _SCENARIOS
     frame = _read(root, table, ("scenario", "throughput_rps", "users"))
     fig, (ax,) = _figure()
     bars = ax.bar(frame["scenario"], frame["throughput_rps"], color=_COLOURS["p50"])
@@ -183,7 +217,7 @@ def _throughput_by_scenario(root: Path, criteria: Mapping[str, Mapping[str, Any]
 
 
 def _memory_over_time(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    load_table, stress_table = "stages/load/resources.csv", "stages/stress/resources.csv"
+    load_table, stress_table = _LOAD_RESOURCES, _STRESS_RESOURCES
     panels = []
     notes = []
     for table, time_column, label in (
@@ -213,7 +247,7 @@ def _memory_over_time(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 
 
 def _stress_success(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    table = "stages/stress/tests.csv"
+    table = _STRESS_TESTS
     frame = _read(root, table, ("test", "success_rate", "survived", "recovered"))
     fig, (ax,) = _figure()
     ok = _bool_column(frame, "survived") & _bool_column(frame, "recovered")
@@ -231,7 +265,7 @@ def _stress_success(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 
 
 def _concurrency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
-    table = "stages/load/concurrency.csv"
+    table = _CONCURRENCY
     frame = _read(root, table, ("users", "p95_ms", "success_rate"))
     fig, (ax,) = _figure()
     ax.plot(frame["users"], frame["p95_ms"], "o-", color=_COLOURS["p95"], label="p95 latency")
@@ -252,13 +286,13 @@ def _concurrency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
 
 
 def _needs_baseline(root: Path, table: str) -> None:
-    if not (root / table).is_file() and (root / "stages" / "regression" / "summary.json").is_file():
+    if not (root / table).is_file() and (root / _REGRESSION_SUMMARY).is_file():
         raise _NoData("this run had no comparable baseline, so there is nothing to overlay")
 
 
 def _baseline_latency(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     """This run's latency distribution over the baseline's, per subject (quantile curves)."""
-    table = "stages/regression/latency_quantiles.csv"
+    table = _BASELINE_QUANTILES
     _needs_baseline(root, table)
     frame = _read(root, table, ("side", "subject", "q", "latency_ms"))
     subjects = list(dict.fromkeys(frame["subject"]))
@@ -292,14 +326,14 @@ def _baseline_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     """p99 against offered load of the mix, this run and the baseline, with both knees."""
     import json
 
-    table = "stages/regression/capacity_trials.csv"
+    table = _BASELINE_TRIALS
     _needs_baseline(root, table)
     frame = _read(root, table, ("side", "offered_rps", "p99_ms"))
     if "subject" in frame.columns:
         frame = frame[frame["subject"] == "mix"]
     frame = frame.sort_values("offered_rps")
     fig, (ax,) = _figure()
-    summary_path = root / "stages" / "regression" / "summary.json"
+    summary_path = root / _REGRESSION_SUMMARY
     knees = {}
     if summary_path.is_file():
         knees = (json.loads(summary_path.read_text()).get("knees") or {}).get("mix") or {}
@@ -313,9 +347,10 @@ def _baseline_load(root: Path, criteria: Mapping[str, Mapping[str, Any]]):
     bound = _threshold(criteria, "p99_latency_ms")
     if bound:
         ax.axhline(bound, color="#e45756", linestyle="--", linewidth=0.8, label="p99 bound")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("offered load of the mix (req/s, open loop)")
+    _log_axis(ax, "x", frame["offered_rps"], _rate_label)
+    _log_axis(ax, "y", [*frame["p99_ms"], *([bound] if bound else [])])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel("offered load of the mix (req/s, open loop; log scale)")
     ax.set_ylabel("p99 latency (ms)")
     ax.legend(fontsize=7)
     caption = (
@@ -331,49 +366,49 @@ _FIGURES: tuple[tuple[str, str, Callable[..., Any], tuple[str, ...]], ...] = (
         "latency_by_scenario",
         "Latency percentiles per scenario",
         _latency_by_scenario,
-        ("stages/load/scenarios.csv",),
+        (_SCENARIOS,),
     ),
     (
         "latency_vs_load",
         "Latency against offered load",
         _latency_vs_load,
-        ("stages/load/capacity.csv",),
+        (_CAPACITY,),
     ),
     (
         "throughput_by_scenario",
         "Throughput per scenario",
         _throughput_by_scenario,
-        ("stages/load/scenarios.csv",),
+        (_SCENARIOS,),
     ),
     (
         "memory_over_time",
         "Engine memory over time",
         _memory_over_time,
-        ("stages/load/resources.csv", "stages/stress/resources.csv"),
+        (_LOAD_RESOURCES, _STRESS_RESOURCES),
     ),
     (
         "stress_success",
         "Success rate across stress tests",
         _stress_success,
-        ("stages/stress/tests.csv",),
+        (_STRESS_TESTS,),
     ),
     (
         "concurrency",
         "Latency and success against concurrent users",
         _concurrency,
-        ("stages/load/concurrency.csv",),
+        (_CONCURRENCY,),
     ),
     (
         "baseline_latency",
         "Latency distributions against the baseline",
         _baseline_latency,
-        ("stages/regression/latency_quantiles.csv",),
+        (_BASELINE_QUANTILES,),
     ),
     (
         "baseline_load",
         "Latency against offered load, this run and the baseline",
         _baseline_load,
-        ("stages/regression/capacity_trials.csv",),
+        (_BASELINE_TRIALS,),
     ),
 )
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.report.collect import STAGE_TABLES, as_bool, as_float, read_csv, read_json
 from pipeline.report.decision import APPROVED, CONDITIONAL_APPROVAL
+from pipeline.stages.registry import DATA_DOCS_INDEX, GATES_DIR, summary_contract
 
 __all__ = ["GROUPS", "PACKAGE_ITEM", "package_item", "readiness"]
 
@@ -238,7 +239,8 @@ def _monitoring(root: Path) -> dict[str, Any]:
             STAGE_TABLES["infra"],
             f"{len(metric_rows)} metrics check(s) of the HTTP service",
         )
-    summary = read_json(root, "stages/load/summary.json")
+    load_summary = summary_contract("load").path
+    summary = read_json(root, load_summary)
     if summary is None:
         return _item(item, None, None, "not checked: the load and infra stages did not run")
     stats = summary.get("engine_stats") or {}
@@ -247,7 +249,7 @@ def _monitoring(root: Path) -> dict[str, Any]:
     return _item(
         item,
         ok,
-        "stages/load/summary.json",
+        load_summary,
         f"engine counters reported by the engine process: submitted {submitted}, completed "
         f"{completed}, cache hits {stats.get('cache_hits')}, rejected {stats.get('rejected')}",
     )
@@ -311,13 +313,14 @@ def _operational(root: Path, decision: str, gates: Mapping[str, Any]) -> list[di
             f"{len(seeds)} built model(s) with seeds; snapshot date recorded: {dated}",
         )
     )
-    docs = (root / "data_docs/index.html").is_file()
+    docs = (root / DATA_DOCS_INDEX).is_file()
     items.append(
         _item(
             "every gate's validation is recorded with Data Docs",
             bool(gates) and docs,
-            "data_docs/index.html" if docs else None,
-            f"{len(gates)} gate result(s) in gates/; Data Docs {'present' if docs else 'missing'}",
+            DATA_DOCS_INDEX if docs else None,
+            f"{len(gates)} gate result(s) in {GATES_DIR}/; "
+            f"Data Docs {'present' if docs else 'missing'}",
         )
     )
     items.append(package_item(decision, None))

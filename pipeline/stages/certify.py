@@ -44,12 +44,20 @@ from pipeline.metrics import MODEL_QUALITY
 from pipeline.names import Status
 from pipeline.stages.common import StageError
 from pipeline.stages.context import StageContext
+from pipeline.stages.registry import summary_contract
+from pipeline.stages.registry import table as table_contract
 from pipeline.verdicts import Criterion, Measurement, NotApplicable, NotRun, judge
 
 __all__ = ["MEASURES", "QUALITY_MEASURE", "measure_targets", "run"]
 
 #: samples a mean latency or a success rate needs to be claimed
 MIN_REQUESTS = 100
+
+# what the measurements read (the evidence each criterion links to), from the stage registry
+_REQUESTS = table_contract("load", "requests").path
+_LOAD_SUMMARY = summary_contract("load").path
+_INTEGRATION_CHECKS = table_contract("integration", "checks").path
+_INFRA_CHECKS = table_contract("infra", "checks").path
 
 
 class Evidence:
@@ -120,7 +128,7 @@ def _latency(q: float | None) -> tuple[Measure, str]:
             f"scenario (needs >= {need} samples)",
         )
 
-    return measure, "stages/load/requests.csv"
+    return measure, _REQUESTS
 
 
 def _success(error: bool) -> tuple[Measure, str]:
@@ -145,7 +153,7 @@ def _success(error: bool) -> tuple[Measure, str]:
             "served, or for x1000 refused with a clear error)",
         )
 
-    return measure, "stages/load/requests.csv"
+    return measure, _REQUESTS
 
 
 def _sustained(ev: Evidence, model: str | None) -> Measurement:
@@ -385,27 +393,27 @@ MEASURES: dict[str, tuple[Measure, str]] = {
     "average_inference_latency_ms": _latency(None),
     "p95_latency_ms": _latency(95),
     "p99_latency_ms": _latency(99),
-    "sustained_throughput_rps": (_sustained, "stages/load/summary.json"),
-    "peak_throughput_rps": (_peak, "stages/load/summary.json"),
-    "memory_usage_mb": (_memory, "stages/load/summary.json"),
-    "memory_efficiency": (_reuse, "stages/load/summary.json"),
+    "sustained_throughput_rps": (_sustained, _LOAD_SUMMARY),
+    "peak_throughput_rps": (_peak, _LOAD_SUMMARY),
+    "memory_usage_mb": (_memory, _LOAD_SUMMARY),
+    "memory_efficiency": (_reuse, _LOAD_SUMMARY),
     "success_rate": _success(error=False),
     "error_rate": _success(error=True),
-    "concurrent_users_supported": (_concurrency, "stages/load/summary.json"),
-    "cache_hit_rate": (_cache, "stages/load/summary.json"),
-    "soak_p99_drift_ratio": (_soak("p99_drift_ratio"), "stages/load/summary.json"),
-    "soak_rss_growth_mb": (_soak("rss_growth_mb"), "stages/load/summary.json"),
-    "soak_error_rate": (_soak("error_rate"), "stages/load/summary.json"),
-    "model_initialization_s": (_initialisation, "stages/integration/checks.csv"),
-    "routing_endpoint_p99_ms": (_endpoint_p99("routing_classifier"), "stages/infra/checks.csv"),
-    "quality_endpoint_p99_ms": (_endpoint_p99("quality_predictor"), "stages/infra/checks.csv"),
-    "endpoint_p99_latency_ms": (_endpoint_p99(None), "stages/infra/checks.csv"),
-    "validation_endpoint_s": (_validation, "stages/infra/checks.csv"),
-    "availability": (_availability, "stages/infra/checks.csv"),
-    "parity_max_abs_diff": (_parity, "stages/integration/checks.csv"),
+    "concurrent_users_supported": (_concurrency, _LOAD_SUMMARY),
+    "cache_hit_rate": (_cache, _LOAD_SUMMARY),
+    "soak_p99_drift_ratio": (_soak("p99_drift_ratio"), _LOAD_SUMMARY),
+    "soak_rss_growth_mb": (_soak("rss_growth_mb"), _LOAD_SUMMARY),
+    "soak_error_rate": (_soak("error_rate"), _LOAD_SUMMARY),
+    "model_initialization_s": (_initialisation, _INTEGRATION_CHECKS),
+    "routing_endpoint_p99_ms": (_endpoint_p99("routing_classifier"), _INFRA_CHECKS),
+    "quality_endpoint_p99_ms": (_endpoint_p99("quality_predictor"), _INFRA_CHECKS),
+    "endpoint_p99_latency_ms": (_endpoint_p99(None), _INFRA_CHECKS),
+    "validation_endpoint_s": (_validation, _INFRA_CHECKS),
+    "availability": (_availability, _INFRA_CHECKS),
+    "parity_max_abs_diff": (_parity, _INTEGRATION_CHECKS),
 }
 #: each model's quality SLA (model_quality[<model>]), measured by the integration stage
-QUALITY_MEASURE: tuple[Measure, str] = (_quality, "stages/integration/checks.csv")
+QUALITY_MEASURE: tuple[Measure, str] = (_quality, _INTEGRATION_CHECKS)
 
 
 def _criterion(evidence: Evidence, planned: Planned) -> Criterion:

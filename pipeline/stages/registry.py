@@ -26,9 +26,26 @@ from pipeline.stages.contracts import (
 if TYPE_CHECKING:
     from pipeline.stages.context import StageContext
 
-__all__ = ["STAGES", "STAGE_NAMES", "TABLES", "Stage", "stage", "summary_contract", "table"]
+__all__ = [
+    "DATA_DOCS_DIR",
+    "DATA_DOCS_INDEX",
+    "GATES_DIR",
+    "STAGES",
+    "STAGE_NAMES",
+    "TABLES",
+    "Stage",
+    "stage",
+    "summary_contract",
+    "table",
+]
 
 _A = ((ATTEMPT_COLUMN, "str"),)
+
+#: where the gates write their results (<GATES_DIR>/<gate>.json), relative to the run folder
+GATES_DIR = "gates"
+#: the Data Docs site every gate of the run updates
+DATA_DOCS_DIR = "data_docs"
+DATA_DOCS_INDEX = f"{DATA_DOCS_DIR}/index.html"
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,11 @@ class Stage:
     @property
     def gate(self) -> str:
         return self.name
+
+    @property
+    def gate_path(self) -> str:
+        """Its gate's result, relative to the run folder."""
+        return f"{GATES_DIR}/{self.gate}.json"
 
     @property
     def gate_task_id(self) -> str:
@@ -414,6 +436,28 @@ STAGES += (
                 ),
                 ("name",),
                 "comparison",
+            ),
+            # what the report draws against the baseline, kept with this run (written only
+            # when there is a baseline to compare with)
+            _t(
+                "regression",
+                "latency_quantiles",
+                (
+                    ("side", "str"),
+                    ("subject", "str"),
+                    ("q", "float"),
+                    ("latency_ms", "float"),
+                    ("samples", "int"),
+                ),
+                ("side", "subject", "q"),
+                "quantile",
+            ),
+            _t(
+                "regression",
+                "capacity_trials",
+                (("side", "str"), ("offered_rps", "float"), ("p99_ms", "float")),
+                ("side", "offered_rps"),
+                "trial",
             ),
         ),
         summary=SummaryContract(

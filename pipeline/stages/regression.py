@@ -747,8 +747,6 @@ def _evidence(ctx: StageContext, cand: RunFiles, base: RunFiles, models: list[st
     trials; returns the knees per subject."""
     import pandas as pd
 
-    from pipeline._io import atomic_write_text
-
     rows = []
     for side, files in (("candidate", cand), ("baseline", base)):
         requests = files.requests()
@@ -763,14 +761,14 @@ def _evidence(ctx: StageContext, cand: RunFiles, base: RunFiles, models: list[st
                 {"side": side, "subject": subject, "q": q, "latency_ms": v, "samples": len(part)}
                 for q, v in zip(_QUANTILES, values, strict=True)
             ]
-    atomic_write_text(ctx.folder / "latency_quantiles.csv", pd.DataFrame(rows).to_csv(index=False))
+    ctx.write_table("latency_quantiles", rows)
     trials = []
     for side, files in (("candidate", cand), ("baseline", base)):
         frame = files.table("stages/load/capacity.csv")
         if frame is not None:
             trials.append(frame.assign(side=side))
     if trials:
-        atomic_write_text(ctx.folder / "capacity_trials.csv", pd.concat(trials).to_csv(index=False))
+        ctx.write_table("capacity_trials", pd.concat(trials, ignore_index=True))
     c_sum = cand.json("stages/load/summary.json") or {}
     b_sum = base.json("stages/load/summary.json") or {}
     knees = {}

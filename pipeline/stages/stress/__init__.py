@@ -138,11 +138,7 @@ async def _run(ctx: StageContext) -> dict:
             "all_recovered": all(r.recovered for r in results),
             "lost": sum(r.counts.lost for r in results),
             "wall_s": wall_s,
-            "tables": {
-                "tests": "stages/stress/tests.csv",
-                "levels": "stages/stress/levels.csv",
-                "resources": "stages/stress/resources.csv",
-            },
+            "tables": {contract.name: contract.path for contract in ctx.stage.tables},
         }
     )
     ctx.say(
