@@ -6,9 +6,12 @@ import itertools
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.report import plots
 from pipeline.stages.registry import table
+
+pytestmark = pytest.mark.unit
 
 # the nightly profile's capacity search: doubling from 250 req/s, then bisecting the last
 # step to 5% (the close rates near the knee are where the labels ran into each other)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.report_browser import follow_every_link, needs_chromium
+
+pytestmark = pytest.mark.system
 
 
 @needs_chromium

@@ -3,10 +3,13 @@ that measure run one at a time on one xdist worker."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.unit
 pytest_plugins = ["pytester"]
+PROJECT = Path(__file__).resolve().parents[2]
 
 CONFTEST = """
 from tests.conftest import (  # noqa: F401  (the suite's hooks, as the real suite loads them)
@@ -42,7 +45,10 @@ def test_a_test_without_a_category_is_refused(pytester: pytest.Pytester) -> None
     assert "test_ok" not in errors
 
 
-def test_measuring_tests_run_on_one_worker_one_at_a_time(pytester: pytest.Pytester) -> None:
+def test_measuring_tests_run_on_one_worker_one_at_a_time(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT))  # the subprocess imports tests.conftest
     pytester.makeconftest(CONFTEST)
     body = """
         import os, pytest
